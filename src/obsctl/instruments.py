@@ -1,0 +1,217 @@
+"""The instruments of DESIGN section 4, created once per mount on one meter.
+
+Every collector writes to these and to nothing else, so each metric has one
+instrument and one name. Names are chosen so that OpenTelemetry's Prometheus
+translation (``opentelemetry-exporter-prometheus`` and the Collector's
+``prometheus`` exporter) shows them exactly as DESIGN section 4 lists them:
+
+* a monotonic Sum named ``obsctl_fs_read_bytes`` becomes
+  ``obsctl_fs_read_bytes_total`` (the ``_total`` suffix is added by the
+  translation, the unit ``By`` maps to ``bytes`` which the name already ends
+  with, so nothing else is appended);
+* histograms in milliseconds carry ``ms`` in their name and an empty unit,
+  because a unit ``ms`` would be appended again as ``_milliseconds``.
+
+Counters are synchronous: log collectors add one event at a time and polling
+collectors add the delta between two reads of a cumulative source. Gauges are
+observable: the collector that owns the source registers the callback.
+
+This module imports only ``opentelemetry.metrics`` (the API, cheap to import);
+the SDK is imported by :mod:`obsctl.telemetry`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation
+
+#: Histogram bucket boundaries in milliseconds for both latency histograms.
+#: From 50 us (a FUSE lookup answered from the kernel-side cache path of the
+#: driver) to 30 s (a multi-part upload of a large object on a slow link).
+LATENCY_BUCKETS_MS: tuple[float, ...] = (
+    0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500,
+    5000, 10000, 30000,
+)
+
+#: OpenTelemetry instrument name -> (kind, unit, description). The name as
+#: Prometheus shows it is in the comment. Kept in one table so docs, views and
+#: tests read the same list.
+METRICS: dict[str, tuple[str, str, str]] = {
+    # obsctl_fs_read_bytes_total
+    "obsctl_fs_read_bytes": ("counter", "By", "Bytes read through the mount"),
+    # obsctl_fs_write_bytes_total
+    "obsctl_fs_write_bytes": ("counter", "By", "Bytes written through the mount"),
+    # obsctl_fs_ops_total
+    "obsctl_fs_ops": ("counter", "{operation}", "FUSE operations by opcode"),
+    # obsctl_fs_latency_ms_{bucket,sum,count}
+    "obsctl_fs_latency_ms": ("histogram", "", "FUSE operation latency in milliseconds"),
+    # obsctl_operation_duration_ms_{bucket,sum,count}
+    "obsctl_operation_duration_ms": (
+        "histogram", "", "Object-store request latency in milliseconds, by HTTP method"),
+    # obsctl_errors_total
+    "obsctl_errors": ("counter", "{error}", "Failed operations by error_type"),
+    # obsctl_cache_hits_total / obsctl_cache_misses_total
+    "obsctl_cache_hits": ("counter", "{request}", "Reads the driver served from its cache"),
+    "obsctl_cache_misses": ("counter", "{request}", "Reads the driver had to fetch"),
+    # obsctl_driver_restarts_total
+    "obsctl_driver_restarts": ("counter", "{restart}", "Driver restarts by the supervisor"),
+    # obsctl_fuse_requests_waiting (observable, owned by collectors.fuse_conn)
+    "obsctl_fuse_requests_waiting": (
+        "gauge", "{request}", "FUSE requests waiting (/sys/fs/fuse/connections/N/waiting)"),
+    # obsctl_mount_up (observable, owned by collectors.probe)
+    "obsctl_mount_up": ("gauge", "", "1 when mounted and answering a stat, 0 otherwise"),
+    # obsctl_driver_io_bytes_total (observable, owned by collectors.proc_io)
+    "obsctl_driver_io_bytes": (
+        "observable_counter", "By",
+        "Bytes the driver process moved through syscalls (/proc/PID/io rchar, wchar)"),
+}
+
+
+@dataclass(frozen=True)
+class MountAttributes:
+    """The attributes that identify one mount on every data point.
+
+    Attributes:
+        bucket: bucket name from the source ``s3://BUCKET/PREFIX`` (for the
+            generic driver: the source as given, or ``""``).
+        impl: driver name: ``rclone``, ``s3fs``, ``generic`` ...
+        mountpoint: absolute path of the mountpoint.
+    """
+
+    bucket: str
+    impl: str
+    mountpoint: str
+
+    def base(self) -> dict[str, str]:
+        """``{"bucket", "impl"}``: the labels every metric carries."""
+        return {"bucket": self.bucket, "impl": self.impl}
+
+    def with_mountpoint(self) -> dict[str, str]:
+        """``{"bucket", "impl", "mountpoint"}`` for the per-mount metrics."""
+        return {"bucket": self.bucket, "impl": self.impl, "mountpoint": self.mountpoint}
+
+
+@dataclass
+class Instruments:
+    """The synchronous instruments of one mount plus helpers that label them.
+
+    Create with :func:`create_instruments`. Methods never raise on bad values
+    from a source: a negative delta (a driver restart reset its counters) is
+    dropped, because counters only go up.
+    """
+
+    meter: Meter
+    attrs: MountAttributes
+    fs_read_bytes: Counter
+    fs_write_bytes: Counter
+    fs_ops: Counter
+    fs_latency_ms: Histogram
+    operation_duration_ms: Histogram
+    errors: Counter
+    cache_hits: Counter
+    cache_misses: Counter
+    driver_restarts: Counter
+    #: Local running totals, for ``obsctl status`` and the final-value check:
+    #: name as in :data:`METRICS` -> value. Updated by the helpers below.
+    totals: dict[str, float] = field(default_factory=dict)
+
+    def _count(self, name: str, value: float) -> None:
+        self.totals[name] = self.totals.get(name, 0.0) + value
+
+    def add_read_bytes(self, n: int) -> None:
+        """Add ``n`` bytes read through the mount (``n`` <= 0 is ignored)."""
+        if n > 0:
+            self.fs_read_bytes.add(n, self.attrs.with_mountpoint())
+            self._count("obsctl_fs_read_bytes", n)
+
+    def add_write_bytes(self, n: int) -> None:
+        """Add ``n`` bytes written through the mount (``n`` <= 0 is ignored)."""
+        if n > 0:
+            self.fs_write_bytes.add(n, self.attrs.with_mountpoint())
+            self._count("obsctl_fs_write_bytes", n)
+
+    def record_fs_op(self, opcode: str, latency_ms: float | None = None) -> None:
+        """Count one FUSE operation; record its latency when known.
+
+        Args:
+            opcode: lower-case FUSE operation: ``read``, ``write``, ``lookup``,
+                ``open``, ``getattr``, ``readdir``, ``flush``, ``release`` ...
+            latency_ms: time from the driver's entry to its exit log line.
+        """
+        labels = {"opcode": opcode, **self.attrs.base()}
+        self.fs_ops.add(1, labels)
+        self._count("obsctl_fs_ops", 1)
+        if latency_ms is not None and latency_ms >= 0:
+            self.fs_latency_ms.record(latency_ms, labels)
+
+    def record_request(self, method: str, duration_ms: float | None) -> None:
+        """Record one object-store request (``method`` = GET, PUT, HEAD ...)."""
+        if duration_ms is not None and duration_ms >= 0:
+            self.operation_duration_ms.record(
+                duration_ms, {"opcode": method.upper(), **self.attrs.base()})
+
+    def add_error(self, error_type: str, n: int = 1) -> None:
+        """Count ``n`` failures of ``error_type`` (``http_403``, ``enoent`` ...)."""
+        if n > 0:
+            self.errors.add(n, {"error_type": error_type, **self.attrs.base()})
+            self._count("obsctl_errors", n)
+
+    def add_cache(self, hits: int = 0, misses: int = 0) -> None:
+        """Count cache hits and misses as the driver reports them."""
+        if hits > 0:
+            self.cache_hits.add(hits, self.attrs.base())
+            self._count("obsctl_cache_hits", hits)
+        if misses > 0:
+            self.cache_misses.add(misses, self.attrs.base())
+            self._count("obsctl_cache_misses", misses)
+
+    def add_restart(self) -> None:
+        """Count one supervisor restart of the driver."""
+        self.driver_restarts.add(1, self.attrs.base())
+        self._count("obsctl_driver_restarts", 1)
+
+    def observable_gauge(
+        self, name: str, callback: Callable[[CallbackOptions], Iterable[Observation]]
+    ) -> None:
+        """Register the observable gauge ``name`` (from :data:`METRICS`)."""
+        _kind, unit, description = METRICS[name]
+        self.meter.create_observable_gauge(
+            name, callbacks=[callback], unit=unit, description=description)
+
+    def observable_counter(
+        self, name: str, callback: Callable[[CallbackOptions], Iterable[Observation]]
+    ) -> None:
+        """Register the observable (cumulative) counter ``name``."""
+        _kind, unit, description = METRICS[name]
+        self.meter.create_observable_counter(
+            name, callbacks=[callback], unit=unit, description=description)
+
+
+def create_instruments(meter: Meter, attrs: MountAttributes) -> Instruments:
+    """Create the synchronous instruments of :data:`METRICS` on ``meter``."""
+
+    def counter(name: str) -> Counter:
+        _kind, unit, description = METRICS[name]
+        return meter.create_counter(name, unit=unit, description=description)
+
+    def histogram(name: str) -> Histogram:
+        _kind, unit, description = METRICS[name]
+        return meter.create_histogram(
+            name, unit=unit, description=description,
+            explicit_bucket_boundaries_advisory=list(LATENCY_BUCKETS_MS))
+
+    return Instruments(
+        meter=meter,
+        attrs=attrs,
+        fs_read_bytes=counter("obsctl_fs_read_bytes"),
+        fs_write_bytes=counter("obsctl_fs_write_bytes"),
+        fs_ops=counter("obsctl_fs_ops"),
+        fs_latency_ms=histogram("obsctl_fs_latency_ms"),
+        operation_duration_ms=histogram("obsctl_operation_duration_ms"),
+        errors=counter("obsctl_errors"),
+        cache_hits=counter("obsctl_cache_hits"),
+        cache_misses=counter("obsctl_cache_misses"),
+        driver_restarts=counter("obsctl_driver_restarts"),
+    )
