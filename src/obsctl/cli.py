@@ -1,0 +1,300 @@
+"""The ``obsctl`` command line.
+
+    obsctl mount s3://BUCKET[/PREFIX] MOUNTPOINT [options] [-- COMMAND ARGS...]
+    obsctl unmount MOUNTPOINT
+    obsctl status [--json]
+    obsctl config check PATH
+
+Exit status: 0 success; 1 the mount failed or a command could not do its
+job; 2 bad usage or an invalid config file (nothing was started).
+
+Only the standard library, pydantic and obsctl's light modules are imported
+before the driver is spawned; the OpenTelemetry SDK comes later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, Sequence
+
+from obsctl import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+#: Where the per-mount state files live; OBSCTL_RUNTIME_DIR overrides it.
+DEFAULT_RUNTIME_DIR = "/run/obsctl"
+
+
+def runtime_dir() -> str:
+    """``$OBSCTL_RUNTIME_DIR`` or /run/obsctl."""
+    return os.environ.get("OBSCTL_RUNTIME_DIR", DEFAULT_RUNTIME_DIR)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="obsctl", description="Mount object storage with FUSE and export what the mount does over OpenTelemetry.")
+    parser.add_argument("--version", action="version", version=f"obsctl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    mount = sub.add_parser("mount", help="mount a bucket and supervise the driver in the foreground",
+                           description="Run a FUSE driver in the foreground until SIGTERM/SIGINT, with telemetry. "
+                                       "Anything after -- is the daemon's command line (--impl generic).")
+    mount.add_argument("source", nargs="?", help="s3://BUCKET[/PREFIX] (generic: any label)")
+    mount.add_argument("mountpoint", nargs="?", help="an existing empty directory")
+    mount.add_argument("--impl", choices=["rclone", "s3fs", "generic"], help="FUSE driver (default rclone)")
+    mount.add_argument("--endpoint", help="S3 endpoint URL (default: AWS)")
+    mount.add_argument("--region", help="S3 region")
+    mount.add_argument("--profile", help="AWS shared-credentials profile (with --credentials-from profile)")
+    mount.add_argument("--credentials-from", choices=["env", "stdin", "profile", "systemd"],
+                       help="where the S3 credentials come from (default env)")
+    mount.add_argument("--otel-endpoint", help="export metrics and spans to this OTLP endpoint (mode remote)")
+    mount.add_argument("--otel-protocol", choices=["grpc", "http/protobuf"], help="OTLP protocol (default grpc)")
+    mount.add_argument("--telemetry-config", help="telemetry TOML (default /etc/obsctl/telemetry.toml if present)")
+    mount.add_argument("--config", help="mount spec TOML; command-line values override it")
+    mount.add_argument("-o", dest="options", action="append", metavar="OPTION",
+                       help="driver option (repeatable; comma lists allowed): ro, allow_other, key=value")
+    mount.add_argument("--read-only", action="store_true", default=None, help="mount read-only")
+    mount.add_argument("--allow-other", action="store_true", default=None, help="let other users use the mount")
+    mount.add_argument("--cache-mode", choices=["off", "minimal", "writes", "full"], help="rclone VFS cache mode")
+    mount.add_argument("--ready-timeout", type=float, help="seconds to wait for the mount (default 30)")
+    mount.add_argument("--name", help="mount name (labels, status)")
+
+    unmount = sub.add_parser("unmount", help="stop a mount that obsctl started")
+    unmount.add_argument("mountpoint")
+    unmount.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+
+    status = sub.add_parser("status", help="every mount this host's obsctl runs")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    config = sub.add_parser("config", help="configuration files")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    check = config_sub.add_parser("check", help="validate a telemetry or mount spec TOML file")
+    check.add_argument("path")
+    return parser
+
+
+def _split_options(values: Sequence[str] | None) -> list[str]:
+    out: list[str] = []
+    for value in values or []:
+        out += [v.strip() for v in value.split(",") if v.strip()]
+    return out
+
+
+def _mount_spec(args: argparse.Namespace, command: list[str]) -> Any:
+    from obsctl.config import ConfigError, build_mount_spec, load_mount_spec
+
+    options = _split_options(args.options)
+    read_only = args.read_only or ("ro" in options) or None
+    allow_other = args.allow_other or ("allow_other" in options) or None
+    options = [o for o in options if o not in ("ro", "rw", "allow_other")]
+    overrides = {
+        "source": args.source, "mountpoint": args.mountpoint, "impl": args.impl,
+        "endpoint": args.endpoint, "region": args.region, "profile": args.profile,
+        "credentials_from": args.credentials_from, "read_only": read_only,
+        "allow_other": allow_other, "cache_mode": args.cache_mode,
+        "ready_timeout_seconds": args.ready_timeout, "name": args.name,
+        "telemetry_config": args.telemetry_config,
+    }
+    if command:
+        overrides["command"] = command
+    if args.config:
+        spec = load_mount_spec(args.config, overrides)
+        if options:
+            spec = spec.model_copy(update={"options": [*spec.options, *options]})
+        return spec
+    if not args.source or not args.mountpoint:
+        raise ConfigError("mount needs SOURCE and MOUNTPOINT (or --config MOUNT.toml)")
+    data = {k: v for k, v in overrides.items() if v is not None}
+    data["options"] = options
+    return build_mount_spec(data)
+
+
+def _telemetry(args: argparse.Namespace, spec: Any) -> Any:
+    from obsctl.config import TelemetryConfig, default_telemetry_path, load_telemetry, parse_telemetry
+
+    path = spec.telemetry_config
+    if path:
+        cfg = load_telemetry(path)
+    elif default_telemetry_path().exists():
+        cfg = load_telemetry(default_telemetry_path())
+    else:
+        cfg = TelemetryConfig()
+    if args.otel_endpoint or args.otel_protocol:
+        data = cfg.model_dump()
+        if args.otel_endpoint:
+            data["mode"] = "remote"
+            for signal_name in ("metrics", "traces"):
+                data[signal_name]["otlp_endpoint"] = args.otel_endpoint
+        if args.otel_protocol:
+            for signal_name in ("metrics", "traces"):
+                data[signal_name]["otlp_protocol"] = args.otel_protocol
+        cfg = parse_telemetry({"telemetry": data}, "--otel-endpoint")
+    return cfg
+
+
+def cmd_mount(args: argparse.Namespace, command: list[str]) -> int:
+    """``obsctl mount``: see :class:`obsctl.supervisor.Supervisor`."""
+    from obsctl import credentials
+    from obsctl.config import ConfigError
+    from obsctl.drivers import get_driver
+    from obsctl.supervisor import MountError, Supervisor
+
+    try:
+        spec = _mount_spec(args, command)
+        telemetry = _telemetry(args, spec)
+        driver = get_driver(spec.impl)
+        creds = credentials.resolve(spec.credentials_from, spec.profile) if driver.needs_credentials else None
+    except ConfigError as exc:
+        print(f"obsctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    supervisor = Supervisor(spec, telemetry, creds, runtime_dir(), driver)
+    supervisor.install_signal_handlers()
+    try:
+        return supervisor.run()
+    except MountError as exc:
+        print(f"obsctl: mount failed: {exc}", file=sys.stderr)
+        print(f"obsctl: nothing is mounted at {spec.mountpoint}", file=sys.stderr)
+        return EXIT_FAILED
+    except ConfigError as exc:
+        print(f"obsctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def read_states(directory: str | None = None) -> list[dict[str, Any]]:
+    """Every state file under RUNTIME_DIR/mounts, with ``state`` set to
+    ``dead`` when its supervisor pid no longer runs."""
+    base = os.path.join(directory or runtime_dir(), "mounts")
+    states = []
+    try:
+        names = sorted(os.listdir(base))
+    except FileNotFoundError:
+        return []
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(base, name), encoding="utf-8") as handle:
+                state = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        pid = state.get("pid")
+        try:
+            os.kill(int(pid), 0)
+        except (TypeError, ValueError, ProcessLookupError):
+            state["state"] = "dead"
+        except PermissionError:
+            pass
+        states.append(state)
+    return states
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``obsctl status [--json]``."""
+    states = read_states()
+    if args.json:
+        print(json.dumps(states, indent=2))
+        return EXIT_OK
+    if not states:
+        print("no mounts run by obsctl on this host")
+        return EXIT_OK
+    header = ("MOUNTPOINT", "SOURCE", "IMPL", "STATE", "PID", "DRIVER", "READ", "WRITTEN", "ERRORS", "LAST EXPORT")
+    rows = [header]
+    for s in states:
+        export = s.get("last_export") or {}
+        when = export.get("time")
+        last = f"{export.get('result', 'none')}" + (f" {time.strftime('%H:%M:%S', time.localtime(when))}" if when else "")
+        rows.append((s.get("mountpoint", ""), s.get("source", ""), s.get("impl", ""), s.get("state", ""),
+                     str(s.get("pid", "")), str(s.get("driver_pid") or "-"), _human(s.get("read_bytes", 0)),
+                     _human(s.get("write_bytes", 0)), str(s.get("errors", 0)), last))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return EXIT_OK
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def cmd_unmount(args: argparse.Namespace) -> int:
+    """``obsctl unmount MOUNTPOINT``: SIGTERM to the supervisor, wait for it to finish."""
+    from obsctl import mounttable
+
+    target = os.path.normpath(os.path.abspath(args.mountpoint))
+    match = [s for s in read_states() if s.get("mountpoint") == target and s.get("state") != "dead"]
+    if not match:
+        mounted = mounttable.find_mount(target)
+        hint = (f"; it is a {mounted.fstype} mount obsctl did not start: use fusermount3 -u {target}"
+                if mounted else "; nothing is mounted there")
+        print(f"obsctl: no obsctl mount at {target}{hint}", file=sys.stderr)
+        return EXIT_FAILED
+    pid = int(match[0]["pid"])
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        print(f"obsctl: supervisor {pid} did not exit within {args.timeout:g} s", file=sys.stderr)
+        return EXIT_FAILED
+    if mounttable.find_mount(target) is not None:
+        print(f"obsctl: {target} is still mounted after obsctl exited", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"obsctl: unmounted {target}")
+    return EXIT_OK
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """``obsctl config check PATH``: 0 and a summary, or 2 and what is wrong."""
+    from obsctl.config import ConfigError, check_file
+
+    try:
+        print(check_file(args.path))
+    except ConfigError as exc:
+        print(f"obsctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``obsctl`` console script. Returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1:]
+    logging.basicConfig(level=os.environ.get("OBSCTL_LOG_LEVEL", "WARNING").upper(),
+                        format="obsctl: %(levelname)s: %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    if command and args.command != "mount":
+        print("obsctl: a command after -- is only for obsctl mount --impl generic", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "mount":
+        return cmd_mount(args, command)
+    if args.command == "status":
+        return cmd_status(args)
+    if args.command == "unmount":
+        return cmd_unmount(args)
+    if args.command == "config":
+        return cmd_config_check(args)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

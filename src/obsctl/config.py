@@ -1,0 +1,354 @@
+"""Telemetry TOML and mount spec TOML: parsing, validation, clear errors.
+
+Two files (DESIGN section 3):
+
+* the telemetry config, ``/etc/obsctl/telemetry.toml``: a ``[telemetry]``
+  table with ``mode`` (none | remote | local) and the nested tables
+  ``[telemetry.resource]``, ``[telemetry.traces]``, ``[telemetry.metrics]``;
+* the mount spec, ``/etc/obsctl/mounts/NAME.toml``: flat keys (source,
+  mountpoint, impl, endpoint, region, profile, credentials_from, read_only,
+  allow_other, cache_mode, options, ready_timeout_seconds, telemetry_config).
+  No secret is ever read from it.
+
+Validation is pydantic's; every failure is turned into :class:`ConfigError`
+whose message names the file, the table and key, what was wrong and how to
+fix it. Nothing here touches the network or the mount table.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+#: Drivers obsctl knows. goofys, geesefs and mountpoint-s3 come from release
+#: files on real hosts (roles/fuse_driver); the supervisor runs them the same way.
+IMPLS = ("rclone", "s3fs", "generic")
+
+#: Default OTLP/gRPC endpoint of the local collector (mode = "local").
+LOCAL_OTLP_ENDPOINT = "http://127.0.0.1:4317"
+
+#: Keys that used to sit directly under [telemetry] -> the table they moved to.
+LEGACY_TELEMETRY_KEYS = {
+    "enabled": "[telemetry.metrics] enabled (and [telemetry.traces] enabled)",
+    "otlp_endpoint": "[telemetry.metrics] otlp_endpoint (and [telemetry.traces] otlp_endpoint)",
+    "service_name": "[telemetry.resource] service_name",
+    "export_interval_seconds": "[telemetry.metrics] export_interval_seconds",
+    "bind_address": "[telemetry.metrics] bind_address",
+}
+
+_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+class ConfigError(ValueError):
+    """A config file or command line that cannot be used; ``str()`` says why and how to fix it."""
+
+
+def _check_endpoint(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"{value!r} is not an http:// or https:// URL with a host "
+            "(example: http://127.0.0.1:4317)")
+    try:
+        parts.port
+    except ValueError as exc:
+        raise ValueError(f"{value!r} has an invalid port: {exc}") from None
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ResourceConfig(_Strict):
+    """``[telemetry.resource]``: OpenTelemetry resource attributes."""
+
+    service_name: str = "obsctl-mount"
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+
+Protocol = Literal["grpc", "http/protobuf"]
+
+
+class SignalConfig(_Strict):
+    """Common keys of ``[telemetry.traces]`` and ``[telemetry.metrics]``."""
+
+    enabled: bool = True
+    otlp_endpoint: str | None = None
+    #: None: OTEL_EXPORTER_OTLP_PROTOCOL, else grpc.
+    otlp_protocol: Protocol | None = None
+    #: Bound on one export (seconds), also the bound on the final export.
+    export_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+
+    _endpoint = field_validator("otlp_endpoint")(lambda cls, v: _check_endpoint(v))
+
+
+class TracesConfig(SignalConfig):
+    """``[telemetry.traces]``: lifecycle spans (mount, unmount, restart, driver exit)."""
+
+
+class MetricsConfig(SignalConfig):
+    """``[telemetry.metrics]``: the OTLP metric exporter and the Prometheus endpoint."""
+
+    export_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
+    #: "HOST:PORT" of the optional Prometheus scrape endpoint; None = off.
+    bind_address: str | None = None
+    #: Data points per instrument before the SDK folds the rest into the
+    #: overflow series (OpenTelemetry SDK cardinality limit).
+    cardinality_limit: int = Field(default=2000, ge=10, le=100000)
+
+    @field_validator("bind_address")
+    @classmethod
+    def _bind(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not HOST:PORT (example: 127.0.0.1:9464)")
+        return value
+
+
+class TelemetryConfig(_Strict):
+    """``[telemetry]``: what is exported where (DESIGN section 3)."""
+
+    mode: Literal["none", "remote", "local"] = "none"
+    resource: ResourceConfig = Field(default_factory=ResourceConfig)
+    traces: TracesConfig = Field(default_factory=TracesConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    @model_validator(mode="after")
+    def _endpoints(self) -> "TelemetryConfig":
+        if self.mode == "remote":
+            env = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            for table, signal in (("traces", self.traces), ("metrics", self.metrics)):
+                specific = os.environ.get(f"OTEL_EXPORTER_OTLP_{table.upper()}_ENDPOINT")
+                if signal.enabled and not (signal.otlp_endpoint or env or specific):
+                    raise ValueError(
+                        f'mode = "remote" needs [telemetry.{table}] otlp_endpoint '
+                        f"(or OTEL_EXPORTER_OTLP_ENDPOINT), or [telemetry.{table}] enabled = false")
+        return self
+
+    def endpoint(self, signal: SignalConfig) -> str | None:
+        """The endpoint to export ``signal`` to, or None to let OTEL_* env decide.
+
+        ``local`` mode defaults to :data:`LOCAL_OTLP_ENDPOINT`.
+        """
+        if signal.otlp_endpoint:
+            return signal.otlp_endpoint
+        if self.mode == "local":
+            return LOCAL_OTLP_ENDPOINT
+        return None
+
+    def protocol(self, signal: SignalConfig, name: str) -> str:
+        """``grpc`` or ``http/protobuf``: the file, else OTEL_EXPORTER_OTLP_[NAME_]PROTOCOL, else grpc."""
+        return (signal.otlp_protocol
+                or os.environ.get(f"OTEL_EXPORTER_OTLP_{name.upper()}_PROTOCOL")
+                or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+                or "grpc")
+
+    @property
+    def exports_metrics(self) -> bool:
+        """True when an OTLP metric exporter (or the Prometheus endpoint) is created."""
+        return self.mode != "none" and self.metrics.enabled
+
+    @property
+    def exports_traces(self) -> bool:
+        """True when an OTLP span exporter is created."""
+        return self.mode != "none" and self.traces.enabled
+
+
+class _TelemetryFile(_Strict):
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+
+
+class MountSpec(_Strict):
+    """One mount: the content of ``/etc/obsctl/mounts/NAME.toml`` or the command line.
+
+    ``source`` is ``s3://BUCKET[/PREFIX]`` for the S3 drivers; for the generic
+    driver it is free text shown in status and labels, and ``command`` is the
+    FUSE daemon's argv (run in the foreground).
+    """
+
+    name: str | None = None
+    source: str
+    mountpoint: str
+    impl: Literal["rclone", "s3fs", "generic"] = "rclone"
+    endpoint: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    credentials_from: Literal["env", "stdin", "profile", "systemd"] = "env"
+    read_only: bool = False
+    allow_other: bool = False
+    cache_mode: Literal["off", "minimal", "writes", "full"] | None = None
+    options: list[str] = Field(default_factory=list)
+    command: list[str] = Field(default_factory=list)
+    ready_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    telemetry_config: str | None = None
+    max_restarts: int = Field(default=3, ge=0, le=100)
+
+    _endpoint = field_validator("endpoint")(lambda cls, v: _check_endpoint(v))
+
+    @field_validator("mountpoint")
+    @classmethod
+    def _abs(cls, value: str) -> str:
+        if not value:
+            raise ValueError("is empty")
+        return os.path.normpath(os.path.abspath(value))
+
+    @model_validator(mode="after")
+    def _shape(self) -> "MountSpec":
+        if self.impl == "generic":
+            if not self.command:
+                raise ValueError(
+                    "impl generic needs the FUSE daemon's command: "
+                    "obsctl mount SRC MOUNTPOINT --impl generic -- COMMAND ARGS...")
+        else:
+            if self.command:
+                raise ValueError(f"a command after -- is only for --impl generic, not {self.impl}")
+            self.bucket_and_prefix()  # raises ValueError with the reason
+            if self.credentials_from == "profile" and not self.profile:
+                raise ValueError('credentials_from = "profile" needs profile = "NAME" (--profile)')
+        if self.cache_mode and self.impl != "rclone":
+            raise ValueError("cache_mode is an rclone option (--vfs-cache-mode)")
+        return self
+
+    def bucket_and_prefix(self) -> tuple[str, str]:
+        """``("bucket", "prefix/without/slashes")`` from ``s3://bucket/prefix``.
+
+        For the generic driver: ``(source, "")``.
+
+        Raises:
+            ValueError: not ``s3://BUCKET[/PREFIX]`` or not a valid S3 bucket name.
+        """
+        if self.impl == "generic":
+            return self.source, ""
+        if not self.source.startswith("s3://"):
+            raise ValueError(f"source {self.source!r} must look like s3://BUCKET[/PREFIX]")
+        bucket, _, prefix = self.source[len("s3://"):].partition("/")
+        if not _S3_BUCKET.match(bucket) or ".." in bucket:
+            raise ValueError(
+                f"{bucket!r} is not a valid S3 bucket name (3-63 characters: "
+                "lower-case letters, digits, dots and hyphens)")
+        return bucket, prefix.strip("/")
+
+
+def _location(loc: tuple[Any, ...], root: str) -> str:
+    """Turn a pydantic error location into ``[telemetry.metrics] key``."""
+    keys = [str(k) for k in loc if not isinstance(k, int)]
+    if not keys:
+        return f"[{root}]" if root else "the file"
+    *tables, key = keys
+    if root:
+        tables = [root, *tables] if tables[:1] != [root] else tables
+    return (f"[{'.'.join(tables)}] " if tables else "") + key
+
+
+def _format(exc: ValidationError, origin: str, root: str) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        where = _location(err["loc"], root)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see DESIGN section 3)"
+        lines.append(f"{where}: {msg}")
+    return ConfigError(f"{origin}: invalid configuration:\n  " + "\n  ".join(lines))
+
+
+def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a TOML file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied (run as root or fix its mode)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
+
+
+def parse_telemetry(data: dict[str, Any], origin: str = "telemetry config") -> TelemetryConfig:
+    """Validate a parsed telemetry TOML document.
+
+    Raises:
+        ConfigError: legacy flat keys under ``[telemetry]`` (the message names
+            the table each moved to) or any validation failure.
+    """
+    table = data.get("telemetry", {})
+    if isinstance(table, dict):
+        legacy = [k for k in LEGACY_TELEMETRY_KEYS if k in table]
+        if legacy:
+            moved = "\n  ".join(f"[telemetry] {k} -> {LEGACY_TELEMETRY_KEYS[k]}" for k in legacy)
+            raise ConfigError(
+                f"{origin}: legacy flat keys directly under [telemetry] are no longer read; "
+                f"move them to the nested tables:\n  {moved}")
+    try:
+        return _TelemetryFile.model_validate(data).telemetry
+    except ValidationError as exc:
+        raise _format(exc, origin, "") from None
+
+
+def load_telemetry(path: str | os.PathLike[str]) -> TelemetryConfig:
+    """Read and validate a telemetry TOML file. Raises :class:`ConfigError`."""
+    return parse_telemetry(_read_toml(path), str(path))
+
+
+def load_mount_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> MountSpec:
+    """Read a mount spec TOML file, apply command-line ``overrides``, validate.
+
+    Raises:
+        ConfigError: unreadable file, invalid TOML, unknown key, or a value
+            that fails validation (the message names the key).
+    """
+    data = _read_toml(path)
+    if "telemetry" in data:
+        raise ConfigError(
+            f"{path}: a mount spec has no [telemetry] table; put telemetry in its own file "
+            "and point to it with telemetry_config = \"/etc/obsctl/telemetry.toml\"")
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return build_mount_spec(data, str(path))
+
+
+def build_mount_spec(data: dict[str, Any], origin: str = "command line") -> MountSpec:
+    """Validate a mount spec given as a dict. Raises :class:`ConfigError`."""
+    try:
+        return MountSpec.model_validate(data)
+    except ValidationError as exc:
+        raise _format(exc, origin, "") from None
+
+
+def check_file(path: str | os.PathLike[str]) -> str:
+    """Validate a telemetry or mount spec file; return what it is.
+
+    A file with a ``[telemetry]`` table is a telemetry config, one with a
+    ``source`` key a mount spec. Returns a one-line summary.
+
+    Raises:
+        ConfigError: the file is neither or is invalid.
+    """
+    data = _read_toml(path)
+    if "telemetry" in data:
+        cfg = parse_telemetry(data, str(path))
+        return f"{path}: valid telemetry config (mode {cfg.mode})"
+    if "source" in data or "mountpoint" in data:
+        spec = build_mount_spec(data, str(path))
+        return f"{path}: valid mount spec ({spec.source} on {spec.mountpoint}, {spec.impl})"
+    raise ConfigError(
+        f"{path}: neither a telemetry config (no [telemetry] table) "
+        "nor a mount spec (no source / mountpoint keys)")
+
+
+def default_telemetry_path() -> Path:
+    """``$OBSCTL_TELEMETRY_CONFIG`` or ``/etc/obsctl/telemetry.toml``."""
+    return Path(os.environ.get("OBSCTL_TELEMETRY_CONFIG", "/etc/obsctl/telemetry.toml"))

@@ -1,0 +1,124 @@
+"""FUSE drivers: how to launch each one and which collectors observe it.
+
+One module per driver. A driver turns a validated :class:`~obsctl.config.MountSpec`
+and :class:`~obsctl.credentials.Credentials` into a :class:`LaunchPlan` (argv
+and environment; the secret only ever in the environment), names the mount
+type it creates, picks the lines of its log worth forwarding and the lines
+that explain a failure, and builds its collectors once telemetry is up.
+
+This module must stay cheap to import: the supervisor spawns the driver
+before the OpenTelemetry SDK is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from obsctl.collectors import LogCollector, PollingCollector
+    from obsctl.config import MountSpec
+    from obsctl.credentials import Credentials
+    from obsctl.instruments import Instruments
+
+#: Environment variables never passed to a driver: credentials (the driver
+#: gets its own, in its own variables) and variables that break a driver.
+_SCRUBBED_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "NOTIFY_SOCKET", "CREDENTIALS_DIRECTORY")
+
+_AUTH_HEADER = re.compile(r"(?i)(authorization:|x-amz-security-token:|credential=)\S.*")
+
+
+@dataclass
+class LaunchPlan:
+    """What to run for one mount.
+
+    Attributes:
+        argv: the driver's command line (no secret in it, ever).
+        env: the driver's complete environment.
+        fstype: the mount type expected in /proc/self/mountinfo
+            (``fuse.rclone``), or None for any FUSE type (generic driver).
+        secrets: values redacted from every forwarded log line.
+        extras: driver-specific data the collectors need (rclone rc URL ...).
+    """
+
+    argv: list[str]
+    env: dict[str, str]
+    fstype: str | None
+    secrets: list[str] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Driver:
+    """Base driver. Subclasses set ``name`` and ``binary`` and override the hooks."""
+
+    name = ""
+    binary = ""
+    #: True when the driver takes S3 credentials.
+    needs_credentials = True
+
+    def plan(self, spec: "MountSpec", creds: "Credentials | None", runtime_dir: str) -> LaunchPlan:
+        """Build argv and environment. Raises :class:`obsctl.config.ConfigError` on bad options."""
+        raise NotImplementedError
+
+    def base_env(self, spec: "MountSpec") -> dict[str, str]:
+        """obsctl's environment without credentials and systemd's private variables.
+
+        AWS_CA_BUNDLE is dropped for a plain-http endpoint: rclone 1.60 fails
+        with ``LoadCustomCABundleError ... unsupported transport`` otherwise
+        (ENVIRONMENT.md).
+        """
+        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+        if spec.endpoint and spec.endpoint.startswith("http://"):
+            env.pop("AWS_CA_BUNDLE", None)
+        return env
+
+    def forward(self, line: str) -> str | None:
+        """The line to copy to obsctl's stderr (journal), or None to drop it."""
+        return line
+
+    def is_error(self, line: str) -> bool:
+        """True when the line explains a failure (kept for the failure message)."""
+        return False
+
+    def log_collectors(self, instruments: "Instruments", plan: LaunchPlan) -> list["LogCollector"]:
+        """Collectors fed with every log line of the driver."""
+        return []
+
+    def polling_collectors(self, instruments: "Instruments", plan: LaunchPlan) -> list["PollingCollector"]:
+        """Driver-specific polling collectors (the generic ones are added by the supervisor)."""
+        return []
+
+    def summary(self, line: str) -> str:
+        """A human-readable form of an error line (JSON logs -> their message)."""
+        return line
+
+
+def redact(line: str, secrets: list[str]) -> str:
+    """Remove every secret value and any Authorization / signing header from ``line``."""
+    for secret in secrets:
+        if secret:
+            line = line.replace(secret, "***")
+    return _AUTH_HEADER.sub(lambda m: m.group(1) + " ***", line)
+
+
+def split_option(option: str) -> tuple[str, str | None]:
+    """``"key=value"`` -> ``("key", "value")``; ``"key"`` -> ``("key", None)``."""
+    key, sep, value = option.partition("=")
+    return key.strip(), (value if sep else None)
+
+
+def get_driver(impl: str) -> Driver:
+    """The driver object for ``impl``. Raises KeyError for an unknown name."""
+    if impl == "rclone":
+        from obsctl.drivers.rclone import RcloneDriver
+        return RcloneDriver()
+    if impl == "s3fs":
+        from obsctl.drivers.s3fs import S3fsDriver
+        return S3fsDriver()
+    if impl == "generic":
+        from obsctl.drivers.generic import GenericDriver
+        return GenericDriver()
+    raise KeyError(impl)

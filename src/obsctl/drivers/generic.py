@@ -1,0 +1,24 @@
+"""Any FUSE daemon run in the foreground (``--impl generic -- COMMAND ARGS...``).
+
+obsctl cannot know its flags or its log format, so it runs the command as
+given, with obsctl's environment, and observes it with the generic
+collectors only (/proc/PID/io, the FUSE connection's ``waiting``, the stat
+probe). The daemon must stay in the foreground (bindfs ``-f``, sshfs ``-f``).
+"""
+
+from __future__ import annotations
+
+from obsctl.drivers import Driver, LaunchPlan
+
+
+class GenericDriver(Driver):
+    """Supervise ``spec.command`` unchanged."""
+
+    name = "generic"
+    needs_credentials = False
+
+    def plan(self, spec, creds, runtime_dir):
+        return LaunchPlan(argv=list(spec.command), env=self.base_env(spec), fstype=None)
+
+    def is_error(self, line):
+        return bool(line.strip())

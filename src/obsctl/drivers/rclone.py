@@ -1,0 +1,148 @@
+"""rclone mount (rclone 1.60+): argv, environment, log handling, collectors.
+
+The S3 remote is defined entirely by ``RCLONE_CONFIG_OBSCTL_*`` environment
+variables (rclone's documented "config file from the environment" feature)
+with ``--config ""`` so rclone neither reads nor writes a config file. The rc
+API listens on a free loopback port with a random user and password that
+also travel only in the environment (``RCLONE_RC_USER``, ``RCLONE_RC_PASS``).
+
+Logging: ``--use-json-log --log-level DEBUG`` makes rclone log every FUSE
+operation on entry and exit, which :class:`~obsctl.collectors.rclone_log.
+RcloneLogCollector` pairs into per-operation latency and byte counts.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets as _secrets
+import socket
+
+from obsctl.config import ConfigError
+from obsctl.drivers import Driver, LaunchPlan, split_option
+
+REMOTE = "obsctl"
+_FORWARD_LEVELS = {"critical", "error", "warning", "notice"}
+_ERROR_LEVELS = {"critical", "error", "fatal"}
+_CREDENTIAL_WORDS = ("secret", "access_key", "access-key", "password", "pass", "token")
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (kernel-chosen)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def reject_credential_options(options: list[str], impl: str) -> None:
+    """Refuse options that would put a credential on the command line.
+
+    Raises:
+        ConfigError: naming the option (never its value).
+    """
+    for option in options:
+        key = split_option(option.lstrip("-"))[0].lower()
+        if any(word in key for word in _CREDENTIAL_WORDS) and key not in ("passwd_file",):
+            raise ConfigError(
+                f"option {key!r} would put a credential on the {impl} command line, where every "
+                "local user can read it in /proc/PID/cmdline; use --credentials-from instead")
+
+
+class RcloneDriver(Driver):
+    """``rclone mount obsctl:BUCKET/PREFIX MOUNTPOINT`` in the foreground."""
+
+    name = "rclone"
+    binary = "rclone"
+
+    def plan(self, spec, creds, runtime_dir):
+        bucket, prefix = spec.bucket_and_prefix()
+        reject_credential_options(spec.options, self.name)
+        env = self.base_env(spec)
+        prefix_env = f"RCLONE_CONFIG_{REMOTE.upper()}_"
+        env.update({
+            prefix_env + "TYPE": "s3",
+            prefix_env + "PROVIDER": "Other" if spec.endpoint else "AWS",
+            prefix_env + "ENV_AUTH": "false",
+        })
+        if spec.endpoint:
+            env[prefix_env + "ENDPOINT"] = spec.endpoint
+        if spec.region:
+            env[prefix_env + "REGION"] = spec.region
+        hidden = []
+        if creds is not None:
+            env[prefix_env + "ACCESS_KEY_ID"] = creds.access_key_id
+            env[prefix_env + "SECRET_ACCESS_KEY"] = creds.secret_access_key
+            if creds.session_token:
+                env[prefix_env + "SESSION_TOKEN"] = creds.session_token
+            hidden += creds.secrets()
+        rc_port = free_loopback_port()
+        rc_user, rc_pass = "obsctl", _secrets.token_urlsafe(24)
+        env["RCLONE_RC_USER"], env["RCLONE_RC_PASS"] = rc_user, rc_pass
+        hidden.append(rc_pass)
+        remote = f"{REMOTE}:{bucket}" + (f"/{prefix}" if prefix else "")
+        argv = [self.binary, "mount", remote, spec.mountpoint, "--config", "",
+                "--use-json-log", "--log-level", "DEBUG",
+                "--rc", "--rc-addr", f"127.0.0.1:{rc_port}", "--rc-enable-metrics"]
+        if spec.read_only:
+            argv.append("--read-only")
+        if spec.allow_other:
+            argv.append("--allow-other")
+        if spec.cache_mode:
+            argv += ["--vfs-cache-mode", spec.cache_mode]
+        for option in spec.options:
+            argv.append(self._flag(option))
+        return LaunchPlan(argv=argv, env=env, fstype="fuse.rclone", secrets=hidden,
+                          extras={"rc_url": f"http://127.0.0.1:{rc_port}", "rc_auth": (rc_user, rc_pass)})
+
+    @staticmethod
+    def _flag(option: str) -> str:
+        """``-o`` option -> rclone flag: ``ro`` -> --read-only, ``key=v`` -> --key=v."""
+        if option.startswith("-"):
+            return option
+        key, value = split_option(option)
+        if key == "ro":
+            return "--read-only"
+        if key == "allow_other":
+            return "--allow-other"
+        key = key.replace("_", "-")
+        return f"--{key}" if value is None else f"--{key}={value}"
+
+    @staticmethod
+    def _parse(line: str) -> dict | None:
+        if not line.startswith("{"):
+            return None
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return None
+        return record if isinstance(record, dict) else None
+
+    def forward(self, line):
+        record = self._parse(line)
+        if record is None:
+            return line
+        return line if record.get("level") in _FORWARD_LEVELS else None
+
+    def is_error(self, line):
+        record = self._parse(line)
+        if record is None:
+            return bool(line.strip())
+        return record.get("level") in _ERROR_LEVELS
+
+    def summary(self, line):
+        record = self._parse(line)
+        if record is None:
+            return line.strip()
+        obj = record.get("object")
+        return f"{obj}: {record.get('msg', '')}".strip() if obj else str(record.get("msg", "")).strip()
+
+    def log_collectors(self, instruments, plan):
+        from obsctl.collectors.rclone_log import RcloneLogCollector
+        return [RcloneLogCollector(instruments)]
+
+    def polling_collectors(self, instruments, plan):
+        from obsctl.collectors.rclone_rc import RcloneRcCollector
+        collector = RcloneRcCollector(instruments, plan.extras["rc_url"])
+        session = getattr(collector, "session", None)
+        if session is not None:
+            session.auth = plan.extras["rc_auth"]
+        return [collector]

@@ -1,0 +1,58 @@
+"""s3fs-fuse (1.90+) in the foreground: argv, environment, log handling, collectors.
+
+Credentials go in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
+AWS_SESSION_TOKEN of s3fs's environment, which s3fs reads before any
+passwd file. ``-o dbglevel=info -o curldbg`` makes s3fs log each HTTP
+request and response with timestamps, which :class:`~obsctl.collectors.
+s3fs_log.S3fsLogCollector` pairs into request latency and status codes.
+"""
+
+from __future__ import annotations
+
+from obsctl.drivers import Driver, LaunchPlan
+from obsctl.drivers.rclone import reject_credential_options
+
+_ERROR_MARKERS = ("[ERR]", "[CRT]", "s3fs:")
+_FORWARD_MARKERS = ("[ERR]", "[CRT]", "[WAN]", "s3fs:")
+
+
+class S3fsDriver(Driver):
+    """``s3fs BUCKET[:/PREFIX] MOUNTPOINT -f -o ...``."""
+
+    name = "s3fs"
+    binary = "s3fs"
+
+    def plan(self, spec, creds, runtime_dir):
+        bucket, prefix = spec.bucket_and_prefix()
+        reject_credential_options(spec.options, self.name)
+        env = self.base_env(spec)
+        hidden = []
+        if creds is not None:
+            env["AWS_ACCESS_KEY_ID"] = creds.access_key_id
+            env["AWS_SECRET_ACCESS_KEY"] = creds.secret_access_key
+            if creds.session_token:
+                env["AWS_SESSION_TOKEN"] = creds.session_token
+            hidden += creds.secrets()
+        source = bucket + (f":/{prefix}" if prefix else "")
+        argv = [self.binary, source, spec.mountpoint, "-f", "-o", "dbglevel=info", "-o", "curldbg"]
+        if spec.endpoint:
+            argv += ["-o", f"url={spec.endpoint}", "-o", "use_path_request_style"]
+        if spec.region:
+            argv += ["-o", f"endpoint={spec.region}"]
+        if spec.read_only:
+            argv += ["-o", "ro"]
+        if spec.allow_other:
+            argv += ["-o", "allow_other"]
+        for option in spec.options:
+            argv += ["-o", option.lstrip("-")] if not option.startswith("-") else [option]
+        return LaunchPlan(argv=argv, env=env, fstype="fuse.s3fs", secrets=hidden)
+
+    def forward(self, line):
+        return line if any(m in line for m in _FORWARD_MARKERS) else None
+
+    def is_error(self, line):
+        return any(m in line for m in _ERROR_MARKERS)
+
+    def log_collectors(self, instruments, plan):
+        from obsctl.collectors.s3fs_log import S3fsLogCollector
+        return [S3fsLogCollector(instruments)]

@@ -1,0 +1,580 @@
+"""Run one FUSE driver: spawn, wait for the mount, observe, restart, shut down.
+
+The sequence (DESIGN section 1):
+
+1. preflight: the mountpoint is an existing, empty-of-mounts directory;
+2. spawn the driver (credentials in its environment only), start the log
+   pump, and only then import the OpenTelemetry SDK, in a thread, so the
+   SDK's import time overlaps the driver's start instead of adding to it;
+3. ready = the mount is in /proc/self/mountinfo with the driver's type and
+   its root answers a stat and a directory read, within the ready timeout;
+   then sd_notify READY=1 and a ``mount`` span; the first metric export
+   follows about a second later rather than after a full interval;
+4. steady state: collectors are polled every ``poll_interval`` seconds, the
+   state file for ``obsctl status`` is rewritten atomically, the driver is
+   watched every 50 ms; a driver that dies leaves a dead FUSE mount, which is
+   lazily unmounted at once and the driver restarted with backoff;
+5. SIGTERM / SIGINT: ``fusermount3 -u`` (lazy ``-u -z`` as a fallback), wait
+   for the driver, drain its log, poll the collectors a last time, export the
+   final values within the export timeout, exit 0.
+
+Failure before ready (the driver exits, the timeout passes, the root cannot
+be read) is fail-closed: the driver is stopped, nothing stays mounted, and
+:class:`MountError` carries the driver's own last error line.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from obsctl import mounttable
+from obsctl.config import MountSpec, TelemetryConfig
+from obsctl.credentials import Credentials
+from obsctl.drivers import Driver, LaunchPlan, redact
+
+log = logging.getLogger("obsctl")
+
+#: How often the driver process is checked (s); bounds the time a dead
+#: driver's mount stays in the mount table.
+WATCH_INTERVAL = 0.05
+#: How often the mount table is read while waiting for ready (s).
+READY_POLL_INTERVAL = 0.005
+#: Seconds to wait for the driver to exit after unmount before SIGTERM / SIGKILL.
+DRIVER_STOP_TIMEOUT = 10.0
+#: Log lines kept for failure messages.
+LOG_TAIL = 200
+
+
+class MountError(RuntimeError):
+    """The mount could not be brought up; ``str()`` says why, with the driver's last error."""
+
+
+def sd_notify(message: str) -> bool:
+    """Send ``message`` (``READY=1``, ``STOPPING=1``, ``STATUS=...``) to systemd.
+
+    Implements the sd_notify(3) datagram protocol on ``$NOTIFY_SOCKET`` (a path,
+    or ``@name`` for the abstract namespace). Returns False when not run by
+    systemd (no NOTIFY_SOCKET) or the send failed.
+    """
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(message.encode(), address)
+        return True
+    except OSError as exc:
+        log.warning("sd_notify(%s) failed: %s", message.split("=")[0], exc)
+        return False
+
+
+def state_file_path(runtime_dir: str, mountpoint: str) -> str:
+    """``RUNTIME_DIR/mounts/<mountpoint with / as ->.json`` (systemd-escape-like, reversible enough to read)."""
+    name = mountpoint.strip("/").replace("-", "\\x2d").replace("/", "-") or "-"
+    return os.path.join(runtime_dir, "mounts", name + ".json")
+
+
+def write_atomic(path: str, data: str, mode: int = 0o640) -> None:
+    """Write ``data`` to ``path`` through a temporary file and rename (atomic on POSIX)."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o750, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def unmount(mountpoint: str, lazy_fallback: bool = True) -> bool:
+    """``fusermount3 -u MOUNTPOINT``, then ``-u -z`` (lazy) if that fails.
+
+    Returns True when nothing is mounted at ``mountpoint`` afterwards.
+    Falls back to ``umount`` / ``umount -l`` when fusermount3 is missing.
+    """
+    fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
+    commands = ([[fusermount, "-u", mountpoint], [fusermount, "-u", "-z", mountpoint]] if fusermount
+                else [["umount", mountpoint], ["umount", "-l", mountpoint]])
+    if not lazy_fallback:
+        commands = commands[:1]
+    for argv in commands:
+        if mounttable.find_mount(mountpoint) is None:
+            return True
+        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False)
+    return mounttable.find_mount(mountpoint) is None
+
+
+def preflight(spec: MountSpec) -> None:
+    """Check the mountpoint before anything is spawned.
+
+    Raises:
+        MountError: missing, not a directory, or already a mount point.
+    """
+    path = spec.mountpoint
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MountError(f"mountpoint {path} does not exist; create it first (mkdir -p {path})") from None
+    except OSError as exc:
+        if exc.errno in mounttable.STALE_ERRNOS:
+            raise MountError(
+                f"mountpoint {path} is a dead FUSE mount (Transport endpoint is not connected); "
+                f"clear it with: fusermount3 -u -z {path}") from None
+        raise MountError(f"mountpoint {path}: {exc.strerror}") from None
+    import stat as _stat
+    if not _stat.S_ISDIR(st.st_mode):
+        raise MountError(f"mountpoint {path} is not a directory; a FUSE mount needs an empty directory")
+    existing = mounttable.find_mount(path)
+    if existing is not None:
+        raise MountError(
+            f"{path} is already a mount point ({existing.fstype} from {existing.source}); "
+            f"unmount it first (obsctl unmount {path})")
+
+
+def ensure_fusectl(sys_path: str = "/sys") -> None:
+    """Mount fusectl on /sys/fs/fuse/connections if it is not (needs root); never raises."""
+    target = os.path.join(sys_path, "fs/fuse/connections")
+    if not os.path.isdir(target) or os.listdir(target):
+        return
+    if mounttable.find_mount(target) is not None:
+        return
+    subprocess.run(["mount", "-t", "fusectl", "none", target], stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
+class LogPump(threading.Thread):
+    """Reads the driver's merged stdout/stderr line by line.
+
+    Each line is kept in a tail buffer (for failure messages), handed to the
+    log collectors (buffered until telemetry is up, so nothing before ready
+    is lost), and, when the driver says it is worth it, copied redacted to
+    obsctl's stderr.
+    """
+
+    def __init__(self, stream: Any, driver: Driver, secrets: list[str]) -> None:
+        super().__init__(name="driver-log", daemon=True)
+        self.stream = stream
+        self.driver = driver
+        self.secrets = secrets
+        self.tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL)
+        self.errors: collections.deque[str] = collections.deque(maxlen=20)
+        self._lock = threading.Lock()
+        self._pending: list[str] | None = []
+        self._sinks: list[Callable[[str], None]] = []
+
+    def attach(self, sinks: list[Callable[[str], None]]) -> None:
+        """Start feeding ``sinks``; replay the lines read before."""
+        with self._lock:
+            pending, self._pending = self._pending or [], None
+            self._sinks = sinks
+            for line in pending:
+                self._feed(line)
+
+    def _feed(self, line: str) -> None:
+        for sink in self._sinks:
+            try:
+                sink(line)
+            except Exception:  # a collector bug must not stop the pump
+                log.debug("log collector failed on a line", exc_info=True)
+
+    def run(self) -> None:
+        for raw in iter(self.stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if not line:
+                continue
+            self.tail.append(line)
+            if self.driver.is_error(line):
+                self.errors.append(line)
+            forwarded = self.driver.forward(line)
+            if forwarded is not None:
+                sys.stderr.write(f"{self.driver.name}: {redact(forwarded, self.secrets)}\n")
+            with self._lock:
+                if self._pending is not None:
+                    if len(self._pending) < 100_000:
+                        self._pending.append(line)
+                else:
+                    self._feed(line)
+        self.stream.close()
+
+    def last_error(self) -> str:
+        """The driver's last error line (human-readable, redacted), or ``""``."""
+        source = self.errors or self.tail
+        return redact(self.driver.summary(source[-1]), self.secrets) if source else ""
+
+
+class Supervisor:
+    """Supervise one mount from spawn to final export.
+
+    Args:
+        spec: the validated mount spec.
+        telemetry: the validated telemetry config.
+        credentials: the S3 credentials, or None (generic driver).
+        runtime_dir: where the state file lives (``/run/obsctl``).
+        poll_interval: seconds between collector polls and state-file writes.
+    """
+
+    def __init__(self, spec: MountSpec, telemetry: TelemetryConfig, credentials: Credentials | None,
+                 runtime_dir: str, driver: Driver, poll_interval: float = 2.0) -> None:
+        self.spec = spec
+        self.telemetry_cfg = telemetry
+        self.credentials = credentials
+        self.runtime_dir = runtime_dir
+        self.driver = driver
+        self.poll_interval = poll_interval
+        self.bucket = spec.bucket_and_prefix()[0]
+        self.stop_requested = threading.Event()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.plan: LaunchPlan | None = None
+        self.pump: LogPump | None = None
+        self.telemetry: Any = None
+        self._telemetry_error: BaseException | None = None
+        self._telemetry_ready = threading.Event()
+        self.polling: list[Any] = []
+        self.probe: Any = None
+        self.proc_io: Any = None
+        self.state = "starting"
+        self.restarts = 0
+        self.started_at = time.time()
+        self.ready_at: float | None = None
+        self.state_path = state_file_path(runtime_dir, spec.mountpoint)
+
+    # -- signals ---------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        """SIGTERM / SIGINT / SIGHUP request an orderly shutdown."""
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda *_: self.stop_requested.set())
+
+    # -- spawn / ready ---------------------------------------------------
+    def _spawn(self) -> float:
+        self.plan = self.driver.plan(self.spec, self.credentials, self.runtime_dir)
+        spawned = time.time_ns()
+        try:
+            self.proc = subprocess.Popen(
+                self.plan.argv, env=self.plan.env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                close_fds=True)
+        except FileNotFoundError:
+            raise MountError(
+                f"{self.plan.argv[0]}: not found; install the {self.driver.name} driver "
+                "(roles/fuse_driver, or apt-get install rclone s3fs)") from None
+        except PermissionError:
+            raise MountError(f"{self.plan.argv[0]}: permission denied (not executable)") from None
+        self.pump = LogPump(self.proc.stdout, self.driver, self.plan.secrets)
+        self.pump.start()
+        if self.telemetry is not None:
+            self._attach_collectors()
+        return spawned
+
+    def _wait_ready(self) -> None:
+        """Block until the mount is live. Raises MountError (driver left running: caller stops it)."""
+        assert self.proc is not None and self.plan is not None and self.pump is not None
+        deadline = time.monotonic() + self.spec.ready_timeout_seconds
+        while True:
+            if self.stop_requested.is_set():
+                raise MountError("interrupted before the mount was ready")
+            code = self.proc.poll()
+            if code is not None:
+                self.pump.join(2)
+                raise MountError(self._failure(f"{self.driver.name} exited with status {code} before the mount was ready"))
+            entry = self._live_entry()
+            if entry is not None:
+                break
+            if time.monotonic() > deadline:
+                raise MountError(self._failure(
+                    f"{self.driver.name} did not mount {self.spec.mountpoint} within "
+                    f"{self.spec.ready_timeout_seconds:g} s"))
+            time.sleep(READY_POLL_INTERVAL)
+        self._check_answers(max(0.5, deadline - time.monotonic()))
+
+    def _live_entry(self) -> Any:
+        try:
+            entry = mounttable.find_mount(self.spec.mountpoint)
+        except (OSError, ValueError):
+            return None
+        if entry is None or not mounttable.is_fuse(entry):
+            return None
+        if self.plan and self.plan.fstype and entry.fstype != self.plan.fstype:
+            return None
+        return entry
+
+    def _check_answers(self, timeout: float) -> None:
+        """Stat the mount root and read one directory entry, bounded by ``timeout``."""
+        outcome: dict[str, Any] = {}
+
+        def _probe() -> None:
+            try:
+                os.stat(self.spec.mountpoint)
+                with os.scandir(self.spec.mountpoint) as entries:
+                    next(entries, None)
+                outcome["ok"] = True
+            except OSError as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=_probe, name="ready-probe", daemon=True)
+        worker.start()
+        deadline = time.monotonic() + timeout
+        while worker.is_alive() and time.monotonic() < deadline:
+            worker.join(0.05)
+            if self.proc is not None and self.proc.poll() is not None:
+                break
+        if outcome.get("ok"):
+            return
+        if "error" in outcome:
+            exc = outcome["error"]
+            time.sleep(0.2)  # let the driver log why before we quote it
+            raise MountError(self._failure(
+                f"the mount appeared but reading its root failed: {os.strerror(exc.errno or errno.EIO)}"))
+        if self.proc is not None and self.proc.poll() is not None:
+            raise MountError(self._failure(f"{self.driver.name} exited while the mount was being checked"))
+        raise MountError(self._failure(f"the mount root did not answer within {timeout:.1f} s"))
+
+    def _failure(self, what: str) -> str:
+        last = self.pump.last_error() if self.pump else ""
+        return f"{what}: {last}" if last else what
+
+    # -- telemetry -------------------------------------------------------
+    def _init_telemetry(self) -> None:
+        try:
+            from obsctl.instruments import MountAttributes
+            from obsctl.telemetry import Telemetry
+
+            attrs = MountAttributes(self.bucket, self.driver.name, self.spec.mountpoint)
+            extra = {"obsctl.mount.source": self.spec.source, "obsctl.mount.impl": self.driver.name}
+            if self.spec.name:
+                extra["obsctl.mount.name"] = self.spec.name
+            self.telemetry = Telemetry(self.telemetry_cfg, attrs, resource_attributes=extra)
+            from obsctl.collectors.fuse_conn import FuseConnCollector
+            from obsctl.collectors.probe import MountProbe
+            from obsctl.collectors.proc_io import ProcIoCollector
+
+            ins = self.telemetry.instruments
+            self.proc_io = ProcIoCollector(ins, self._driver_pid)
+            self.probe = MountProbe(ins, self.spec.mountpoint)
+            self.generic_polling = [self.proc_io, FuseConnCollector(ins, self.spec.mountpoint), self.probe]
+        except BaseException as exc:  # reported by the main thread
+            self._telemetry_error = exc
+        finally:
+            self._telemetry_ready.set()
+
+    def _attach_collectors(self) -> None:
+        assert self.plan is not None and self.pump is not None
+        ins = self.telemetry.instruments
+        for old in self.polling:
+            if old not in self.generic_polling:
+                old.close()
+        self.polling = list(self.generic_polling) + self.driver.polling_collectors(ins, self.plan)
+        self.pump.attach([c.feed for c in self.driver.log_collectors(ins, self.plan)])
+
+    def _driver_pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    def _poll_collectors(self) -> None:
+        for collector in self.polling:
+            try:
+                collector.poll()
+            except Exception:
+                log.debug("collector %s failed", type(collector).__name__, exc_info=True)
+
+    def _span(self, name: str, start_ns: int, attributes: dict[str, Any], error: str | None = None) -> None:
+        if self.telemetry is None:
+            return
+        from opentelemetry.trace import Status, StatusCode
+
+        span = self.telemetry.tracer.start_span(name, start_time=start_ns, attributes={
+            "obsctl.mount.source": self.spec.source, "obsctl.mount.impl": self.driver.name,
+            "obsctl.mount.mountpoint": self.spec.mountpoint, **attributes})
+        if error:
+            span.set_status(Status(StatusCode.ERROR, error))
+        span.end()
+
+    # -- state file ------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """The JSON object ``obsctl status`` shows for this mount."""
+        totals = self.telemetry.instruments.totals if self.telemetry else {}
+        return {
+            "name": self.spec.name,
+            "mountpoint": self.spec.mountpoint,
+            "source": self.spec.source,
+            "bucket": self.bucket,
+            "impl": self.driver.name,
+            "state": self.state,
+            "pid": os.getpid(),
+            "driver_pid": self._driver_pid(),
+            "started_at": self.started_at,
+            "ready_at": self.ready_at,
+            "restarts": self.restarts,
+            "health": getattr(self.probe, "health", None),
+            "read_bytes": int(totals.get("obsctl_fs_read_bytes", 0)),
+            "write_bytes": int(totals.get("obsctl_fs_write_bytes", 0)),
+            "fs_ops": int(totals.get("obsctl_fs_ops", 0)),
+            "errors": int(totals.get("obsctl_errors", 0)),
+            "driver_io": {"read_bytes": getattr(self.proc_io, "read_bytes", None),
+                          "write_bytes": getattr(self.proc_io, "write_bytes", None)},
+            "telemetry_mode": self.telemetry_cfg.mode,
+            "last_export": self.telemetry.export_status.as_dict() if self.telemetry else None,
+        }
+
+    def _write_state(self) -> None:
+        try:
+            write_atomic(self.state_path, json.dumps(self.status(), indent=1) + "\n")
+        except OSError as exc:
+            log.warning("cannot write state file %s: %s", self.state_path, exc)
+
+    def _remove_state(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.state_path)
+
+    # -- stop --------------------------------------------------------------
+    def _stop_driver(self) -> None:
+        """Unmount, then wait for the driver; SIGTERM, then SIGKILL if it lingers."""
+        proc = self.proc
+        if not unmount(self.spec.mountpoint):
+            log.error("could not unmount %s", self.spec.mountpoint)
+        if proc is None:
+            return
+        for sig, wait in ((None, DRIVER_STOP_TIMEOUT), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            if sig is not None and proc.poll() is None:
+                proc.send_signal(sig)
+            try:
+                proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        unmount(self.spec.mountpoint)
+        if self.pump is not None:
+            self.pump.join(2)
+
+    # -- main --------------------------------------------------------------
+    def run(self) -> int:
+        """Mount, supervise until asked to stop, shut down. Returns the exit status.
+
+        Raises:
+            MountError: the mount did not come up (nothing is left mounted).
+        """
+        preflight(self.spec)
+        spawned = time.time_ns()
+        try:
+            spawned = self._spawn()
+            threading.Thread(target=self._init_telemetry, name="telemetry-init", daemon=True).start()
+            self._wait_ready()
+        except BaseException as exc:
+            self.state = "failed"
+            self._stop_driver()
+            if self._telemetry_ready.wait(10) and self.telemetry is not None:
+                self._span("mount", spawned, {}, error=str(exc))
+                self.telemetry.instruments.add_error("mount_failed")
+                self.telemetry.shutdown()
+            raise
+        self.ready_at = time.time()
+        self._telemetry_ready.wait()
+        if self._telemetry_error is not None:
+            self._stop_driver()
+            raise MountError(f"telemetry could not start: {self._telemetry_error}")
+        ensure_fusectl()
+        self._attach_collectors()
+        self.state = "ready"
+        ready_s = self.ready_at - spawned / 1e9
+        self._span("mount", spawned, {"obsctl.mount.ready_seconds": ready_s})
+        sd_notify(f"READY=1\nSTATUS=mounted {self.spec.source} on {self.spec.mountpoint}")
+        print(f"obsctl: mounted {self.spec.source} on {self.spec.mountpoint} "
+              f"({self.driver.name}, driver pid {self.proc.pid}) in {ready_s:.2f} s", file=sys.stderr, flush=True)
+        self._poll_collectors()
+        self._write_state()
+        threading.Timer(1.0, self.telemetry.flush).start()
+        return self._supervise()
+
+    def _supervise(self) -> int:
+        next_poll = time.monotonic() + self.poll_interval
+        exit_code = 0
+        while not self.stop_requested.wait(WATCH_INTERVAL):
+            if self.proc is not None and self.proc.poll() is not None:
+                if not self._handle_driver_exit():
+                    exit_code = 1
+                    break
+                next_poll = time.monotonic()
+            if time.monotonic() >= next_poll:
+                self._poll_collectors()
+                self._write_state()
+                next_poll = time.monotonic() + self.poll_interval
+        return self._shutdown(exit_code)
+
+    def _handle_driver_exit(self) -> bool:
+        """The driver died under a live mount: clear the dead mount, restart with backoff.
+
+        Returns False when the restart budget is spent or a restart failed.
+        """
+        assert self.proc is not None and self.pump is not None
+        code = self.proc.returncode
+        died_ns = time.time_ns()
+        unmount(self.spec.mountpoint)  # lazy fallback clears "Transport endpoint is not connected"
+        self.pump.join(2)
+        reason = self._failure(f"{self.driver.name} exited with status {code}")
+        log.error("%s", reason)
+        print(f"obsctl: {reason}", file=sys.stderr, flush=True)
+        self.telemetry.instruments.add_error("driver_exit")
+        self._span("driver.exit", died_ns, {"process.exit.code": code}, error=reason)
+        if self.restarts >= self.spec.max_restarts:
+            self.state = "failed"
+            return False
+        self.state = "restarting"
+        self._write_state()
+        backoff = min(30.0, 2.0 ** self.restarts)
+        if self.stop_requested.wait(backoff):
+            return True
+        self.restarts += 1
+        self.telemetry.instruments.add_restart()
+        started = time.time_ns()
+        try:
+            self._spawn()
+            self._wait_ready()
+        except MountError as exc:
+            self._span("restart", started, {"obsctl.restart.count": self.restarts}, error=str(exc))
+            print(f"obsctl: restart failed: {exc}", file=sys.stderr, flush=True)
+            self.state = "failed"
+            self._stop_driver()
+            return False
+        self._span("restart", started, {"obsctl.restart.count": self.restarts})
+        self.state = "ready"
+        print(f"obsctl: restarted {self.driver.name} (driver pid {self.proc.pid})", file=sys.stderr, flush=True)
+        return True
+
+    def _shutdown(self, exit_code: int) -> int:
+        started = time.time_ns()
+        self.state = "stopping"
+        sd_notify("STOPPING=1")
+        self._write_state()
+        self._poll_collectors()
+        self._stop_driver()
+        # Every log line is in now (the pump hit EOF): the counters are final.
+        for collector in self.polling:
+            if collector is not self.proc_io:
+                try:
+                    collector.poll()
+                except Exception:
+                    log.debug("final poll failed", exc_info=True)
+            collector.close()
+        self._span("unmount", started, {})
+        self._remove_state()
+        self.telemetry.shutdown()
+        print(f"obsctl: unmounted {self.spec.mountpoint}", file=sys.stderr, flush=True)
+        return exit_code

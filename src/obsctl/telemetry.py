@@ -1,0 +1,251 @@
+"""OpenTelemetry SDK set-up for one mount: MeterProvider, TracerProvider, shutdown.
+
+Imported lazily by the supervisor, after the driver has been spawned, because
+importing the SDK and the gRPC exporter costs about 0.25 s that must not be
+added to the time to ready.
+
+What is created (DESIGN section 3):
+
+* ``mode = "none"``: a MeterProvider with no reader at all (instruments are
+  no-ops except for obsctl's own running totals), no TracerProvider exporter,
+  nothing listens;
+* ``remote`` / ``local``: a PeriodicExportingMetricReader over an OTLP metric
+  exporter (gRPC or http/protobuf), a BatchSpanProcessor over an OTLP span
+  exporter, and optionally a PrometheusMetricReader served by
+  ``prometheus_client`` on ``[telemetry.metrics] bind_address``.
+
+Every reader gets the SDK's cardinality limit (``cardinality_limit`` per
+instrument class). Export results are recorded for ``obsctl status``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+from urllib.parse import urlsplit
+
+from opentelemetry.sdk.metrics import (
+    Counter,
+    Histogram,
+    MeterProvider,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+    UpDownCounter,
+)
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricReader,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Tracer
+
+from obsctl import __version__
+from obsctl.config import TelemetryConfig
+from obsctl.instruments import Instruments, MountAttributes, create_instruments
+
+log = logging.getLogger(__name__)
+
+METER_NAME = "obsctl"
+
+
+@dataclass
+class ExportStatus:
+    """The outcome of the last metric export, for ``obsctl status``.
+
+    Attributes:
+        time: UNIX time (s) of the last export attempt, None before the first.
+        result: ``"success"``, ``"failure"`` or ``"none"`` (no exporter).
+        exports: attempts so far; failures: failed attempts so far.
+    """
+
+    time: float | None = None
+    result: str = "none"
+    exports: int = 0
+    failures: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready copy."""
+        with self.lock:
+            return {"time": self.time, "result": self.result,
+                    "exports": self.exports, "failures": self.failures}
+
+
+class RecordingMetricExporter(MetricExporter):
+    """Delegates to a real OTLP exporter and records each export's result."""
+
+    def __init__(self, inner: MetricExporter, status: ExportStatus) -> None:
+        super().__init__(preferred_temporality=inner._preferred_temporality,
+                         preferred_aggregation=inner._preferred_aggregation)
+        self._inner = inner
+        self._status = status
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        with self._status.lock:
+            self._status.time = time.time()
+            self._status.exports += 1
+            ok = result == MetricExportResult.SUCCESS
+            self._status.result = "success" if ok else "failure"
+            self._status.failures += 0 if ok else 1
+        if not ok:
+            log.warning("metric export failed (will retry at the next interval; the mount is unaffected)")
+        return result
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self._inner.force_flush(timeout_millis=timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+
+def _grpc_endpoint(url: str) -> tuple[str, bool]:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 4317}", parts.scheme == "http"
+
+
+def _http_endpoint(url: str, path: str) -> str:
+    parts = urlsplit(url)
+    if parts.path in ("", "/"):
+        return url.rstrip("/") + path
+    return url
+
+
+def metric_exporter(cfg: TelemetryConfig) -> MetricExporter:
+    """The OTLP metric exporter for ``cfg`` (gRPC or http/protobuf).
+
+    The endpoint is ``[telemetry.metrics] otlp_endpoint`` or, when unset, the
+    exporter's own OTEL_EXPORTER_OTLP_* environment handling.
+    """
+    endpoint = cfg.endpoint(cfg.metrics)
+    timeout = cfg.metrics.export_timeout_seconds
+    if cfg.protocol(cfg.metrics, "metrics") == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpExporter
+        return HttpExporter(endpoint=_http_endpoint(endpoint, "/v1/metrics") if endpoint else None, timeout=timeout)
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcExporter
+    if endpoint:
+        target, insecure = _grpc_endpoint(endpoint)
+        return GrpcExporter(endpoint=target, insecure=insecure, timeout=timeout)
+    return GrpcExporter(timeout=timeout)
+
+
+def span_exporter(cfg: TelemetryConfig) -> Any:
+    """The OTLP span exporter for ``cfg`` (gRPC or http/protobuf)."""
+    endpoint = cfg.endpoint(cfg.traces)
+    timeout = cfg.traces.export_timeout_seconds
+    if cfg.protocol(cfg.traces, "traces") == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+        return HttpExporter(endpoint=_http_endpoint(endpoint, "/v1/traces") if endpoint else None, timeout=timeout)
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+    if endpoint:
+        target, insecure = _grpc_endpoint(endpoint)
+        return GrpcExporter(endpoint=target, insecure=insecure, timeout=timeout)
+    return GrpcExporter(timeout=timeout)
+
+
+def _cardinality_limits(limit: int) -> dict[type, int]:
+    return {cls: limit for cls in (Counter, UpDownCounter, Histogram, ObservableCounter,
+                                   ObservableUpDownCounter, ObservableGauge)}
+
+
+class Telemetry:
+    """The SDK objects of one mount and their orderly shutdown.
+
+    Args:
+        cfg: validated telemetry config.
+        attrs: the mount's bucket / impl / mountpoint.
+        resource_attributes: extra resource attributes (obsctl.mount.* ...),
+            merged over ``[telemetry.resource]`` and OTEL_RESOURCE_ATTRIBUTES.
+        extra_readers: more metric readers (tests pass an InMemoryMetricReader).
+
+    Raises:
+        OSError: the Prometheus bind_address cannot be bound (in use, not a
+            local address); the message names the address.
+    """
+
+    def __init__(self, cfg: TelemetryConfig, attrs: MountAttributes,
+                 resource_attributes: dict[str, str] | None = None,
+                 extra_readers: Sequence[MetricReader] = ()) -> None:
+        self.cfg = cfg
+        self.export_status = ExportStatus()
+        self.resource = Resource.create({
+            "service.name": cfg.resource.service_name,
+            "service.version": __version__,
+            "host.name": socket.gethostname(),
+            **cfg.resource.attributes,
+            **(resource_attributes or {}),
+        })
+        limits = _cardinality_limits(cfg.metrics.cardinality_limit)
+        readers: list[MetricReader] = list(extra_readers)
+        self._prometheus_server: Any = None
+        if cfg.exports_metrics:
+            readers.append(PeriodicExportingMetricReader(
+                RecordingMetricExporter(metric_exporter(cfg), self.export_status),
+                export_interval_millis=cfg.metrics.export_interval_seconds * 1000,
+                export_timeout_millis=cfg.metrics.export_timeout_seconds * 1000,
+                cardinality_limits=limits))
+            if cfg.metrics.bind_address:
+                readers.append(self._start_prometheus(cfg.metrics.bind_address, limits))
+        self.meter_provider = MeterProvider(resource=self.resource, metric_readers=readers)
+        self.instruments: Instruments = create_instruments(
+            self.meter_provider.get_meter(METER_NAME, __version__), attrs)
+        self.tracer_provider = TracerProvider(resource=self.resource)
+        if cfg.exports_traces:
+            self.tracer_provider.add_span_processor(BatchSpanProcessor(
+                span_exporter(cfg), export_timeout_millis=cfg.traces.export_timeout_seconds * 1000))
+        self.tracer: Tracer = self.tracer_provider.get_tracer(METER_NAME, __version__)
+
+    def _start_prometheus(self, bind_address: str, limits: dict[type, int]) -> MetricReader:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        host, _, port = bind_address.rpartition(":")
+        host = host.strip("[]")
+        registry = CollectorRegistry()
+        reader = PrometheusMetricReader(registry=registry, cardinality_limits=limits)
+        try:
+            self._prometheus_server, _thread = start_http_server(int(port), addr=host, registry=registry)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot serve Prometheus metrics on {bind_address}: {exc.strerror}") from None
+        return reader
+
+    def flush(self, timeout_seconds: float = 5.0) -> bool:
+        """Collect and export now (the first export after ready). True if all readers succeeded."""
+        return self.meter_provider.force_flush(timeout_millis=timeout_seconds * 1000)
+
+    def shutdown(self, timeout_seconds: float | None = None) -> None:
+        """Export the final values and spans, then stop every exporter and server.
+
+        Bounded by ``timeout_seconds`` (default: the configured export timeout)
+        for metrics and again for spans, so an unreachable collector cannot
+        hold shutdown for longer.
+        """
+        if timeout_seconds is None:
+            timeout_seconds = max(self.cfg.metrics.export_timeout_seconds, self.cfg.traces.export_timeout_seconds)
+        done = threading.Event()
+
+        def _stop() -> None:
+            try:
+                self.tracer_provider.shutdown()
+            finally:
+                self.meter_provider.shutdown(timeout_millis=timeout_seconds * 1000)
+                done.set()
+
+        worker = threading.Thread(target=_stop, name="telemetry-shutdown", daemon=True)
+        worker.start()
+        if not done.wait(2 * timeout_seconds + 1):
+            log.warning("telemetry shutdown did not finish within %.0f s; exiting anyway", 2 * timeout_seconds + 1)
+        if self._prometheus_server is not None:
+            self._prometheus_server.shutdown()
+            self._prometheus_server.server_close()
+
