@@ -130,7 +130,8 @@ class TelemetryConfig(_Strict):
             env = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
             for table, signal in (("traces", self.traces), ("metrics", self.metrics)):
                 specific = os.environ.get(f"OTEL_EXPORTER_OTLP_{table.upper()}_ENDPOINT")
-                if signal.enabled and not (signal.otlp_endpoint or env or specific):
+                pull_only = table == "metrics" and self.metrics.bind_address
+                if signal.enabled and not (signal.otlp_endpoint or env or specific or pull_only):
                     raise ValueError(
                         f'mode = "remote" needs [telemetry.{table}] otlp_endpoint '
                         f"(or OTEL_EXPORTER_OTLP_ENDPOINT), or [telemetry.{table}] enabled = false")
@@ -156,8 +157,17 @@ class TelemetryConfig(_Strict):
 
     @property
     def exports_metrics(self) -> bool:
-        """True when an OTLP metric exporter (or the Prometheus endpoint) is created."""
+        """True when metrics leave the process (OTLP push or the Prometheus endpoint)."""
         return self.mode != "none" and self.metrics.enabled
+
+    @property
+    def pushes_metrics(self) -> bool:
+        """True when an OTLP metric exporter is created: ``exports_metrics`` and an
+        endpoint is known (from the file, ``local`` mode, or OTEL_EXPORTER_OTLP_*).
+        ``remote`` mode with only ``bind_address`` is pull-only (Prometheus)."""
+        return self.exports_metrics and bool(
+            self.endpoint(self.metrics) or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            or os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))
 
     @property
     def exports_traces(self) -> bool:
@@ -244,7 +254,7 @@ def _location(loc: tuple[Any, ...], root: str) -> str:
     """Turn a pydantic error location into ``[telemetry.metrics] key``."""
     keys = [str(k) for k in loc if not isinstance(k, int)]
     if not keys:
-        return f"[{root}]" if root else "the file"
+        return ""
     *tables, key = keys
     if root:
         tables = [root, *tables] if tables[:1] != [root] else tables
@@ -258,7 +268,7 @@ def _format(exc: ValidationError, origin: str, root: str) -> ConfigError:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see DESIGN section 3)"
-        lines.append(f"{where}: {msg}")
+        lines.append(f"{where}: {msg}" if where else msg)
     return ConfigError(f"{origin}: invalid configuration:\n  " + "\n  ".join(lines))
 
 

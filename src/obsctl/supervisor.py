@@ -218,8 +218,10 @@ class LogPump(threading.Thread):
 
     def last_error(self) -> str:
         """The driver's last error line (human-readable, redacted), or ``""``."""
-        source = self.errors or self.tail
-        return redact(self.driver.summary(source[-1]), self.secrets) if source else ""
+        if not self.errors:
+            return f"{self.driver.name} logged no error"
+        critical = [line for line in self.errors if self.driver.is_critical(line)]
+        return redact(self.driver.summary((critical or self.errors)[-1]), self.secrets)
 
 
 class Supervisor:
@@ -325,7 +327,7 @@ class Supervisor:
             try:
                 os.stat(self.spec.mountpoint)
                 with os.scandir(self.spec.mountpoint) as entries:
-                    next(entries, None)
+                    outcome["empty"] = next(entries, None) is None
                 outcome["ok"] = True
             except OSError as exc:
                 outcome["error"] = exc
@@ -338,6 +340,10 @@ class Supervisor:
             if self.proc is not None and self.proc.poll() is not None:
                 break
         if outcome.get("ok"):
+            assert self.plan is not None
+            problem = self.driver.verify(self.plan, outcome["empty"])
+            if problem:
+                raise MountError(problem)
             return
         if "error" in outcome:
             exc = outcome["error"]
@@ -346,7 +352,8 @@ class Supervisor:
                 f"the mount appeared but reading its root failed: {os.strerror(exc.errno or errno.EIO)}"))
         if self.proc is not None and self.proc.poll() is not None:
             raise MountError(self._failure(f"{self.driver.name} exited while the mount was being checked"))
-        raise MountError(self._failure(f"the mount root did not answer within {timeout:.1f} s"))
+        hint = f" (is the endpoint {self.spec.endpoint} reachable?)" if self.spec.endpoint else ""
+        raise MountError(self._failure(f"the mount root did not answer a directory read within {timeout:.1f} s{hint}"))
 
     def _failure(self, what: str) -> str:
         last = self.pump.last_error() if self.pump else ""

@@ -188,14 +188,14 @@ class Telemetry:
         limits = _cardinality_limits(cfg.metrics.cardinality_limit)
         readers: list[MetricReader] = list(extra_readers)
         self._prometheus_server: Any = None
-        if cfg.exports_metrics:
+        if cfg.pushes_metrics:
             readers.append(PeriodicExportingMetricReader(
                 RecordingMetricExporter(metric_exporter(cfg), self.export_status),
                 export_interval_millis=cfg.metrics.export_interval_seconds * 1000,
                 export_timeout_millis=cfg.metrics.export_timeout_seconds * 1000,
                 cardinality_limits=limits))
-            if cfg.metrics.bind_address:
-                readers.append(self._start_prometheus(cfg.metrics.bind_address, limits))
+        if cfg.exports_metrics and cfg.metrics.bind_address:
+            readers.append(self._start_prometheus(cfg.metrics.bind_address, limits))
         self.meter_provider = MeterProvider(resource=self.resource, metric_readers=readers)
         self.instruments: Instruments = create_instruments(
             self.meter_provider.get_meter(METER_NAME, __version__), attrs)

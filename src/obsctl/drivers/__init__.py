@@ -83,6 +83,10 @@ class Driver:
         """True when the line explains a failure (kept for the failure message)."""
         return False
 
+    def is_critical(self, line: str) -> bool:
+        """True for an error line that names the root cause (preferred in failure messages)."""
+        return False
+
     def log_collectors(self, instruments: "Instruments", plan: LaunchPlan) -> list["LogCollector"]:
         """Collectors fed with every log line of the driver."""
         return []
@@ -90,6 +94,14 @@ class Driver:
     def polling_collectors(self, instruments: "Instruments", plan: LaunchPlan) -> list["PollingCollector"]:
         """Driver-specific polling collectors (the generic ones are added by the supervisor)."""
         return []
+
+    def verify(self, plan: LaunchPlan, root_empty: bool) -> str | None:
+        """Driver-specific check once the mount root answered; a reason to fail, or None.
+
+        ``root_empty`` tells whether the first directory read of the root
+        returned nothing (some drivers show a missing bucket as an empty root).
+        """
+        return None
 
     def summary(self, line: str) -> str:
         """A human-readable form of an error line (JSON logs -> their message)."""

@@ -118,14 +118,14 @@ class RcloneDriver(Driver):
 
     def forward(self, line):
         record = self._parse(line)
-        if record is None:
-            return line
+        if record is None:  # plain lines come before JSON logging starts
+            return None if (" DEBUG : " in line or " INFO  : " in line) else line
         return line if record.get("level") in _FORWARD_LEVELS else None
 
     def is_error(self, line):
         record = self._parse(line)
         if record is None:
-            return bool(line.strip())
+            return bool(line.strip()) and " DEBUG : " not in line and " INFO  : " not in line
         return record.get("level") in _ERROR_LEVELS
 
     def summary(self, line):
@@ -134,6 +134,33 @@ class RcloneDriver(Driver):
             return line.strip()
         obj = record.get("object")
         return f"{obj}: {record.get('msg', '')}".strip() if obj else str(record.get("msg", "")).strip()
+
+    def verify(self, plan, root_empty):
+        """A missing bucket shows as an empty root in rclone's VFS; ask rclone itself.
+
+        Only when the root listed empty: rc ``operations/list`` of the remote
+        root, which answers ``directory not found`` for a missing bucket (the
+        listing is empty for an empty bucket, so this costs one request).
+        """
+        if not root_empty:
+            return None
+        import requests
+
+        remote = plan.argv[2]
+        try:
+            reply = requests.post(f"{plan.extras['rc_url']}/operations/list", auth=plan.extras["rc_auth"],
+                                  json={"fs": remote, "remote": ""}, timeout=10)
+        except requests.RequestException as exc:
+            return f"rclone rc did not answer: {exc}"
+        if reply.status_code == 200:
+            return None
+        try:
+            error = reply.json().get("error", reply.text)
+        except ValueError:
+            error = reply.text
+        if "directory not found" in error:
+            return f"bucket or prefix {remote.split(':', 1)[1]} does not exist ({error.strip()})"
+        return f"rclone cannot list {remote.split(':', 1)[1]}: {error.strip()}"
 
     def log_collectors(self, instruments, plan):
         from obsctl.collectors.rclone_log import RcloneLogCollector

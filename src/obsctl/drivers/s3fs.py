@@ -51,7 +51,15 @@ class S3fsDriver(Driver):
         return line if any(m in line for m in _FORWARD_MARKERS) else None
 
     def is_error(self, line):
-        return any(m in line for m in _ERROR_MARKERS)
+        return any(m in line for m in _ERROR_MARKERS) and "LowSetLogLevel" not in line
+
+    def is_critical(self, line):
+        return ("[CRT]" in line or line.startswith("s3fs:")) and "LowSetLogLevel" not in line
+
+    def summary(self, line):
+        """``2026-...Z [CRT] s3fs.cpp:fn(123): message`` -> ``message``."""
+        head, sep, message = line.partition("): ")
+        return message.strip() if sep and "[" in head else line.strip()
 
     def log_collectors(self, instruments, plan):
         from obsctl.collectors.s3fs_log import S3fsLogCollector
