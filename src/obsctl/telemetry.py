@@ -188,12 +188,14 @@ class Telemetry:
         limits = _cardinality_limits(cfg.metrics.cardinality_limit)
         readers: list[MetricReader] = list(extra_readers)
         self._prometheus_server: Any = None
+        self._push_reader: PeriodicExportingMetricReader | None = None
         if cfg.pushes_metrics:
-            readers.append(PeriodicExportingMetricReader(
+            self._push_reader = PeriodicExportingMetricReader(
                 RecordingMetricExporter(metric_exporter(cfg), self.export_status),
                 export_interval_millis=cfg.metrics.export_interval_seconds * 1000,
                 export_timeout_millis=cfg.metrics.export_timeout_seconds * 1000,
-                cardinality_limits=limits))
+                cardinality_limits=limits)
+            readers.append(self._push_reader)
         if cfg.exports_metrics and cfg.metrics.bind_address:
             readers.append(self._start_prometheus(cfg.metrics.bind_address, limits))
         self.meter_provider = MeterProvider(resource=self.resource, metric_readers=readers)
@@ -220,8 +222,15 @@ class Telemetry:
         return reader
 
     def flush(self, timeout_seconds: float = 5.0) -> bool:
-        """Collect and export now (the first export after ready). True if all readers succeeded."""
-        return self.meter_provider.force_flush(timeout_millis=timeout_seconds * 1000)
+        """Collect and push over OTLP now (the first export after ready).
+
+        Only the OTLP reader is flushed: flushing the PrometheusMetricReader
+        would queue a second copy of every family for the next scrape.
+        Returns True when there is no OTLP reader or its export succeeded.
+        """
+        if self._push_reader is None:
+            return True
+        return self._push_reader.force_flush(timeout_millis=timeout_seconds * 1000)
 
     def shutdown(self, timeout_seconds: float | None = None) -> None:
         """Export the final values and spans, then stop every exporter and server.
@@ -246,6 +255,6 @@ class Telemetry:
         if not done.wait(2 * timeout_seconds + 1):
             log.warning("telemetry shutdown did not finish within %.0f s; exiting anyway", 2 * timeout_seconds + 1)
         if self._prometheus_server is not None:
-            self._prometheus_server.shutdown()
-            self._prometheus_server.server_close()
+            # shutdown() waits for serve_forever's 0.5 s poll; do not hold the exit for it.
+            threading.Thread(target=self._prometheus_server.shutdown, name="prometheus-stop", daemon=True).start()
 

@@ -1,0 +1,101 @@
+"""Is the mount up and answering? ``obsctl_mount_up`` from a bounded stat.
+
+Source: :func:`obsctl.mounttable.probe_health`: the mount's line in
+/proc/self/mountinfo (``missing`` without one) and a ``stat(2)`` of the
+mountpoint (``stale`` on ENOTCONN "Transport endpoint is not connected" /
+ECONNABORTED: the driver is gone but the kernel mount stays; real copies in
+tests/fixtures/mountinfo/stale.txt and stale_stat.txt). A stat on a hung
+(alive but not answering) driver blocks in the kernel, so
+:meth:`MountProbe.poll` runs the probe in a daemon thread and waits at most
+``timeout`` seconds: no answer -> ``hung``. While a probe is still blocked,
+the next polls do not start another one (they would block too and pile up
+threads) and report ``hung``.
+
+Recorded as the observable gauge ``obsctl_mount_up`` {bucket, impl,
+mountpoint}: 1 when :attr:`MountProbe.health` is ``ok``, 0 for ``stale``,
+``missing``, ``hung`` or a failed probe. Nothing is reported before the
+first poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Callable, Iterable
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from obsctl import mounttable
+from obsctl.collectors import PollingCollector
+from obsctl.instruments import Instruments
+
+log = logging.getLogger(__name__)
+
+
+class MountProbe(PollingCollector):
+    """Health of one mount, bounded by a timeout.
+
+    Args:
+        instruments: where to register the gauge.
+        mountpoint: absolute path of the mount.
+        timeout: seconds to wait for the stat.
+        mountinfo_path: the mount table (tests pass a fixture file).
+        stat: the stat function (tests pass one that raises or blocks).
+
+    Attributes:
+        health: ``ok`` | ``stale`` | ``missing`` | ``hung`` | ``error``, or
+            None before the first poll.
+    """
+
+    def __init__(
+        self,
+        instruments: Instruments,
+        mountpoint: str,
+        timeout: float = 2.0,
+        mountinfo_path: str = mounttable.MOUNTINFO_PATH,
+        stat: Callable[[str], object] = os.stat,
+    ) -> None:
+        super().__init__(instruments)
+        self.mountpoint = mountpoint
+        self.timeout = timeout
+        self.mountinfo_path = mountinfo_path
+        self.stat = stat
+        self.health: str | None = None
+        self._thread: threading.Thread | None = None
+        instruments.observable_gauge("obsctl_mount_up", self._observe)
+
+    @property
+    def up(self) -> bool:
+        return self.health == "ok"
+
+    def poll(self) -> None:
+        """Probe once, waiting at most ``timeout`` seconds; never raises."""
+        if self._thread is not None and self._thread.is_alive():
+            self.health = "hung"
+            return
+        result: list[str] = []
+
+        def run() -> None:
+            try:
+                result.append(mounttable.probe_health(
+                    self.mountpoint, path=self.mountinfo_path, stat=self.stat))
+            except Exception:  # noqa: BLE001 - e.g. unreadable mount table
+                log.debug("probe of %s failed", self.mountpoint, exc_info=True)
+                result.append("error")
+
+        thread = threading.Thread(target=run, name="obsctl-probe", daemon=True)
+        self._thread = thread
+        thread.start()
+        thread.join(self.timeout)
+        if thread.is_alive():
+            self.health = "hung"
+        else:
+            self.health = result[0] if result else "error"
+            self._thread = None
+
+    def _observe(self, _options: CallbackOptions) -> Iterable[Observation]:
+        if self.health is None:
+            return []
+        return [Observation(1 if self.health == "ok" else 0,
+                            self.instruments.attrs.with_mountpoint())]
