@@ -1,0 +1,84 @@
+"""FuseConnCollector over real mountinfo and fusectl copies.
+
+Fixtures: tests/fixtures/mountinfo/live.txt (rclone, s3fs and bindfs mounted
+at the paths in mountpoints.txt) and tests/fixtures/sys/fs/fuse/connections/
+N/waiting for those three mounts (tests/fixtures/capture.sh).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from obsctl.collectors.fuse_conn import FuseConnCollector
+from obsctl.instruments import MountAttributes, create_instruments
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+LIVE = str(FIXTURES / "mountinfo" / "live.txt")
+MOUNTPOINTS = dict(line.split(" ", 1) for line in
+                   (FIXTURES / "mountinfo" / "mountpoints.txt").read_text().splitlines())
+
+
+def make(mountpoint):
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
+    return reader, create_instruments(meter, MountAttributes("obsctl-fixture", "x", mountpoint))
+
+
+def observed(reader):
+    out = []
+    data = reader.get_metrics_data()
+    for rm in data.resource_metrics if data else []:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == "obsctl_fuse_requests_waiting":
+                    out.extend((dict(dp.attributes), dp.value) for dp in metric.data.data_points)
+    return out
+
+
+@pytest.mark.parametrize("driver,connection", [("rclone", "45"), ("s3fs", "40"), ("bindfs", "42")])
+def test_live_mounts(driver, connection):
+    mountpoint = MOUNTPOINTS[driver]
+    reader, ins = make(mountpoint)
+    collector = FuseConnCollector(ins, mountpoint, sys_path=str(FIXTURES / "sys"),
+                                  mountinfo_path=LIVE)
+    collector.poll()
+    assert collector.connection == connection
+    assert collector.waiting == 0  # idle mounts in the capture
+    assert observed(reader) == [({"mountpoint": mountpoint}, 0)]
+
+
+def test_waiting_value_is_read(tmp_path):
+    mountpoint = MOUNTPOINTS["rclone"]
+    shutil.copytree(FIXTURES / "sys", tmp_path / "sys")
+    (tmp_path / "sys/fs/fuse/connections/45/waiting").write_text("7\n")
+    reader, ins = make(mountpoint)
+    collector = FuseConnCollector(ins, mountpoint, sys_path=str(tmp_path / "sys"),
+                                  mountinfo_path=LIVE)
+    collector.poll()
+    assert observed(reader) == [({"mountpoint": mountpoint}, 7)]
+
+
+@pytest.mark.parametrize("case", ["fusectl_not_mounted", "not_in_table", "not_fuse",
+                                  "no_mountinfo"])
+def test_nothing_to_report(tmp_path, case):
+    mountpoint = MOUNTPOINTS["rclone"]
+    sys_path, mountinfo = str(FIXTURES / "sys"), LIVE
+    if case == "fusectl_not_mounted":
+        (tmp_path / "fs/fuse/connections").mkdir(parents=True)  # empty, as before mount
+        sys_path = str(tmp_path)
+    elif case == "not_in_table":
+        mountpoint = "/nowhere"
+    elif case == "not_fuse":
+        mountpoint = "/sys/fs/fuse/connections"  # fusectl, not a FUSE mount
+    else:
+        mountinfo = str(tmp_path / "missing")
+    reader, ins = make(mountpoint)
+    collector = FuseConnCollector(ins, mountpoint, sys_path=sys_path, mountinfo_path=mountinfo)
+    collector.poll()
+    assert collector.waiting is None
+    assert observed(reader) == []

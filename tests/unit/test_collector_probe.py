@@ -1,0 +1,106 @@
+"""MountProbe over real mountinfo copies: live, stale (driver killed -9), missing, hung.
+
+Fixtures: tests/fixtures/mountinfo/{live,stale}.txt and stale_stat.txt (what
+stat(1) said on the stale rclone mount) from tests/fixtures/capture.sh.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from obsctl.collectors.probe import MountProbe
+from obsctl.instruments import MountAttributes, create_instruments
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mountinfo"
+MOUNTPOINTS = dict(line.split(" ", 1) for line in
+                   (FIXTURES / "mountpoints.txt").read_text().splitlines())
+
+
+def make(mountpoint):
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
+    attrs = MountAttributes("obsctl-fixture", "rclone", mountpoint)
+    return reader, create_instruments(meter, attrs), attrs
+
+
+def observed(reader):
+    out = []
+    data = reader.get_metrics_data()
+    for rm in data.resource_metrics if data else []:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == "obsctl_mount_up":
+                    out.extend((dict(dp.attributes), dp.value) for dp in metric.data.data_points)
+    return out
+
+
+def stat_ok(path):
+    return None
+
+
+def stat_enotconn(path):
+    # what the capture saw: "stat: cannot statx '...': Transport endpoint is not connected"
+    assert "Transport endpoint is not connected" in (FIXTURES / "stale_stat.txt").read_text()
+    raise OSError(errno.ENOTCONN, "Transport endpoint is not connected", path)
+
+
+def stat_eacces(path):
+    raise OSError(errno.EACCES, "Permission denied", path)
+
+
+@pytest.mark.parametrize("driver,table,stat,health,up", [
+    ("rclone", "live.txt", stat_ok, "ok", 1),
+    ("s3fs", "live.txt", stat_ok, "ok", 1),
+    ("bindfs", "live.txt", stat_ok, "ok", 1),
+    ("rclone", "stale.txt", stat_enotconn, "stale", 0),
+    ("rclone", "live.txt", stat_eacces, "ok", 1),  # the daemon answered
+    ("/not/mounted", "live.txt", stat_ok, "missing", 0),
+])
+def test_health(driver, table, stat, health, up):
+    mountpoint = MOUNTPOINTS.get(driver, driver)
+    reader, ins, attrs = make(mountpoint)
+    probe = MountProbe(ins, mountpoint, mountinfo_path=str(FIXTURES / table), stat=stat)
+    assert observed(reader) == []  # nothing before the first poll
+    probe.poll()
+    assert probe.health == health
+    assert probe.up is (up == 1)
+    assert observed(reader) == [(attrs.with_mountpoint(), up)]
+
+
+def test_hung_daemon_is_bounded():
+    mountpoint = MOUNTPOINTS["rclone"]
+    release = threading.Event()
+    calls = []
+
+    def stat_blocks(path):
+        calls.append(path)
+        release.wait(10)
+
+    reader, ins, attrs = make(mountpoint)
+    probe = MountProbe(ins, mountpoint, timeout=0.1,
+                       mountinfo_path=str(FIXTURES / "live.txt"), stat=stat_blocks)
+    probe.poll()
+    assert probe.health == "hung"
+    probe.poll()  # still blocked: no second thread
+    assert probe.health == "hung" and len(calls) == 1
+    assert observed(reader) == [(attrs.with_mountpoint(), 0)]
+    release.set()
+    probe._thread.join(2)
+    probe.poll()
+    assert len(calls) == 2
+    assert probe.health == "ok"
+    assert observed(reader) == [(attrs.with_mountpoint(), 1)]
+
+
+def test_unreadable_mount_table():
+    reader, ins, attrs = make("/m")
+    probe = MountProbe(ins, "/m", mountinfo_path="/nonexistent/mountinfo", stat=stat_ok)
+    probe.poll()
+    assert probe.health == "error"
+    assert observed(reader) == [(attrs.with_mountpoint(), 0)]
