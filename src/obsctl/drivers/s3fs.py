@@ -2,7 +2,7 @@
 
 Credentials go in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
 AWS_SESSION_TOKEN of s3fs's environment, which s3fs reads before any
-passwd file. ``-o dbglevel=info -o curldbg`` makes s3fs log each HTTP
+passwd file. ``-o dbglevel=dbg -o curldbg`` makes s3fs log each HTTP
 request and response with timestamps, which :class:`~obsctl.collectors.
 s3fs_log.S3fsLogCollector` pairs into request latency and status codes.
 """
@@ -34,7 +34,7 @@ class S3fsDriver(Driver):
                 env["AWS_SESSION_TOKEN"] = creds.session_token
             hidden += creds.secrets()
         source = bucket + (f":/{prefix}" if prefix else "")
-        argv = [self.binary, source, spec.mountpoint, "-f", "-o", "dbglevel=info", "-o", "curldbg"]
+        argv = [self.binary, source, spec.mountpoint, "-f", "-o", "dbglevel=dbg", "-o", "curldbg"]
         if spec.endpoint:
             argv += ["-o", f"url={spec.endpoint}", "-o", "use_path_request_style"]
         if spec.region:
