@@ -83,6 +83,16 @@ def sd_notify(message: str) -> bool:
         return False
 
 
+def describe_exit(returncode: int) -> str:
+    """``exited with status 1`` / ``was killed by SIGKILL`` from a Popen returncode."""
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
 def state_file_path(runtime_dir: str, mountpoint: str) -> str:
     """``RUNTIME_DIR/mounts/<mountpoint with / as ->.json`` (systemd-escape-like, reversible enough to read)."""
     name = mountpoint.strip("/").replace("-", "\\x2d").replace("/", "-") or "-"
@@ -297,7 +307,7 @@ class Supervisor:
             code = self.proc.poll()
             if code is not None:
                 self.pump.join(2)
-                raise MountError(self._failure(f"{self.driver.name} exited with status {code} before the mount was ready"))
+                raise MountError(self._failure(f"{self.driver.name} {describe_exit(code)} before the mount was ready"))
             entry = self._live_entry()
             if entry is not None:
                 break
@@ -535,8 +545,7 @@ class Supervisor:
         died_ns = time.time_ns()
         unmount(self.spec.mountpoint)  # lazy fallback clears "Transport endpoint is not connected"
         self.pump.join(2)
-        reason = self._failure(f"{self.driver.name} exited with status {code}")
-        log.error("%s", reason)
+        reason = self._failure(f"{self.driver.name} {describe_exit(code)}")
         print(f"obsctl: {reason}", file=sys.stderr, flush=True)
         self.telemetry.instruments.add_error("driver_exit")
         self._span("driver.exit", died_ns, {"process.exit.code": code}, error=reason)
