@@ -36,6 +36,29 @@ def runtime_dir() -> str:
     return os.environ.get("OBSCTL_RUNTIME_DIR", DEFAULT_RUNTIME_DIR)
 
 
+def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
+    """The mount options shared by ``obsctl mount`` and ``obsctl systemd install``."""
+    parser.add_argument("source", nargs="?", help="s3://BUCKET[/PREFIX] (generic: any label)")
+    parser.add_argument("mountpoint", nargs="?", help="an existing empty directory")
+    parser.add_argument("--impl", choices=["rclone", "s3fs", "generic"], help="FUSE driver (default rclone)")
+    parser.add_argument("--endpoint", help="S3 endpoint URL (default: AWS)")
+    parser.add_argument("--region", help="S3 region")
+    parser.add_argument("--profile", help="AWS shared-credentials profile (with --credentials-from profile)")
+    parser.add_argument("--credentials-from", choices=["env", "stdin", "profile", "systemd"],
+                       help="where the S3 credentials come from (default env)")
+    parser.add_argument("--otel-endpoint", help="export metrics and spans to this OTLP endpoint (mode remote)")
+    parser.add_argument("--otel-protocol", choices=["grpc", "http/protobuf"], help="OTLP protocol (default grpc)")
+    parser.add_argument("--telemetry-config", help="telemetry TOML (default /etc/obsctl/telemetry.toml if present)")
+    parser.add_argument("--config", help="mount spec TOML; command-line values override it")
+    parser.add_argument("-o", dest="options", action="append", metavar="OPTION",
+                       help="driver option (repeatable; comma lists allowed): ro, allow_other, key=value")
+    parser.add_argument("--read-only", action="store_true", default=None, help="mount read-only")
+    parser.add_argument("--allow-other", action="store_true", default=None, help="let other users use the mount")
+    parser.add_argument("--cache-mode", choices=["off", "minimal", "writes", "full"], help="rclone VFS cache mode")
+    parser.add_argument("--ready-timeout", type=float, help="seconds to wait for the mount (default 30)")
+    parser.add_argument("--name", help="mount name (labels, status)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="obsctl", description="Mount object storage with FUSE and export what the mount does over OpenTelemetry.")
@@ -45,25 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     mount = sub.add_parser("mount", help="mount a bucket and supervise the driver in the foreground",
                            description="Run a FUSE driver in the foreground until SIGTERM/SIGINT, with telemetry. "
                                        "Anything after -- is the daemon's command line (--impl generic).")
-    mount.add_argument("source", nargs="?", help="s3://BUCKET[/PREFIX] (generic: any label)")
-    mount.add_argument("mountpoint", nargs="?", help="an existing empty directory")
-    mount.add_argument("--impl", choices=["rclone", "s3fs", "generic"], help="FUSE driver (default rclone)")
-    mount.add_argument("--endpoint", help="S3 endpoint URL (default: AWS)")
-    mount.add_argument("--region", help="S3 region")
-    mount.add_argument("--profile", help="AWS shared-credentials profile (with --credentials-from profile)")
-    mount.add_argument("--credentials-from", choices=["env", "stdin", "profile", "systemd"],
-                       help="where the S3 credentials come from (default env)")
-    mount.add_argument("--otel-endpoint", help="export metrics and spans to this OTLP endpoint (mode remote)")
-    mount.add_argument("--otel-protocol", choices=["grpc", "http/protobuf"], help="OTLP protocol (default grpc)")
-    mount.add_argument("--telemetry-config", help="telemetry TOML (default /etc/obsctl/telemetry.toml if present)")
-    mount.add_argument("--config", help="mount spec TOML; command-line values override it")
-    mount.add_argument("-o", dest="options", action="append", metavar="OPTION",
-                       help="driver option (repeatable; comma lists allowed): ro, allow_other, key=value")
-    mount.add_argument("--read-only", action="store_true", default=None, help="mount read-only")
-    mount.add_argument("--allow-other", action="store_true", default=None, help="let other users use the mount")
-    mount.add_argument("--cache-mode", choices=["off", "minimal", "writes", "full"], help="rclone VFS cache mode")
-    mount.add_argument("--ready-timeout", type=float, help="seconds to wait for the mount (default 30)")
-    mount.add_argument("--name", help="mount name (labels, status)")
+    add_mount_arguments(mount)
 
     unmount = sub.add_parser("unmount", help="stop a mount that obsctl started")
     unmount.add_argument("mountpoint")
@@ -71,6 +76,16 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="every mount this host's obsctl runs")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    systemd = sub.add_parser("systemd", help="run mounts as systemd units without Ansible")
+    systemd_sub = systemd.add_subparsers(dest="systemd_command", required=True, metavar="SUBCOMMAND")
+    install = systemd_sub.add_parser(
+        "install", help="write the mount spec and units, enable and start obsctl-mount@NAME",
+        description="Render the same templates/ files as the Ansible roles, write /etc/obsctl/mounts/NAME.toml, "
+                    "enable and start obsctl-mount@NAME.service and its health-check timer.")
+    add_mount_arguments(install)
+    uninstall = systemd_sub.add_parser("uninstall", help="stop, disable and remove obsctl-mount@NAME")
+    uninstall.add_argument("--name", required=True, help="the mount name given to install")
 
     config = sub.add_parser("config", help="configuration files")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
@@ -282,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("OBSCTL_LOG_LEVEL", "WARNING").upper(),
                         format="obsctl: %(levelname)s: %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    if command and args.command != "mount":
+    if command and args.command not in ("mount", "systemd"):
         print("obsctl: a command after -- is only for obsctl mount --impl generic", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "mount":
@@ -293,6 +308,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_unmount(args)
     if args.command == "config":
         return cmd_config_check(args)
+    if args.command == "systemd":
+        from obsctl import systemd_units
+        if args.systemd_command == "install":
+            return systemd_units.cmd_install(args, command)
+        return systemd_units.cmd_uninstall(args)
     return EXIT_USAGE
 
 
