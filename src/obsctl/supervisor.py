@@ -447,6 +447,9 @@ class Supervisor:
             "errors": int(totals.get("obsctl_errors", 0)),
             "driver_io": {"read_bytes": getattr(self.proc_io, "read_bytes", None),
                           "write_bytes": getattr(self.proc_io, "write_bytes", None)},
+            "driver_stats": {name: value for c in self.polling
+                             for name in ("last_core_stats", "last_vfs_stats")
+                             if (value := getattr(c, name, None)) is not None},
             "telemetry_mode": self.telemetry_cfg.mode,
             "last_export": self.telemetry.export_status.as_dict() if self.telemetry else None,
         }

@@ -168,8 +168,4 @@ class RcloneDriver(Driver):
 
     def polling_collectors(self, instruments, plan):
         from obsctl.collectors.rclone_rc import RcloneRcCollector
-        collector = RcloneRcCollector(instruments, plan.extras["rc_url"])
-        session = getattr(collector, "session", None)
-        if session is not None:
-            session.auth = plan.extras["rc_auth"]
-        return [collector]
+        return [RcloneRcCollector(instruments, plan.extras["rc_url"], auth=plan.extras["rc_auth"])]
