@@ -85,8 +85,9 @@ class SignalConfig(_Strict):
     otlp_endpoint: str | None = None
     #: None: OTEL_EXPORTER_OTLP_PROTOCOL, else grpc.
     otlp_protocol: Protocol | None = None
-    #: Bound on one export (seconds), also the bound on the final export.
-    export_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    #: Bound on one export (seconds), also the bound on the final export at
+    #: shutdown: short, so an unreachable collector cannot hold a stop.
+    export_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
 
     _endpoint = field_validator("otlp_endpoint")(lambda cls, v: _check_endpoint(v))
 

@@ -198,10 +198,11 @@ class Telemetry:
             readers.append(self._push_reader)
         if cfg.exports_metrics and cfg.metrics.bind_address:
             readers.append(self._start_prometheus(cfg.metrics.bind_address, limits))
-        self.meter_provider = MeterProvider(resource=self.resource, metric_readers=readers)
+        self.meter_provider = MeterProvider(resource=self.resource, metric_readers=readers,
+                                            shutdown_on_exit=False)
         self.instruments: Instruments = create_instruments(
             self.meter_provider.get_meter(METER_NAME, __version__), attrs)
-        self.tracer_provider = TracerProvider(resource=self.resource)
+        self.tracer_provider = TracerProvider(resource=self.resource, shutdown_on_exit=False)
         if cfg.exports_traces:
             self.tracer_provider.add_span_processor(BatchSpanProcessor(
                 span_exporter(cfg), export_timeout_millis=cfg.traces.export_timeout_seconds * 1000))
@@ -235,25 +236,27 @@ class Telemetry:
     def shutdown(self, timeout_seconds: float | None = None) -> None:
         """Export the final values and spans, then stop every exporter and server.
 
-        Bounded by ``timeout_seconds`` (default: the configured export timeout)
-        for metrics and again for spans, so an unreachable collector cannot
-        hold shutdown for longer.
+        Metrics and spans are flushed in parallel and the whole shutdown is
+        bounded by ``timeout_seconds`` (default: the larger configured export
+        timeout, 3 s unless set) plus half a second, so an unreachable
+        collector cannot hold the exit for longer: what is still retrying
+        then is abandoned (daemon threads), never waited for.
         """
         if timeout_seconds is None:
             timeout_seconds = max(self.cfg.metrics.export_timeout_seconds, self.cfg.traces.export_timeout_seconds)
-        done = threading.Event()
-
-        def _stop() -> None:
-            try:
-                self.tracer_provider.shutdown()
-            finally:
-                self.meter_provider.shutdown(timeout_millis=timeout_seconds * 1000)
-                done.set()
-
-        worker = threading.Thread(target=_stop, name="telemetry-shutdown", daemon=True)
-        worker.start()
-        if not done.wait(2 * timeout_seconds + 1):
-            log.warning("telemetry shutdown did not finish within %.0f s; exiting anyway", 2 * timeout_seconds + 1)
+        workers = [
+            threading.Thread(target=self.tracer_provider.shutdown, name="traces-shutdown", daemon=True),
+            threading.Thread(target=self.meter_provider.shutdown, kwargs={"timeout_millis": timeout_seconds * 1000},
+                             name="metrics-shutdown", daemon=True),
+        ]
+        for worker in workers:
+            worker.start()
+        deadline = time.monotonic() + timeout_seconds + 0.5
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        if any(worker.is_alive() for worker in workers):
+            log.warning("final telemetry export did not finish within %.1f s (collector unreachable?); "
+                        "exiting without it", timeout_seconds)
         if self._prometheus_server is not None:
             # shutdown() waits for serve_forever's 0.5 s poll; do not hold the exit for it.
             threading.Thread(target=self._prometheus_server.shutdown, name="prometheus-stop", daemon=True).start()
