@@ -159,3 +159,53 @@ def probe_health(mountpoint, path=MOUNTINFO_PATH, mounts=None, stat=os.stat):
         if exc.errno in STALE_ERRNOS:
             return "stale"
     return "ok"
+
+
+def fuse_mounts(mounts):
+    """Only the FUSE entries of a parsed mount table, in table order."""
+    return [entry for entry in mounts if is_fuse(entry)]
+
+
+#: Where fusectl exposes one directory per FUSE connection.
+FUSECTL_PATH = "/sys/fs/fuse/connections"
+
+
+def fuse_waiting(entry, root=FUSECTL_PATH):
+    """Requests waiting on the mount's FUSE connection, or None.
+
+    Reads ``ROOT/N/waiting`` (N = the device minor). None when fusectl is not
+    mounted or the connection is gone.
+    """
+    try:
+        with open(os.path.join(root, fuse_connection(entry), "waiting"), "r") as handle:
+            return int(handle.read().strip())
+    except (IOError, OSError, ValueError, IndexError):
+        return None
+
+
+def probe_health_within(mountpoint, timeout, path=MOUNTINFO_PATH, mounts=None, stat=os.stat):
+    """:func:`probe_health` that gives up after ``timeout`` seconds.
+
+    A daemon that is alive but does not answer within ``timeout`` counts as
+    ``stale``. The probe runs in a daemon thread, so a hung FUSE request never
+    keeps the caller (or its interpreter's exit) waiting.
+    """
+    import threading
+
+    if find_mount(mountpoint, path=path, mounts=mounts) is None:
+        return "missing"
+    outcome = []
+
+    def _probe():
+        try:
+            stat(mountpoint)
+        except OSError as exc:
+            outcome.append("stale" if exc.errno in STALE_ERRNOS else "ok")
+            return
+        outcome.append("ok")
+
+    worker = threading.Thread(target=_probe, name="probe-health")
+    worker.daemon = True
+    worker.start()
+    worker.join(timeout)
+    return outcome[0] if outcome else "stale"

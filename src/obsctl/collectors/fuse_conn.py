@@ -77,13 +77,8 @@ class FuseConnCollector(PollingCollector):
             self.connection = None
             return
         self.connection = mounttable.fuse_connection(entry)
-        path = os.path.join(self.connections_dir, self.connection, "waiting")
-        try:
-            with open(path, "r") as handle:
-                self.waiting = int(handle.read().strip())
-        except (OSError, ValueError) as exc:
-            # fusectl not mounted, or the connection went away
-            log.debug("%s: %s", path, exc)
+        # None when fusectl is not mounted or the connection went away
+        self.waiting = mounttable.fuse_waiting(entry, root=self.connections_dir)
 
     def _observe(self, _options: CallbackOptions) -> Iterable[Observation]:
         if self.waiting is None:

@@ -1,0 +1,346 @@
+"""The fuse_mount state machine against a fake host (obsctl_fake_system).
+
+For every state, the six steps of the issue: check, apply, idempotent check,
+idempotent apply, changed check, changed apply. Then the special cases:
+credentials compared by decryption, stale mount repair, rollback of a failed
+start, absent leaving nothing behind, diff redaction, check mode acting on
+nothing.
+"""
+
+import os
+import stat
+
+import pytest
+
+from ansible_collections.obsctl.observability.plugins.module_utils import _fuse
+from obsctl_fake_system import FakeSystem
+
+SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+SECRET2 = "another-secret-value-0123456789abcdefgh"
+
+
+@pytest.fixture
+def host(tmp_path):
+    return FakeSystem(tmp_path / "root")
+
+
+def params(tmp_path, **overrides):
+    base = dict(
+        name="data",
+        src="s3://bucket/prefix",
+        path=str(tmp_path / "mnt" / "data"),
+        impl="rclone",
+        endpoint="http://127.0.0.1:9000",
+        region="us-east-1",
+        profile=None,
+        options=[],
+        cache_mode=None,
+        credentials={"access_key_id": "AKIAEXAMPLE0001", "secret_access_key": SECRET, "session_token": None},
+        read_only=False,
+        allow_other=False,
+        ready_timeout=30,
+        telemetry_config=None,
+        state="mounted",
+    )
+    base.update(overrides)
+    return base
+
+
+def run(host, p, check=False):
+    manager = _fuse.Manager(
+        p, run=host, check_mode=check, root=host.root, mountinfo_path=host.mountinfo,
+        sleep=lambda _s: None, stat_fn=host.stat,
+    )
+    return manager.run_state(), manager
+
+
+def snapshot(host):
+    """Every file under root/etc with its bytes and mode, plus the live state."""
+    files = {}
+    for dirpath, _dirs, names in os.walk(os.path.join(host.root, "etc")):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as handle:
+                files[path] = (handle.read(), stat.S_IMODE(os.stat(path).st_mode))
+    default = {"enabled": False, "active": "inactive", "sub": "dead"}
+    units = {k: dict(v) for k, v in host.units.items() if v != default}
+    return files, units, dict(host.mounts), set(host.dead)
+
+
+def layout(host):
+    return _fuse.Layout("data", root=host.root)
+
+
+# -- six steps per state ----------------------------------------------------
+
+
+def six_steps(host, first, second, expect_changed_first=True):
+    """check, apply, idempotent check, idempotent apply, changed check, changed apply."""
+    before = snapshot(host)
+    result = run(host, first, check=True)[0]
+    assert result["changed"] is expect_changed_first
+    assert snapshot(host) == before, "check mode acted"
+    result = run(host, first)[0]
+    assert result["changed"] is expect_changed_first
+    result = run(host, first, check=True)[0]
+    assert result["changed"] is False, result["actions"]
+    before = snapshot(host)
+    result = run(host, first)[0]
+    assert result["changed"] is False, result["actions"]
+    assert snapshot(host) == before
+    before = snapshot(host)
+    result = run(host, second, check=True)[0]
+    assert result["changed"] is True
+    assert snapshot(host) == before, "check mode acted"
+    checked_actions = result["actions"]
+    result = run(host, second)[0]
+    assert result["changed"] is True
+    assert result["actions"] == checked_actions, "check mode predicted other actions"
+    return result
+
+
+def test_mounted_six_steps(host, tmp_path):
+    result = six_steps(host, params(tmp_path), params(tmp_path, read_only=True))
+    assert result["mount"]["health"] == "ok"
+    assert result["unit_state"] == {"active_state": "active", "sub_state": "running", "enabled": True}
+    assert "restart obsctl-mount@data.service" in result["actions"]
+    with open(layout(host).config) as handle:
+        assert "read_only = true" in handle.read()
+
+
+def test_present_six_steps(host, tmp_path):
+    p = params(tmp_path, state="present")
+    result = six_steps(host, p, params(tmp_path, state="present", region="eu-west-1"))
+    assert host.unit("data")["enabled"] is True
+    assert host.unit("data")["active"] == "inactive", "present must not start the mount"
+    assert result["mount"]["health"] == "missing"
+    assert not host.commands("systemctl", "start")
+
+
+def test_unmounted_six_steps(host, tmp_path):
+    run(host, params(tmp_path))
+    other = params(tmp_path, name="other", path=str(tmp_path / "mnt" / "other"))
+    run(host, other)
+    result = six_steps(host, params(tmp_path, state="unmounted"), dict(other, state="unmounted"))
+    assert host.mounts == {}
+    assert host.unit("data")["enabled"] is True, "unmounted keeps the enablement"
+    assert os.path.exists(layout(host).config), "unmounted keeps the spec"
+    assert result["unit_state"]["active_state"] == "inactive"
+
+
+def test_absent_six_steps(host, tmp_path):
+    run(host, params(tmp_path))
+    other = params(tmp_path, name="other", path=str(tmp_path / "mnt" / "other"))
+    run(host, other)
+    six_steps(host, params(tmp_path, state="absent", src=None, path=None), dict(other, state="absent"))
+    assert host.mounts == {}
+    assert not os.listdir(os.path.join(host.root, "etc/obsctl/mounts"))
+    assert not os.listdir(os.path.join(host.root, "etc/obsctl/credentials"))
+    assert not os.listdir(os.path.join(host.root, "etc/systemd/system"))
+    assert not any(unit["enabled"] for unit in host.units.values())
+
+
+def test_remounted_always_changes(host, tmp_path):
+    p = params(tmp_path, state="remounted")
+    for check in (True, False, True, False):
+        result = run(host, p, check=check)[0]
+        assert result["changed"] is True
+    assert result["mount"]["health"] == "ok"
+    assert len(host.commands("systemctl", "restart")) == 1
+    assert len(host.commands("systemctl", "start")) == 1
+
+
+# -- credentials ------------------------------------------------------------------
+
+
+def test_credentials_compared_by_decrypting(host, tmp_path):
+    p = params(tmp_path)
+    run(host, p)
+    cred = layout(host).credential
+    assert stat.S_IMODE(os.stat(cred).st_mode) == 0o600
+    with open(cred, "rb") as handle:
+        assert SECRET.encode() not in handle.read(), "clear text on disk"
+    with open(layout(host).dropin) as handle:
+        assert "LoadCredentialEncrypted=s3:/etc/obsctl/credentials/data.cred" in handle.read()
+    encrypts = len(host.commands("systemd-creds", "encrypt"))
+    result = run(host, p)[0]
+    assert result["changed"] is False
+    assert len(host.commands("systemd-creds", "encrypt")) == encrypts
+    assert host.commands("systemd-creds", "decrypt")
+
+    rotated = params(tmp_path, credentials={"access_key_id": "AKIAEXAMPLE0001", "secret_access_key": SECRET2})
+    result = run(host, rotated)[0]
+    assert result["changed"] is True
+    assert result["actions"][0] == "encrypt credential /etc/obsctl/credentials/data.cred"
+    assert "restart obsctl-mount@data.service" in result["actions"]
+
+
+def test_no_secret_in_spec_or_result(host, tmp_path):
+    p = params(tmp_path, credentials={"access_key_id": "AKIAEXAMPLE0001", "secret_access_key": SECRET,
+                                      "session_token": "tok-" + SECRET2})
+    result, manager = run(host, p)
+    with open(layout(host).config) as handle:
+        spec = handle.read()
+    for secret in (SECRET, SECRET2, "AKIAEXAMPLE0001"):
+        assert secret not in spec
+        assert secret not in repr(result)
+        assert secret not in repr(manager.diff)
+    for call in host.calls:
+        assert not any(SECRET in arg for arg in call), "secret in a command line"
+    assert 'credentials_from = "systemd"' in spec
+
+
+def test_dropping_credentials_removes_them(host, tmp_path):
+    run(host, params(tmp_path))
+    result = run(host, params(tmp_path, credentials=None, profile="reader"))[0]
+    assert result["changed"] is True
+    assert not os.path.exists(layout(host).credential)
+    assert not os.path.exists(layout(host).dropin_dir)
+    assert "systemctl daemon-reload" in result["actions"]
+    with open(layout(host).config) as handle:
+        assert 'credentials_from = "profile"' in handle.read()
+
+
+def test_unreadable_credential_is_replaced(host, tmp_path):
+    run(host, params(tmp_path))
+    with open(layout(host).credential, "wb") as handle:
+        handle.write(b"sealed with another host key")
+    result = run(host, params(tmp_path))[0]
+    assert result["changed"] is True
+    assert "encrypt credential /etc/obsctl/credentials/data.cred" in result["actions"]
+
+
+def test_diff_redacts_secrets(host, tmp_path):
+    run(host, params(tmp_path))
+    rotated = params(tmp_path, credentials={"access_key_id": "AKIAEXAMPLE0001", "secret_access_key": SECRET2},
+                     read_only=True)
+    manager = run(host, rotated, check=True)[1]
+    config, cred, unit = manager.diff
+    assert "read_only = false" in config["before"] and "read_only = true" in config["after"]
+    assert cred["before"] == "AWS_ACCESS_KEY_ID=<redacted>\nAWS_SECRET_ACCESS_KEY=<redacted, old>\n"
+    assert cred["after"] == "AWS_ACCESS_KEY_ID=<redacted>\nAWS_SECRET_ACCESS_KEY=<redacted, new>\n"
+    assert unit["before_header"] == "obsctl-mount@data.service"
+
+
+# -- live state -------------------------------------------------------------------
+
+
+def test_stale_mount_is_repaired(host, tmp_path):
+    p = params(tmp_path)
+    run(host, p)
+    host.kill_driver(p["path"])
+    result = run(host, p, check=True)[0]
+    assert result["changed"] is True
+    assert result["mount"]["health"] == "stale"
+    result = run(host, p)[0]
+    assert result["changed"] is True
+    assert result["actions"][0].startswith("lazy unmount of the stale mount at ")
+    assert result["actions"][1] == "restart obsctl-mount@data.service"
+    assert result["mount"]["health"] == "ok"
+    assert host.commands("umount", "--lazy", p["path"])
+    result = run(host, p)[0]
+    assert result["changed"] is False
+
+
+def test_stale_mount_with_dead_unit_is_repaired(host, tmp_path):
+    p = params(tmp_path)
+    run(host, p)
+    host.kill_driver(p["path"])
+    host.unit("data").update(active="failed", sub="failed")
+    result = run(host, p)[0]
+    assert result["changed"] is True
+    assert result["actions"][-1] == "start obsctl-mount@data.service"
+    assert result["mount"]["health"] == "ok"
+
+
+def test_unmounted_cleans_a_stale_mount(host, tmp_path):
+    p = params(tmp_path)
+    run(host, p)
+    host.kill_driver(p["path"])
+    result = run(host, params(tmp_path, state="unmounted", src=None, path=None))[0]
+    assert result["changed"] is True
+    assert host.mounts == {}
+
+
+def test_foreign_mount_is_not_taken_over(host, tmp_path):
+    p = params(tmp_path)
+    os.makedirs(p["path"])
+    host._mount(p["path"], "/srv/other")
+    with pytest.raises(_fuse.FuseError) as err:
+        run(host, p)
+    assert "already mounted by something else" in err.value.msg
+
+
+def test_failed_start_rolls_back(host, tmp_path):
+    host.fail_start = True
+    before = snapshot(host)
+    with pytest.raises(_fuse.FuseError) as err:
+        run(host, params(tmp_path))
+    assert "rolled back" in err.value.msg
+    assert "driver exited with status 1" in err.value.msg
+    assert err.value.details["rolled_back"] is True
+    files, units, mounts, dead = snapshot(host)
+    assert files == before[0], "files of this run were not removed"
+    assert "obsctl-mount@data.service" not in units, "unit left enabled or running"
+    assert mounts == {}
+
+
+def test_failed_change_restores_the_previous_mount(host, tmp_path):
+    run(host, params(tmp_path))
+    before = snapshot(host)
+    host.fail_start = True
+    with pytest.raises(_fuse.FuseError):
+        run(host, params(tmp_path, read_only=True))
+    host.fail_start = False
+    files, units, mounts, _dead = snapshot(host)
+    assert files == before[0]
+    assert host.calls[-1] == ["systemctl", "restart", "obsctl-mount@data.service"] or \
+        ["systemctl", "restart", "obsctl-mount@data.service"] in host.calls[-4:]
+
+
+def test_template_missing(host, tmp_path):
+    host.template_installed = False
+    with pytest.raises(_fuse.FuseError) as err:
+        run(host, params(tmp_path))
+    assert "obsctl-mount@.service is not installed" in err.value.msg
+    warnings = []
+    manager = _fuse.Manager(params(tmp_path), run=host, check_mode=True, root=host.root,
+                            mountinfo_path=host.mountinfo, warn=warnings.append, stat_fn=host.stat)
+    assert manager.run_state()["changed"] is True
+    assert warnings
+
+
+def test_no_systemd(tmp_path):
+    host = FakeSystem(tmp_path / "root")
+    os.rmdir(os.path.join(host.root, "run/systemd/system"))
+    with pytest.raises(_fuse.FuseError) as err:
+        run(host, params(tmp_path))
+    assert "systemd is not running" in err.value.msg
+
+
+def test_modes_are_repaired(host, tmp_path):
+    run(host, params(tmp_path))
+    os.chmod(layout(host).config, 0o644)
+    result = run(host, params(tmp_path))[0]
+    assert result["actions"] == ["chmod 640 /etc/obsctl/mounts/data.toml"]
+    assert stat.S_IMODE(os.stat(layout(host).config).st_mode) == 0o640
+    assert not host.commands("systemctl", "restart")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(name="../x"), "name '../x'"),
+    (dict(name="a b"), "name 'a b'"),
+    (dict(src="http://bucket"), "expected s3://BUCKET"),
+    (dict(path="relative"), "absolute path"),
+    (dict(path="/"), "absolute path"),
+    (dict(endpoint="127.0.0.1:9000"), "endpoint"),
+    (dict(options=["--x\n--y"]), "control characters"),
+    (dict(credentials={"access_key_id": "AK", "secret_access_key": "has space"}), "credentials.secret_access_key"),
+    (dict(src=None), "missing: src"),
+])
+def test_validation(host, tmp_path, overrides, message):
+    with pytest.raises(_fuse.FuseError) as err:
+        run(host, params(tmp_path, **overrides))
+    assert message in err.value.msg
+    assert "has space" not in err.value.msg
+    assert host.mutating_calls() == []
