@@ -45,13 +45,13 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--region", help="S3 region")
     parser.add_argument("--profile", help="AWS shared-credentials profile (with --credentials-from profile)")
     parser.add_argument("--credentials-from", choices=["env", "stdin", "profile", "systemd"],
-                       help="where the S3 credentials come from (default env)")
+                        help="where the S3 credentials come from (default env)")
     parser.add_argument("--otel-endpoint", help="export metrics and spans to this OTLP endpoint (mode remote)")
     parser.add_argument("--otel-protocol", choices=["grpc", "http/protobuf"], help="OTLP protocol (default grpc)")
     parser.add_argument("--telemetry-config", help="telemetry TOML (default /etc/obsctl/telemetry.toml if present)")
     parser.add_argument("--config", help="mount spec TOML; command-line values override it")
     parser.add_argument("-o", dest="options", action="append", metavar="OPTION",
-                       help="driver option (repeatable; comma lists allowed): ro, allow_other, key=value")
+                        help="driver option (repeatable; comma lists allowed): ro, allow_other, key=value")
     parser.add_argument("--read-only", action="store_true", default=None, help="mount read-only")
     parser.add_argument("--allow-other", action="store_true", default=None, help="let other users use the mount")
     parser.add_argument("--cache-mode", choices=["off", "minimal", "writes", "full"], help="rclone VFS cache mode")

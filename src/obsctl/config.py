@@ -243,7 +243,7 @@ class MountSpec(_Strict):
             return self.source, ""
         if not self.source.startswith("s3://"):
             raise ValueError(f"source {self.source!r} must look like s3://BUCKET[/PREFIX]")
-        bucket, _, prefix = self.source[len("s3://"):].partition("/")
+        bucket, _sep, prefix = self.source[len("s3://"):].partition("/")
         if not _S3_BUCKET.match(bucket) or ".." in bucket:
             raise ValueError(
                 f"{bucket!r} is not a valid S3 bucket name (3-63 characters: "

@@ -212,7 +212,7 @@ class Telemetry:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import CollectorRegistry, start_http_server
 
-        host, _, port = bind_address.rpartition(":")
+        host, _sep, port = bind_address.rpartition(":")
         host = host.strip("[]")
         registry = CollectorRegistry()
         reader = PrometheusMetricReader(registry=registry, cardinality_limits=limits)
@@ -260,4 +260,3 @@ class Telemetry:
         if self._prometheus_server is not None:
             # shutdown() waits for serve_forever's 0.5 s poll; do not hold the exit for it.
             threading.Thread(target=self._prometheus_server.shutdown, name="prometheus-stop", daemon=True).start()
-

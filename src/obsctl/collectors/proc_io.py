@@ -50,7 +50,7 @@ def read_proc_io(path: str) -> dict[str, int]:
     out: dict[str, int] = {}
     with open(path, "r") as handle:
         for line in handle:
-            key, _, value = line.partition(":")
+            key, _sep, value = line.partition(":")
             value = value.strip()
             if value.isdigit():
                 out[key.strip()] = int(value)
