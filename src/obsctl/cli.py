@@ -181,6 +181,15 @@ def cmd_mount(args: argparse.Namespace, command: list[str]) -> int:
         return EXIT_USAGE
 
 
+def pid_running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (state ``Z`` in /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", encoding="ascii", errors="replace") as handle:
+            return handle.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def read_states(directory: str | None = None) -> list[dict[str, Any]]:
     """Every state file under RUNTIME_DIR/mounts, with ``state`` set to
     ``dead`` when its supervisor pid no longer runs."""
@@ -198,13 +207,8 @@ def read_states(directory: str | None = None) -> list[dict[str, Any]]:
                 state = json.load(handle)
         except (OSError, ValueError):
             continue
-        pid = state.get("pid")
-        try:
-            os.kill(int(pid), 0)
-        except (TypeError, ValueError, ProcessLookupError):
+        if not isinstance(state.get("pid"), int) or not pid_running(state["pid"]):
             state["state"] = "dead"
-        except PermissionError:
-            pass
         states.append(state)
     return states
 
@@ -260,9 +264,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
         pass
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not pid_running(pid):
             break
         time.sleep(0.05)
     else:

@@ -172,6 +172,39 @@ def ensure_fusectl(sys_path: str = "/sys") -> None:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
 
+class EndpointProbe:
+    """One TCP connect to the S3 endpoint, in a thread, while the driver starts.
+
+    Drivers retry a refused connection for a long time without saying so
+    (rclone logs nothing for minutes); this turns "connection refused" or
+    "no route" into an immediate, named failure. A connect that merely takes
+    long is not an error (the ready timeout decides).
+
+    Attributes:
+        error: ``None``, or the OS error text (``Connection refused``).
+    """
+
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.address = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        self.timeout = timeout
+        self.error: str | None = None
+        threading.Thread(target=self._connect, name="endpoint-probe", daemon=True).start()
+
+    def _connect(self) -> None:
+        try:
+            socket.create_connection(self.address, timeout=self.timeout).close()
+        except socket.timeout:
+            return
+        except socket.gaierror as exc:
+            self.error = f"cannot resolve {self.address[0]}: {exc.strerror}"
+        except OSError as exc:
+            if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL):
+                self.error = os.strerror(exc.errno)
+
+
 class LogPump(threading.Thread):
     """Reads the driver's merged stdout/stderr line by line.
 
@@ -191,6 +224,12 @@ class LogPump(threading.Thread):
         self._lock = threading.Lock()
         self._pending: list[str] | None = []
         self._sinks: list[Callable[[str], None]] = []
+        #: The driver's start-up verdict (``ok`` / ``failed``) and the line that gave it.
+        self.verdict: str | None = None if driver.has_startup_check else "ok"
+        self.verdict_line = ""
+        self.verdict_event = threading.Event()
+        if self.verdict is not None:
+            self.verdict_event.set()
 
     def attach(self, sinks: list[Callable[[str], None]]) -> None:
         """Start feeding ``sinks``; replay the lines read before."""
@@ -215,6 +254,11 @@ class LogPump(threading.Thread):
             self.tail.append(line)
             if self.driver.is_error(line):
                 self.errors.append(line)
+            if self.verdict is None:
+                verdict = self.driver.startup_verdict(line)
+                if verdict is not None:
+                    self.verdict, self.verdict_line = verdict, line
+                    self.verdict_event.set()
             forwarded = self.driver.forward(line)
             if forwarded is not None:
                 sys.stderr.write(f"{self.driver.name}: {redact(forwarded, self.secrets)}\n")
@@ -225,6 +269,7 @@ class LogPump(threading.Thread):
                 else:
                     self._feed(line)
         self.stream.close()
+        self.verdict_event.set()  # EOF: the driver is gone, nobody waits for a verdict
 
     def last_error(self) -> str:
         """The driver's last error line (human-readable, redacted), or ``""``."""
@@ -269,6 +314,7 @@ class Supervisor:
         self.started_at = time.time()
         self.ready_at: float | None = None
         self.state_path = state_file_path(runtime_dir, spec.mountpoint)
+        self._first_export: threading.Timer | None = None
 
     # -- signals ---------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -301,9 +347,11 @@ class Supervisor:
         """Block until the mount is live. Raises MountError (driver left running: caller stops it)."""
         assert self.proc is not None and self.plan is not None and self.pump is not None
         deadline = time.monotonic() + self.spec.ready_timeout_seconds
+        endpoint = EndpointProbe(self.spec.endpoint) if self.spec.endpoint else None
         while True:
             if self.stop_requested.is_set():
                 raise MountError("interrupted before the mount was ready")
+            self._raise_on_early_failure(endpoint)
             code = self.proc.poll()
             if code is not None:
                 self.pump.join(2)
@@ -316,7 +364,25 @@ class Supervisor:
                     f"{self.driver.name} did not mount {self.spec.mountpoint} within "
                     f"{self.spec.ready_timeout_seconds:g} s"))
             time.sleep(READY_POLL_INTERVAL)
-        self._check_answers(max(0.5, deadline - time.monotonic()))
+        self._check_answers(max(0.5, deadline - time.monotonic()), endpoint)
+        # Drivers that check the bucket after the mount appears (s3fs): wait for that check.
+        while not self.pump.verdict_event.wait(READY_POLL_INTERVAL * 4):
+            self._raise_on_early_failure(endpoint)
+            if time.monotonic() > deadline:
+                raise MountError(self._failure(
+                    f"{self.driver.name} did not finish its bucket check within {self.spec.ready_timeout_seconds:g} s"))
+        self._raise_on_early_failure(endpoint)
+        if self.pump.verdict != "ok":
+            raise MountError(self._failure(f"{self.driver.name} exited before its bucket check finished"))
+
+    def _raise_on_early_failure(self, endpoint: "EndpointProbe | None") -> None:
+        """Fail fast: the driver's own start-up check failed, or the endpoint refuses connections."""
+        assert self.pump is not None
+        if self.pump.verdict == "failed":
+            time.sleep(0.05)  # the lines that explain it follow the verdict line
+            raise MountError(self._failure(f"{self.driver.name} failed its start-up check of the bucket"))
+        if endpoint is not None and endpoint.error:
+            raise MountError(self._failure(f"cannot connect to the S3 endpoint {self.spec.endpoint}: {endpoint.error}"))
 
     def _live_entry(self) -> Any:
         try:
@@ -329,7 +395,7 @@ class Supervisor:
             return None
         return entry
 
-    def _check_answers(self, timeout: float) -> None:
+    def _check_answers(self, timeout: float, endpoint: "EndpointProbe | None" = None) -> None:
         """Stat the mount root and read one directory entry, bounded by ``timeout``."""
         outcome: dict[str, Any] = {}
 
@@ -349,6 +415,7 @@ class Supervisor:
             worker.join(0.05)
             if self.proc is not None and self.proc.poll() is not None:
                 break
+            self._raise_on_early_failure(endpoint)
         if outcome.get("ok"):
             assert self.plan is not None
             problem = self.driver.verify(self.plan, outcome["empty"])
@@ -465,14 +532,18 @@ class Supervisor:
             os.unlink(self.state_path)
 
     # -- stop --------------------------------------------------------------
-    def _stop_driver(self) -> None:
-        """Unmount, then wait for the driver; SIGTERM, then SIGKILL if it lingers."""
+    def _stop_driver(self, grace: float = DRIVER_STOP_TIMEOUT) -> None:
+        """Unmount, then wait ``grace`` s for the driver; SIGTERM, then SIGKILL if it lingers.
+
+        A driver that failed to start gets a short grace: it is usually stuck
+        retrying (s3fs falls back to signature v2 and retries for a minute).
+        """
         proc = self.proc
         if not unmount(self.spec.mountpoint):
             log.error("could not unmount %s", self.spec.mountpoint)
         if proc is None:
             return
-        for sig, wait in ((None, DRIVER_STOP_TIMEOUT), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        for sig, wait in ((None, grace), (signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
             if sig is not None and proc.poll() is None:
                 proc.send_signal(sig)
             try:
@@ -499,7 +570,7 @@ class Supervisor:
             self._wait_ready()
         except BaseException as exc:
             self.state = "failed"
-            self._stop_driver()
+            self._stop_driver(grace=0.2)
             if self._telemetry_ready.wait(10) and self.telemetry is not None:
                 self._span("mount", spawned, {}, error=str(exc))
                 self.telemetry.instruments.add_error("mount_failed")
@@ -520,7 +591,9 @@ class Supervisor:
               f"({self.driver.name}, driver pid {self.proc.pid}) in {ready_s:.2f} s", file=sys.stderr, flush=True)
         self._poll_collectors()
         self._write_state()
-        threading.Timer(1.0, self.telemetry.flush).start()
+        self._first_export = threading.Timer(1.0, self.telemetry.flush)
+        self._first_export.daemon = True
+        self._first_export.start()
         return self._supervise()
 
     def _supervise(self) -> int:
@@ -570,7 +643,7 @@ class Supervisor:
             self._span("restart", started, {"obsctl.restart.count": self.restarts}, error=str(exc))
             print(f"obsctl: restart failed: {exc}", file=sys.stderr, flush=True)
             self.state = "failed"
-            self._stop_driver()
+            self._stop_driver(grace=0.2)
             return False
         self._span("restart", started, {"obsctl.restart.count": self.restarts})
         self.state = "ready"
@@ -579,6 +652,8 @@ class Supervisor:
 
     def _shutdown(self, exit_code: int) -> int:
         started = time.time_ns()
+        if self._first_export is not None:
+            self._first_export.cancel()
         self.state = "stopping"
         sd_notify("STOPPING=1")
         self._write_state()

@@ -83,6 +83,14 @@ class Driver:
         """True when the line explains a failure (kept for the failure message)."""
         return False
 
+    #: True when the driver logs the outcome of its own start-up check and
+    #: the mount is ready only once :meth:`startup_verdict` said ``ok``.
+    has_startup_check = False
+
+    def startup_verdict(self, line: str) -> str | None:
+        """``"ok"`` / ``"failed"`` when ``line`` ends the driver's start-up check, else None."""
+        return None
+
     def is_critical(self, line: str) -> bool:
         """True for an error line that names the root cause (preferred in failure messages)."""
         return False

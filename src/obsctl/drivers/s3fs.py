@@ -14,6 +14,8 @@ from obsctl.drivers.rclone import reject_credential_options
 
 _ERROR_MARKERS = ("[ERR]", "[CRT]", "s3fs:")
 _FORWARD_MARKERS = ("[ERR]", "[CRT]", "[WAN]", "s3fs:")
+_STARTUP_FAILURES = ("CURLE_COULDNT_CONNECT", "CURLE_COULDNT_RESOLVE", "bucket or key not found",
+                     "s3fs_exit_fuseloop", "unable to connect", "CheckBucket")
 
 
 class S3fsDriver(Driver):
@@ -50,16 +52,37 @@ class S3fsDriver(Driver):
     def forward(self, line):
         return line if any(m in line for m in _FORWARD_MARKERS) else None
 
+    has_startup_check = True
+
+    def startup_verdict(self, line):
+        """s3fs checks the bucket (GET /BUCKET/) from its FUSE init, after the
+        mount appears: the first ``RequestPerform: HTTP response code N`` is
+        that check's answer (2xx ok, anything else failed); ``s3fs_check_service``
+        and ``s3fs_exit_fuseloop`` errors, ``CURLE_COULDNT_CONNECT`` and
+        ``bucket or key not found`` end it too."""
+        if "RequestPerform" in line and "HTTP response code" in line:
+            code = line.split("HTTP response code", 1)[1].strip()[:1]
+            return "ok" if code == "2" else "failed"
+        if any(marker in line for marker in _STARTUP_FAILURES):
+            return "failed"
+        return None
+
     def is_error(self, line):
         return any(m in line for m in _ERROR_MARKERS) and "LowSetLogLevel" not in line
 
     def is_critical(self, line):
-        return ("[CRT]" in line or line.startswith("s3fs:")) and "LowSetLogLevel" not in line
+        """The line naming the root cause: the HTTP status of a failed request,
+        a connection error, a missing bucket, or s3fs's own fatal message."""
+        if "LowSetLogLevel" in line or "retry to connect by signature version 2" in line:
+            return False
+        return ("HTTP response code" in line or "CURLE_" in line or "bucket or key not found" in line
+                or line.startswith("s3fs:"))
 
     def summary(self, line):
         """``2026-...Z [CRT] s3fs.cpp:fn(123): message`` -> ``message``."""
         head, sep, message = line.partition("): ")
-        return message.strip() if sep and "[" in head else line.strip()
+        message = message if sep and "[" in head else line
+        return message.split(" Body Text:", 1)[0].strip()
 
     def log_collectors(self, instruments, plan):
         from obsctl.collectors.s3fs_log import S3fsLogCollector

@@ -1,0 +1,59 @@
+"""--impl generic: obsctl supervises any FUSE daemon given after ``--``
+(bindfs here): mount_up 1, status, unmount on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from support.obsctl import (
+    is_mounted, mount_entry, obsctl_env, pid_alive, processes_mentioning, require_driver,
+    status_json,
+)
+
+
+@pytest.fixture
+def bindfs_source(tmp_path):
+    require_driver("generic")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "one.txt").write_text("one\n")
+    (src / "two.bin").write_bytes(os.urandom(32 * 1024))
+    return src
+
+
+def test_generic_bindfs(bindfs_source, mountpoint, runtime_dir, otlp, telemetry_toml,
+                        start_mount):
+    env = obsctl_env(runtime_dir)
+    tel = telemetry_toml(export_interval_seconds=1)
+    m = start_mount([str(bindfs_source), str(mountpoint), "--impl", "generic",
+                     "--telemetry-config", str(tel), "--ready-timeout", "20",
+                     "--", "bindfs", "-f", str(bindfs_source), str(mountpoint)], env)
+    m.wait_ready(30)
+
+    entry = mount_entry(mountpoint)
+    assert entry is not None and entry["fstype"] == "fuse", entry
+    assert sorted(os.listdir(mountpoint)) == ["one.txt", "two.bin"]
+    assert (mountpoint / "two.bin").read_bytes() == (bindfs_source / "two.bin").read_bytes()
+
+    otlp.wait_for(
+        lambda: otlp.latest("obsctl_mount_up", impl="generic", mountpoint=str(mountpoint)) == 1,
+        15, "obsctl_mount_up{impl=generic} == 1")
+
+    st = [e for e in status_json(env) if e.get("mountpoint") == str(mountpoint)]
+    assert len(st) == 1 and st[0]["state"] == "ready" and st[0]["impl"] == "generic", st
+    driver_pid = st[0]["driver_pid"]
+    assert pid_alive(driver_pid) and "bindfs" in open(f"/proc/{driver_pid}/cmdline").read()
+
+    rc = m.stop(30)
+    assert rc == 0, f"obsctl exited {rc} after SIGTERM\n{m.output()}"
+    assert not is_mounted(mountpoint)
+    deadline = time.monotonic() + 1
+    while pid_alive(driver_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(driver_pid), "bindfs still running after obsctl exited"
+    assert not processes_mentioning(str(mountpoint))
+    # the source is untouched
+    assert (bindfs_source / "one.txt").read_text() == "one\n"

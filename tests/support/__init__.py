@@ -1,0 +1,1 @@
+"""Test harness: OTLP receiver, loopback S3 server, Prometheus, obsctl runner."""
