@@ -320,7 +320,7 @@ class Supervisor:
     def install_signal_handlers(self) -> None:
         """SIGTERM / SIGINT / SIGHUP request an orderly shutdown."""
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, lambda *_: self.stop_requested.set())
+            signal.signal(signum, lambda *_args: self.stop_requested.set())
 
     # -- spawn / ready ---------------------------------------------------
     def _spawn(self) -> float:

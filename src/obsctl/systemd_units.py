@@ -298,7 +298,7 @@ def unit_properties(unit: str, run: Runner = _run) -> dict[str, str]:
     proc = run(["systemctl", "show", unit, "--property=LoadState,ActiveState,SubState,UnitFileState"])
     props = {}
     for line in proc.stdout.decode("utf-8", "replace").splitlines():
-        key, _, value = line.partition("=")
+        key, _ignored, value = line.partition("=")
         props[key] = value
     return props
 

@@ -15,7 +15,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def closed_port(host: str = "127.0.0.1") -> int:
     """A port nobody listens on (connect gets ECONNREFUSED right away)."""
-    for _ in range(20):
+    for _i in range(20):
         port = free_port(host)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.settimeout(0.5)

@@ -73,7 +73,7 @@ def run_obsctl(*args: str, env: dict[str, str] | None = None, timeout: float = 6
     return subprocess.run(
         [*obsctl_command(), *args], env=env if env is not None else obsctl_env(),
         input=input, stdin=None if input is not None else subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True, text=True, timeout=timeout, check=False,
     )
 
 
@@ -238,11 +238,11 @@ def force_cleanup(mountpoint: str | os.PathLike[str]) -> list[str]:
             done.append(f"killed {pid}: {cmd[:120]}")
         except ProcessLookupError:
             pass
-    for _ in range(5):
+    for _i in range(5):
         if not is_mounted(mountpoint):
             break
         for tool in (["fusermount3", "-uz"], ["fusermount", "-uz"], ["umount", "-l"]):
-            if subprocess.run([*tool, str(mountpoint)], capture_output=True).returncode == 0:
+            if subprocess.run([*tool, str(mountpoint)], capture_output=True, check=False).returncode == 0:
                 done.append(f"{tool[0]} {mountpoint}")
                 break
         time.sleep(0.2)

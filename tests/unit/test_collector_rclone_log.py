@@ -210,7 +210,7 @@ def test_speed_of_a_1gib_read():
     reader, ins = make()
     collector = RcloneLogCollector(ins)
     start = time.perf_counter()
-    for _ in range(8192):
+    for _i in range(8192):
         collector.feed(entry)
         collector.feed(exit_)
     elapsed = time.perf_counter() - start

@@ -83,7 +83,7 @@ class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
     def get_request(self):
-        request, _ = super().get_request()
+        request, _rest = super().get_request()
         return request, ("unix", 0)
 
 

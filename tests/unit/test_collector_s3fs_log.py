@@ -100,7 +100,7 @@ def test_head_404_only_on_request():
     n404 = sum(1 for line in open(FIXTURES / "ok" / "s3fs.log")
                if "[CURL DBG] < HTTP/1.1 404" in line)
     assert n404 > 0
-    _, pts = run("ok", count_head_404=True)
+    _ignored, pts = run("ok", count_head_404=True)
     assert by(pts, "obsctl_errors", "error_type") == {"http_404": n404}
 
 

@@ -162,3 +162,14 @@ def test_credentials_sources(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="AWS_SECRET_ACCESS_KEY missing"):
         credentials.from_env({"AWS_ACCESS_KEY_ID": "x"})
     assert os.environ.get("AWS_SECRET_ACCESS_KEY") != SECRET
+
+
+@pytest.mark.parametrize("fixture, verdict", [
+    ("tests/fixtures/s3fs/ok/s3fs.log", "ok"),
+    ("tests/fixtures/s3fs/auth403/s3fs.log", "failed"),
+])
+def test_s3fs_startup_verdict_from_real_logs(fixture, verdict):
+    driver = get_driver("s3fs")
+    with open(fixture, encoding="utf-8") as handle:
+        verdicts = [v for v in map(driver.startup_verdict, handle.read().splitlines()) if v]
+    assert verdicts and verdicts[0] == verdict

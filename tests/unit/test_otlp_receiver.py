@@ -90,8 +90,8 @@ def test_metrics_roundtrip(receiver: OtlpReceiver, protocol: str) -> None:
 
     # points carry arrival times, are filtered by attribute subsets
     pts = receiver.metric_points("obsctl_fs_read_bytes", bucket="b1")
-    assert pts and all(t0 <= t <= time.time() for t, _ in pts)
-    values = [v for _, v in pts]
+    assert pts and all(t0 <= t <= time.time() for t, _v in pts)
+    values = [v for _ignored, v in pts]
     assert values == sorted(values) and values[-1] == 150  # cumulative
     assert receiver.latest("obsctl_fs_read_bytes", bucket="b2", impl="s3fs") == 7
     assert receiver.latest("obsctl_fs_read_bytes", bucket="nope") is None

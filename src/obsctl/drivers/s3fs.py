@@ -15,7 +15,7 @@ from obsctl.drivers.rclone import reject_credential_options
 _ERROR_MARKERS = ("[ERR]", "[CRT]", "s3fs:")
 _FORWARD_MARKERS = ("[ERR]", "[CRT]", "[WAN]", "s3fs:")
 _STARTUP_FAILURES = ("CURLE_COULDNT_CONNECT", "CURLE_COULDNT_RESOLVE", "bucket or key not found",
-                     "s3fs_exit_fuseloop", "unable to connect", "CheckBucket")
+                     "s3fs_exit_fuseloop", "unable to connect", "Check bucket failed")
 
 
 class S3fsDriver(Driver):
