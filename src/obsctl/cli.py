@@ -8,7 +8,7 @@
 Exit status: 0 success; 1 the mount failed or a command could not do its
 job; 2 bad usage or an invalid config file (nothing was started).
 
-Only the standard library, pydantic and obsctl's light modules are imported
+Only the standard library, msgspec and obsctl's light modules are imported
 before the driver is spawned; the OpenTelemetry SDK comes later.
 """
 

@@ -10,9 +10,12 @@ Two files (DESIGN section 3):
   allow_other, cache_mode, options, ready_timeout_seconds, telemetry_config).
   No secret is ever read from it.
 
-Validation is pydantic's; every failure is turned into :class:`ConfigError`
-whose message names the file, the table and key, what was wrong and how to
-fix it. Nothing here touches the network or the mount table.
+Validation is msgspec's (typed Structs with constraints, about a third of
+pydantic's import time and memory, which matters because this module is
+imported before the driver is spawned and stays resident for the life of
+every mount); every failure is turned into :class:`ConfigError` whose message
+names the file, the table and key, what was wrong and how to fix it. Nothing
+here touches the network or the mount table.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+import msgspec
 
 #: Drivers obsctl knows. goofys, geesefs and mountpoint-s3 come from release
 #: files on real hosts (roles/fuse_driver); the supervisor runs them the same way.
@@ -64,15 +67,27 @@ def _check_endpoint(value: str | None) -> str | None:
     return value
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of the config Structs: unknown keys are errors; pydantic-like helpers."""
+
+    def model_dump(self) -> dict[str, Any]:
+        """The Struct as plain dicts / lists / scalars."""
+        return msgspec.to_builtins(self)
+
+    def model_copy(self, update: dict[str, Any]) -> Any:
+        """A validated copy with ``update`` applied. Raises :class:`ConfigError`."""
+        return _convert({**self.model_dump(), **update}, type(self), "command line")
+
+
+def _positive(le: float) -> Any:
+    return Annotated[float, msgspec.Meta(gt=0, le=le)]
 
 
 class ResourceConfig(_Strict):
     """``[telemetry.resource]``: OpenTelemetry resource attributes."""
 
     service_name: str = "obsctl-mount"
-    attributes: dict[str, str] = Field(default_factory=dict)
+    attributes: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 Protocol = Literal["grpc", "http/protobuf"]
@@ -87,9 +102,10 @@ class SignalConfig(_Strict):
     otlp_protocol: Protocol | None = None
     #: Bound on one export (seconds), also the bound on the final export at
     #: shutdown: short, so an unreachable collector cannot hold a stop.
-    export_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
+    export_timeout_seconds: _positive(60) = 3.0
 
-    _endpoint = field_validator("otlp_endpoint")(lambda cls, v: _check_endpoint(v))
+    def __post_init__(self) -> None:
+        _check_endpoint(self.otlp_endpoint)
 
 
 class TracesConfig(SignalConfig):
@@ -99,34 +115,30 @@ class TracesConfig(SignalConfig):
 class MetricsConfig(SignalConfig):
     """``[telemetry.metrics]``: the OTLP metric exporter and the Prometheus endpoint."""
 
-    export_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
+    export_interval_seconds: _positive(3600) = 30.0
     #: "HOST:PORT" of the optional Prometheus scrape endpoint; None = off.
     bind_address: str | None = None
     #: Data points per instrument before the SDK folds the rest into the
     #: overflow series (OpenTelemetry SDK cardinality limit).
-    cardinality_limit: int = Field(default=2000, ge=10, le=100000)
+    cardinality_limit: Annotated[int, msgspec.Meta(ge=10, le=100000)] = 2000
 
-    @field_validator("bind_address")
-    @classmethod
-    def _bind(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{value!r} is not HOST:PORT (example: 127.0.0.1:9464)")
-        return value
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bind_address is not None:
+            host, sep, port = self.bind_address.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"bind_address {self.bind_address!r} is not HOST:PORT (example: 127.0.0.1:9464)")
 
 
 class TelemetryConfig(_Strict):
     """``[telemetry]``: what is exported where (DESIGN section 3)."""
 
     mode: Literal["none", "remote", "local"] = "none"
-    resource: ResourceConfig = Field(default_factory=ResourceConfig)
-    traces: TracesConfig = Field(default_factory=TracesConfig)
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    resource: ResourceConfig = msgspec.field(default_factory=ResourceConfig)
+    traces: TracesConfig = msgspec.field(default_factory=TracesConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
 
-    @model_validator(mode="after")
-    def _endpoints(self) -> "TelemetryConfig":
+    def __post_init__(self) -> None:
         if self.mode == "remote":
             env = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
             for table, signal in (("traces", self.traces), ("metrics", self.metrics)):
@@ -136,7 +148,6 @@ class TelemetryConfig(_Strict):
                     raise ValueError(
                         f'mode = "remote" needs [telemetry.{table}] otlp_endpoint '
                         f"(or OTEL_EXPORTER_OTLP_ENDPOINT), or [telemetry.{table}] enabled = false")
-        return self
 
     def endpoint(self, signal: SignalConfig) -> str | None:
         """The endpoint to export ``signal`` to, or None to let OTEL_* env decide.
@@ -177,7 +188,7 @@ class TelemetryConfig(_Strict):
 
 
 class _TelemetryFile(_Strict):
-    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
 
 
 class MountSpec(_Strict):
@@ -188,9 +199,9 @@ class MountSpec(_Strict):
     FUSE daemon's argv (run in the foreground).
     """
 
-    name: str | None = None
     source: str
     mountpoint: str
+    name: str | None = None
     impl: Literal["rclone", "s3fs", "generic"] = "rclone"
     endpoint: str | None = None
     region: str | None = None
@@ -199,23 +210,17 @@ class MountSpec(_Strict):
     read_only: bool = False
     allow_other: bool = False
     cache_mode: Literal["off", "minimal", "writes", "full"] | None = None
-    options: list[str] = Field(default_factory=list)
-    command: list[str] = Field(default_factory=list)
-    ready_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    options: list[str] = msgspec.field(default_factory=list)
+    command: list[str] = msgspec.field(default_factory=list)
+    ready_timeout_seconds: _positive(600) = 30.0
     telemetry_config: str | None = None
-    max_restarts: int = Field(default=3, ge=0, le=100)
+    max_restarts: Annotated[int, msgspec.Meta(ge=0, le=100)] = 3
 
-    _endpoint = field_validator("endpoint")(lambda cls, v: _check_endpoint(v))
-
-    @field_validator("mountpoint")
-    @classmethod
-    def _abs(cls, value: str) -> str:
-        if not value:
-            raise ValueError("is empty")
-        return os.path.normpath(os.path.abspath(value))
-
-    @model_validator(mode="after")
-    def _shape(self) -> "MountSpec":
+    def __post_init__(self) -> None:
+        _check_endpoint(self.endpoint)
+        if not self.mountpoint:
+            raise ValueError("mountpoint is empty")
+        self.mountpoint = os.path.normpath(os.path.abspath(self.mountpoint))
         if self.impl == "generic":
             if not self.command:
                 raise ValueError(
@@ -229,7 +234,6 @@ class MountSpec(_Strict):
                 raise ValueError('credentials_from = "profile" needs profile = "NAME" (--profile)')
         if self.cache_mode and self.impl != "rclone":
             raise ValueError("cache_mode is an rclone option (--vfs-cache-mode)")
-        return self
 
     def bucket_and_prefix(self) -> tuple[str, str]:
         """``("bucket", "prefix/without/slashes")`` from ``s3://bucket/prefix``.
@@ -251,26 +255,36 @@ class MountSpec(_Strict):
         return bucket, prefix.strip("/")
 
 
-def _location(loc: tuple[Any, ...], root: str) -> str:
-    """Turn a pydantic error location into ``[telemetry.metrics] key``."""
-    keys = [str(k) for k in loc if not isinstance(k, int)]
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]+)`$")
+_MISSING = re.compile(r"^Object missing required field `(?P<key>[^`]+)`$")
+
+
+def _convert(data: Any, typ: type, origin: str) -> Any:
+    """``msgspec.convert`` with errors as :class:`ConfigError` naming table and key."""
+    try:
+        return msgspec.convert(data, typ)
+    except msgspec.ValidationError as exc:
+        message, _sep, where = str(exc).rpartition(" - at `")
+        if not _sep:
+            message, where = str(exc), "$`"
+        keys = [k for k in where.rstrip("`").split(".")[1:] if not k.startswith("[")]
+        field_error = message.startswith(("Expected", "Invalid"))
+        for pattern, text in ((_UNKNOWN, "unknown key (check the spelling; see DESIGN section 3)"),
+                              (_MISSING, "missing (required)")):
+            match = pattern.match(message)
+            if match:
+                keys.append(match["key"])
+                message, field_error = text, True
+        where = _location(keys) if field_error else (f"[{'.'.join(keys)}] " if keys else "")
+        raise ConfigError(f"{origin}: invalid configuration:\n  {where}{message}") from None
+
+
+def _location(keys: list[str]) -> str:
+    """``["telemetry", "metrics", "bind_address"]`` -> ``[telemetry.metrics] bind_address: ``."""
     if not keys:
         return ""
     *tables, key = keys
-    if root:
-        tables = [root, *tables] if tables[:1] != [root] else tables
-    return (f"[{'.'.join(tables)}] " if tables else "") + key
-
-
-def _format(exc: ValidationError, origin: str, root: str) -> ConfigError:
-    lines = []
-    for err in exc.errors():
-        where = _location(err["loc"], root)
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see DESIGN section 3)"
-        lines.append(f"{where}: {msg}" if where else msg)
-    return ConfigError(f"{origin}: invalid configuration:\n  " + "\n  ".join(lines))
+    return (f"[{'.'.join(tables)}] " if tables else "") + f"{key}: "
 
 
 def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -304,10 +318,7 @@ def parse_telemetry(data: dict[str, Any], origin: str = "telemetry config") -> T
             raise ConfigError(
                 f"{origin}: legacy flat keys directly under [telemetry] are no longer read; "
                 f"move them to the nested tables:\n  {moved}")
-    try:
-        return _TelemetryFile.model_validate(data).telemetry
-    except ValidationError as exc:
-        raise _format(exc, origin, "") from None
+    return _convert(data, _TelemetryFile, origin).telemetry
 
 
 def load_telemetry(path: str | os.PathLike[str]) -> TelemetryConfig:
@@ -333,10 +344,7 @@ def load_mount_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | No
 
 def build_mount_spec(data: dict[str, Any], origin: str = "command line") -> MountSpec:
     """Validate a mount spec given as a dict. Raises :class:`ConfigError`."""
-    try:
-        return MountSpec.model_validate(data)
-    except ValidationError as exc:
-        raise _format(exc, origin, "") from None
+    return _convert(data, MountSpec, origin)
 
 
 def check_file(path: str | os.PathLike[str]) -> str:

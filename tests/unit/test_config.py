@@ -51,7 +51,7 @@ def test_valid_file_round_trips(tmp_path):
     ('[telemetry]\nmode = "loud"\n', "mode"),
     ('[telemetry]\nmode = "remote"\n', 'needs [telemetry.traces] otlp_endpoint'),
     ('[telemetry]\nmode = "local"\n[telemetry.metrics]\nexport_interval_seconds = 0\n',
-     "[telemetry.metrics] export_interval_seconds: Input should be greater than 0"),
+     "[telemetry.metrics] export_interval_seconds: Expected `float` > 0.0"),
     ('[telemetry]\nmode = "local"\n[telemetry.metrics]\nbind_address = "9464"\n', "is not HOST:PORT"),
     ('[telemetry]\nmode = "local"\n[telemetry.metrics]\notlp_endpoint = "127.0.0.1:4317"\n',
      "is not an http:// or https:// URL"),

@@ -44,14 +44,14 @@ starting, restarting, hung) is logged at debug level and skipped.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import logging
 import re
 import socket
 from typing import Any
-
-import requests
+from urllib.parse import urlsplit
 
 from obsctl.collectors import PollingCollector
 from obsctl.instruments import Instruments
@@ -79,6 +79,39 @@ def parse_http_status_codes(text: str) -> dict[tuple[str, str], float]:
     return out
 
 
+def rc_request(base_url: str, path: str, auth: tuple[str, str] | None = None, timeout: float = 1.0,
+               method: str = "POST", body: dict[str, Any] | None = None) -> tuple[int, str]:
+    """One call to rclone's rc API with the standard library's http.client.
+
+    Args:
+        base_url: ``http://HOST:PORT`` of ``--rc-addr``, or ``unix:///path`` /
+            ``/path`` of a Unix socket (rclone releases after 1.60).
+        path: ``core/stats``, ``vfs/stats``, ``operations/list``, ``metrics`` ...
+        auth: ``(user, password)`` for ``--rc-user/--rc-pass`` (HTTP basic).
+        body: JSON body for POST (rc methods take their parameters there).
+
+    Returns:
+        ``(HTTP status, body text)``.
+
+    Raises:
+        OSError, http.client.HTTPException: the rc did not answer.
+    """
+    if base_url.startswith(("unix://", "/")):
+        conn: http.client.HTTPConnection = _UnixHTTPConnection(base_url.removeprefix("unix://"), timeout)
+    else:
+        parts = urlsplit(base_url)
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    if auth is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(("%s:%s" % auth).encode()).decode("ascii")
+    try:
+        conn.request(method, "/" + path, body=json.dumps(body) if body is not None else None, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
 class _UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
@@ -97,7 +130,6 @@ class RcloneRcCollector(PollingCollector):
     Args:
         instruments: where to record.
         base_url: ``http://HOST:PORT`` of ``--rc-addr`` or a Unix socket path.
-        session: a ``requests.Session`` (default: a new one).
         metrics: also read ``/metrics`` (needs ``--rc-enable-metrics``).
         timeout: seconds per request.
         auth: ``(user, password)`` when the rc runs with ``--rc-user/--rc-pass``.
@@ -115,7 +147,6 @@ class RcloneRcCollector(PollingCollector):
         self,
         instruments: Instruments,
         base_url: str,
-        session: requests.Session | None = None,
         metrics: bool = True,
         timeout: float = 1.0,
         auth: tuple[str, str] | None = None,
@@ -126,15 +157,7 @@ class RcloneRcCollector(PollingCollector):
         self.timeout = timeout
         self.auth = auth
         self.count_initial = count_initial
-        self._unix_path: str | None = None
-        if base_url.startswith("unix://"):
-            self._unix_path = base_url[len("unix://"):]
-        elif base_url.startswith("/"):
-            self._unix_path = base_url
         self.base_url = base_url.rstrip("/")
-        self._session = session if session is not None else (
-            requests.Session() if self._unix_path is None else None)
-        self._own_session = session is None
         self.last_core_stats: dict[str, Any] | None = None
         self.last_vfs_stats: dict[str, Any] | None = None
         self.last_http_status: dict[tuple[str, str], float] = {}
@@ -144,37 +167,16 @@ class RcloneRcCollector(PollingCollector):
 
     # -- transport ---------------------------------------------------------
     def _request(self, method: str, path: str) -> str:
-        if self._unix_path is not None:
-            conn = _UnixHTTPConnection(self._unix_path, self.timeout)
-            try:
-                headers = {"Content-Type": "application/json"} if method == "POST" else {}
-                if self.auth is not None:
-                    import base64
-                    token = base64.b64encode(
-                        ("%s:%s" % self.auth).encode()).decode("ascii")
-                    headers["Authorization"] = "Basic " + token
-                conn.request(method, "/" + path, body="{}" if method == "POST" else None,
-                             headers=headers)
-                resp = conn.getresponse()
-                body = resp.read().decode("utf-8", "replace")
-                if resp.status >= 400:
-                    raise OSError("rc %s answered %d" % (path, resp.status))
-                return body
-            finally:
-                conn.close()
-        assert self._session is not None
-        url = "%s/%s" % (self.base_url, path)
-        if method == "POST":
-            resp = self._session.post(url, json={}, timeout=self.timeout, auth=self.auth)
-        else:
-            resp = self._session.get(url, timeout=self.timeout, auth=self.auth)
-        resp.raise_for_status()
-        return resp.text
+        status, body = rc_request(self.base_url, path, auth=self.auth, timeout=self.timeout,
+                                  method=method, body={} if method == "POST" else None)
+        if status >= 400:
+            raise OSError("rc %s answered %d" % (path, status))
+        return body
 
     def _get_json(self, path: str) -> dict[str, Any] | None:
         try:
             data = json.loads(self._request("POST", path))
-        except (requests.RequestException, OSError, ValueError, http.client.HTTPException) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             log.debug("rclone rc %s: %s", path, exc)
             return None
         return data if isinstance(data, dict) else None
@@ -207,7 +209,7 @@ class RcloneRcCollector(PollingCollector):
         if self.metrics:
             try:
                 text = self._request("GET", "metrics")
-            except (requests.RequestException, OSError, http.client.HTTPException) as exc:
+            except (OSError, ValueError, http.client.HTTPException) as exc:
                 log.debug("rclone rc metrics: %s", exc)
                 return
             self._on_status(parse_http_status_codes(text))
@@ -225,8 +227,3 @@ class RcloneRcCollector(PollingCollector):
                 before = prev.get((code, _method), 0.0)
                 delta = value - before if value >= before else value
             self.instruments.add_error("http_%s" % code, int(delta))
-
-    def close(self) -> None:
-        """Close the session this collector created."""
-        if self._own_session and self._session is not None:
-            self._session.close()

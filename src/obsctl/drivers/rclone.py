@@ -144,20 +144,22 @@ class RcloneDriver(Driver):
         """
         if not root_empty:
             return None
-        import requests
+        import http.client
+
+        from obsctl.collectors.rclone_rc import rc_request
 
         remote = plan.argv[2]
         try:
-            reply = requests.post(f"{plan.extras['rc_url']}/operations/list", auth=plan.extras["rc_auth"],
-                                  json={"fs": remote, "remote": ""}, timeout=10)
-        except requests.RequestException as exc:
+            status, text = rc_request(plan.extras["rc_url"], "operations/list", auth=plan.extras["rc_auth"],
+                                      body={"fs": remote, "remote": ""}, timeout=10)
+        except (OSError, http.client.HTTPException) as exc:
             return f"rclone rc did not answer: {exc}"
-        if reply.status_code == 200:
+        if status == 200:
             return None
         try:
-            error = reply.json().get("error", reply.text)
-        except ValueError:
-            error = reply.text
+            error = str(json.loads(text).get("error", text))
+        except (ValueError, AttributeError):
+            error = text
         if "directory not found" in error:
             return f"bucket or prefix {remote.split(':', 1)[1]} does not exist ({error.strip()})"
         return f"rclone cannot list {remote.split(':', 1)[1]}: {error.strip()}"
