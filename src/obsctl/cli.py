@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     add_mount_arguments(install)
     uninstall = systemd_sub.add_parser("uninstall", help="stop, disable and remove obsctl-mount@NAME")
     uninstall.add_argument("--name", required=True, help="the mount name given to install")
+    check_mount = systemd_sub.add_parser(
+        "check", help="health-check obsctl-mount@NAME; restart it when its mount is stale or missing")
+    check_mount.add_argument("--name", required=True, help="the mount name")
 
     config = sub.add_parser("config", help="configuration files")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
@@ -321,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from obsctl import systemd_units
         if args.systemd_command == "install":
             return systemd_units.cmd_install(args, command)
+        if args.systemd_command == "check":
+            return systemd_units.check(args.name)
         return systemd_units.cmd_uninstall(args)
     return EXIT_USAGE
 

@@ -297,6 +297,8 @@ class Supervisor:
         self.credentials = credentials
         self.runtime_dir = runtime_dir
         self.driver = driver
+        # Mode none opens no port at all, not even rclone's loopback rc API.
+        self.driver.listen = telemetry.exports_metrics
         self.poll_interval = poll_interval
         self.bucket = spec.bucket_and_prefix()[0]
         self.stop_requested = threading.Event()

@@ -173,3 +173,13 @@ def test_s3fs_startup_verdict_from_real_logs(fixture, verdict):
     with open(fixture, encoding="utf-8") as handle:
         verdicts = [v for v in map(driver.startup_verdict, handle.read().splitlines()) if v]
     assert verdicts and verdicts[0] == verdict
+
+
+def test_package_ships_every_template():
+    """templates/ exists once; src/obsctl/templates holds one file symlink per template."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    shipped = {p.name for p in (root / "src/obsctl/templates").iterdir() if p.resolve().is_file()}
+    assert shipped == {p.name for p in (root / "templates").glob("*.j2")}
+    assert all((root / "src/obsctl/templates" / name).is_symlink() for name in shipped)

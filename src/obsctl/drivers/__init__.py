@@ -58,6 +58,8 @@ class Driver:
     binary = ""
     #: True when the driver takes S3 credentials.
     needs_credentials = True
+    #: False: open no listening socket (telemetry mode none). The supervisor sets it.
+    listen = True
 
     def plan(self, spec: "MountSpec", creds: "Credentials | None", runtime_dir: str) -> LaunchPlan:
         """Build argv and environment. Raises :class:`obsctl.config.ConfigError` on bad options."""

@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import secrets as _secrets
 import socket
+import subprocess
 
 from obsctl.config import ConfigError
-from obsctl.drivers import Driver, LaunchPlan, split_option
+from obsctl.drivers import Driver, LaunchPlan, redact, split_option
 
 REMOTE = "obsctl"
 _FORWARD_LEVELS = {"critical", "error", "warning", "notice"}
@@ -74,14 +75,17 @@ class RcloneDriver(Driver):
             if creds.session_token:
                 env[prefix_env + "SESSION_TOKEN"] = creds.session_token
             hidden += creds.secrets()
-        rc_port = free_loopback_port()
-        rc_user, rc_pass = "obsctl", _secrets.token_urlsafe(24)
-        env["RCLONE_RC_USER"], env["RCLONE_RC_PASS"] = rc_user, rc_pass
-        hidden.append(rc_pass)
         remote = f"{REMOTE}:{bucket}" + (f"/{prefix}" if prefix else "")
         argv = [self.binary, "mount", remote, spec.mountpoint, "--config", "",
-                "--use-json-log", "--log-level", "DEBUG",
-                "--rc", "--rc-addr", f"127.0.0.1:{rc_port}", "--rc-enable-metrics"]
+                "--use-json-log", "--log-level", "DEBUG"]
+        extras: dict = {}
+        if self.listen:
+            rc_port = free_loopback_port()
+            rc_user, rc_pass = "obsctl", _secrets.token_urlsafe(24)
+            env["RCLONE_RC_USER"], env["RCLONE_RC_PASS"] = rc_user, rc_pass
+            hidden.append(rc_pass)
+            argv += ["--rc", "--rc-addr", f"127.0.0.1:{rc_port}", "--rc-enable-metrics"]
+            extras = {"rc_url": f"http://127.0.0.1:{rc_port}", "rc_auth": (rc_user, rc_pass)}
         if spec.read_only:
             argv.append("--read-only")
         if spec.allow_other:
@@ -90,8 +94,7 @@ class RcloneDriver(Driver):
             argv += ["--vfs-cache-mode", spec.cache_mode]
         for option in spec.options:
             argv.append(self._flag(option))
-        return LaunchPlan(argv=argv, env=env, fstype="fuse.rclone", secrets=hidden,
-                          extras={"rc_url": f"http://127.0.0.1:{rc_port}", "rc_auth": (rc_user, rc_pass)})
+        return LaunchPlan(argv=argv, env=env, fstype="fuse.rclone", secrets=hidden, extras=extras)
 
     @staticmethod
     def _flag(option: str) -> str:
@@ -138,36 +141,33 @@ class RcloneDriver(Driver):
     def verify(self, plan, root_empty):
         """A missing bucket shows as an empty root in rclone's VFS; ask rclone itself.
 
-        Only when the root listed empty: rc ``operations/list`` of the remote
-        root, which answers ``directory not found`` for a missing bucket (the
-        listing is empty for an empty bucket, so this costs one request).
+        Only when the root listed empty: ``rclone lsjson --max-depth 1`` of
+        the same remote, with the same environment, in a child process (no
+        listener needed). rclone exits 3 ("directory not found") for a missing
+        bucket or prefix; the listing of an empty one costs one request.
         """
         if not root_empty:
             return None
-        import http.client
-
-        from obsctl.collectors.rclone_rc import rc_request
-
         remote = plan.argv[2]
         try:
-            status, text = rc_request(plan.extras["rc_url"], "operations/list", auth=plan.extras["rc_auth"],
-                                      body={"fs": remote, "remote": ""}, timeout=10)
-        except (OSError, http.client.HTTPException) as exc:
-            return f"rclone rc did not answer: {exc}"
-        if status == 200:
+            proc = subprocess.run([self.binary, "lsjson", "--config", "", "--max-depth", "1", "--no-modtime",
+                                   "--no-mimetype", remote], env=plan.env, stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, timeout=30, check=False)
+        except subprocess.TimeoutExpired:
+            return f"rclone could not list {remote.split(':', 1)[1]} within 30 s"
+        if proc.returncode == 0:
             return None
-        try:
-            error = str(json.loads(text).get("error", text))
-        except (ValueError, AttributeError):
-            error = text
-        if "directory not found" in error:
-            return f"bucket or prefix {remote.split(':', 1)[1]} does not exist ({error.strip()})"
-        return f"rclone cannot list {remote.split(':', 1)[1]}: {error.strip()}"
+        last = redact((proc.stderr.strip().splitlines() or [""])[-1], plan.secrets)
+        if proc.returncode == 3 or "directory not found" in last:
+            return f"bucket or prefix {remote.split(':', 1)[1]} does not exist ({last})"
+        return f"rclone cannot list {remote.split(':', 1)[1]}: {last}"
 
     def log_collectors(self, instruments, plan):
         from obsctl.collectors.rclone_log import RcloneLogCollector
         return [RcloneLogCollector(instruments)]
 
     def polling_collectors(self, instruments, plan):
+        if "rc_url" not in plan.extras:
+            return []
         from obsctl.collectors.rclone_rc import RcloneRcCollector
         return [RcloneRcCollector(instruments, plan.extras["rc_url"], auth=plan.extras["rc_auth"])]
