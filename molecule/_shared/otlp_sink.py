@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The molecule scenarios' OTLP receiver: tests/support/otlp_receiver.py as a process.
 
     otlp_sink.py STATE_DIR

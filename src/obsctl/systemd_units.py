@@ -286,7 +286,7 @@ def _run(argv: Sequence[str], input: bytes | None = None, check: bool = False) -
     env = dict(os.environ, SYSTEMD_PAGER="", SYSTEMD_COLORS="0", LC_ALL="C")
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         env.pop(key, None)
-    proc = subprocess.run(list(argv), input=input, capture_output=True, env=env)
+    proc = subprocess.run(list(argv), input=input, capture_output=True, env=env, check=False)
     if check and proc.returncode != 0:
         err = (proc.stderr or proc.stdout).decode("utf-8", "replace").strip()
         raise InstallError(f"{' '.join(argv)} failed (rc={proc.returncode}): {err}")

@@ -39,7 +39,7 @@ def _ours(series):
 
 
 def test_nothing_is_exported(host):
-    for _, mountpoint, _, _ in MOUNTS:
+    for _name, mountpoint, _impl, _bucket in MOUNTS:
         host.check_output(f"cat {mountpoint}/hello.txt")
     # Well past the first export (about 1 s after ready) and two intervals (2 s).
     time.sleep(8)

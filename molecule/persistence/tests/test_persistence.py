@@ -5,7 +5,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "_shared"))
 from obsctl_checks import mount_fstype  # noqa: E402
@@ -20,8 +19,8 @@ MOUNTS = [
 def _wait_mounted(host, timeout=90):
     deadline = time.monotonic() + timeout
     while True:
-        state = {m: mount_fstype(host, m) for _, m, _ in MOUNTS}
-        if all(state[m] == t for _, m, t in MOUNTS):
+        state = {m: mount_fstype(host, m) for _name, m, _fstype in MOUNTS}
+        if all(state[m] == t for _name, m, t in MOUNTS):
             return
         if time.monotonic() > deadline:
             units = host.run("systemctl list-units --all --plain --no-legend 'obsctl*'").stdout
@@ -30,7 +29,7 @@ def _wait_mounted(host, timeout=90):
 
 
 def _listed(host):
-    for _, mountpoint, _ in MOUNTS:
+    for _name, mountpoint, _fstype in MOUNTS:
         assert "hello.txt" in host.check_output(f"ls -1 {mountpoint}").split()
 
 
@@ -55,7 +54,7 @@ def test_restart_the_container(host):
         time.sleep(1)
     _wait_mounted(host)
     _listed(host)
-    for name, _, _ in MOUNTS:
+    for name, _mountpoint, _fstype in MOUNTS:
         assert host.service(f"obsctl-mount@{name}.service").is_running
         assert host.run(f"systemctl is-active obsctl-mount@{name}.timer").stdout.strip() == "active"
 
