@@ -20,6 +20,7 @@ instrument class). Export results are recorded for ``obsctl status``.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import socket
 import threading
@@ -121,36 +122,37 @@ def _http_endpoint(url: str, path: str) -> str:
     return url
 
 
-def metric_exporter(cfg: TelemetryConfig) -> MetricExporter:
-    """The OTLP metric exporter for ``cfg`` (gRPC or http/protobuf).
+#: (signal, protocol) -> (module, class) of the OTLP exporter, imported on use
+#: so only the configured transport (grpcio or requests) is loaded.
+_EXPORTERS = {
+    ("metrics", "grpc"): ("opentelemetry.exporter.otlp.proto.grpc.metric_exporter", "OTLPMetricExporter"),
+    ("metrics", "http/protobuf"): ("opentelemetry.exporter.otlp.proto.http.metric_exporter", "OTLPMetricExporter"),
+    ("traces", "grpc"): ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", "OTLPSpanExporter"),
+    ("traces", "http/protobuf"): ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "OTLPSpanExporter"),
+}
 
-    The endpoint is ``[telemetry.metrics] otlp_endpoint`` or, when unset, the
-    exporter's own OTEL_EXPORTER_OTLP_* environment handling.
+
+def otlp_exporter(cfg: TelemetryConfig, signal_name: str) -> Any:
+    """The OTLP exporter of ``signal_name`` (``metrics`` | ``traces``), gRPC or http/protobuf.
+
+    The endpoint is ``[telemetry.<signal>] otlp_endpoint`` (``local`` mode:
+    127.0.0.1:4317) or, when unset, the exporter's own OTEL_EXPORTER_OTLP_*
+    environment handling. http/protobuf endpoints without a path get
+    ``/v1/metrics`` or ``/v1/traces``. The timeout (seconds) is the signal's
+    ``export_timeout_seconds``.
     """
-    endpoint = cfg.endpoint(cfg.metrics)
-    timeout = cfg.metrics.export_timeout_seconds
-    if cfg.protocol(cfg.metrics, "metrics") == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpExporter
-        return HttpExporter(endpoint=_http_endpoint(endpoint, "/v1/metrics") if endpoint else None, timeout=timeout)
-    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcExporter
-    if endpoint:
-        target, insecure = _grpc_endpoint(endpoint)
-        return GrpcExporter(endpoint=target, insecure=insecure, timeout=timeout)
-    return GrpcExporter(timeout=timeout)
-
-
-def span_exporter(cfg: TelemetryConfig) -> Any:
-    """The OTLP span exporter for ``cfg`` (gRPC or http/protobuf)."""
-    endpoint = cfg.endpoint(cfg.traces)
-    timeout = cfg.traces.export_timeout_seconds
-    if cfg.protocol(cfg.traces, "traces") == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-        return HttpExporter(endpoint=_http_endpoint(endpoint, "/v1/traces") if endpoint else None, timeout=timeout)
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
-    if endpoint:
-        target, insecure = _grpc_endpoint(endpoint)
-        return GrpcExporter(endpoint=target, insecure=insecure, timeout=timeout)
-    return GrpcExporter(timeout=timeout)
+    signal = getattr(cfg, signal_name)
+    endpoint = cfg.endpoint(signal)
+    protocol = cfg.protocol(signal, signal_name)
+    module, name = _EXPORTERS[(signal_name, protocol)]
+    exporter = getattr(importlib.import_module(module), name)
+    timeout = signal.export_timeout_seconds
+    if not endpoint:
+        return exporter(timeout=timeout)
+    if protocol == "http/protobuf":
+        return exporter(endpoint=_http_endpoint(endpoint, f"/v1/{signal_name}"), timeout=timeout)
+    target, insecure = _grpc_endpoint(endpoint)
+    return exporter(endpoint=target, insecure=insecure, timeout=timeout)
 
 
 def _cardinality_limits(limit: int) -> dict[type, int]:
@@ -191,7 +193,7 @@ class Telemetry:
         self._push_reader: PeriodicExportingMetricReader | None = None
         if cfg.pushes_metrics:
             self._push_reader = PeriodicExportingMetricReader(
-                RecordingMetricExporter(metric_exporter(cfg), self.export_status),
+                RecordingMetricExporter(otlp_exporter(cfg, "metrics"), self.export_status),
                 export_interval_millis=cfg.metrics.export_interval_seconds * 1000,
                 export_timeout_millis=cfg.metrics.export_timeout_seconds * 1000,
                 cardinality_limits=limits)
@@ -205,7 +207,7 @@ class Telemetry:
         self.tracer_provider = TracerProvider(resource=self.resource, shutdown_on_exit=False)
         if cfg.exports_traces:
             self.tracer_provider.add_span_processor(BatchSpanProcessor(
-                span_exporter(cfg), export_timeout_millis=cfg.traces.export_timeout_seconds * 1000))
+                otlp_exporter(cfg, "traces"), export_timeout_millis=cfg.traces.export_timeout_seconds * 1000))
         self.tracer: Tracer = self.tracer_provider.get_tracer(METER_NAME, __version__)
 
     def _start_prometheus(self, bind_address: str, limits: dict[type, int]) -> MetricReader:
