@@ -11,11 +11,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from obsctl.collectors.fuse_conn import FuseConnCollector
-from obsctl.instruments import MountAttributes, create_instruments
+from obsctl.instruments import MountAttributes
+from support.metrics import data_points, in_memory
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 LIVE = str(FIXTURES / "mountinfo" / "live.txt")
@@ -24,20 +23,11 @@ MOUNTPOINTS = dict(line.split(" ", 1) for line in
 
 
 def make(mountpoint):
-    reader = InMemoryMetricReader()
-    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
-    return reader, create_instruments(meter, MountAttributes("obsctl-fixture", "x", mountpoint))
+    return in_memory(MountAttributes("obsctl-fixture", "x", mountpoint))
 
 
 def observed(reader):
-    out = []
-    data = reader.get_metrics_data()
-    for rm in data.resource_metrics if data else []:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                if metric.name == "obsctl_fuse_requests_waiting":
-                    out.extend((dict(dp.attributes), dp.value) for dp in metric.data.data_points)
-    return out
+    return [(labels, value) for _m, labels, value in data_points(reader, "obsctl_fuse_requests_waiting")]
 
 
 @pytest.mark.parametrize("driver,connection", [("rclone", "45"), ("s3fs", "40"), ("bindfs", "42")])

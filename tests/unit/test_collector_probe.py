@@ -11,11 +11,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from obsctl.collectors.probe import MountProbe
-from obsctl.instruments import MountAttributes, create_instruments
+from obsctl.instruments import MountAttributes
+from support.metrics import data_points, in_memory
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mountinfo"
 MOUNTPOINTS = dict(line.split(" ", 1) for line in
@@ -23,21 +22,12 @@ MOUNTPOINTS = dict(line.split(" ", 1) for line in
 
 
 def make(mountpoint):
-    reader = InMemoryMetricReader()
-    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
     attrs = MountAttributes("obsctl-fixture", "rclone", mountpoint)
-    return reader, create_instruments(meter, attrs), attrs
+    return (*in_memory(attrs), attrs)
 
 
 def observed(reader):
-    out = []
-    data = reader.get_metrics_data()
-    for rm in data.resource_metrics if data else []:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                if metric.name == "obsctl_mount_up":
-                    out.extend((dict(dp.attributes), dp.value) for dp in metric.data.data_points)
-    return out
+    return [(labels, value) for _m, labels, value in data_points(reader, "obsctl_mount_up")]
 
 
 def stat_ok(path):

@@ -6,34 +6,25 @@ import shutil
 from pathlib import Path
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from obsctl.collectors.proc_io import ProcIoCollector, read_proc_io
-from obsctl.instruments import MountAttributes, create_instruments
+from obsctl.instruments import MountAttributes
+from support.metrics import data_points, in_memory
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ATTRS = MountAttributes(bucket="obsctl-fixture", impl="rclone", mountpoint="/mnt/fixture")
 
 
 def make():
-    reader = InMemoryMetricReader()
-    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
-    return reader, create_instruments(meter, ATTRS)
+    return in_memory(ATTRS)
 
 
 def observed(reader):
     out = {}
-    data = reader.get_metrics_data()
-    for rm in data.resource_metrics if data else []:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                if metric.name == "obsctl_driver_io_bytes":
-                    assert metric.data.is_monotonic
-                    for dp in metric.data.data_points:
-                        assert dict(dp.attributes) == {
-                            "direction": dp.attributes["direction"], **ATTRS.base()}
-                        out[dp.attributes["direction"]] = dp.value
+    for metric, labels, value in data_points(reader, "obsctl_driver_io_bytes"):
+        assert metric.data.is_monotonic
+        assert labels == {"direction": labels["direction"], **ATTRS.base()}
+        out[labels["direction"]] = value
     return out
 
 

@@ -13,11 +13,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from obsctl.collectors.rclone_log import RcloneLogCollector, error_type, parse_time
-from obsctl.instruments import MountAttributes, create_instruments
+from obsctl.instruments import MountAttributes
+from support.metrics import data_points, in_memory
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rclone"
 READ_SIZE = 1048576
@@ -26,25 +25,17 @@ ATTRS = MountAttributes(bucket="obsctl-fixture", impl="rclone", mountpoint="/mnt
 
 
 def make():
-    reader = InMemoryMetricReader()
-    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
-    return reader, create_instruments(meter, ATTRS)
+    return in_memory(ATTRS)
 
 
 def points(reader):
     """{(metric, frozenset(extra labels)): value or (count, sum)}"""
     out = {}
-    data = reader.get_metrics_data()
-    for rm in data.resource_metrics if data else []:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                for dp in metric.data.data_points:
-                    labels = dict(dp.attributes)
-                    assert labels.pop("bucket") == ATTRS.bucket
-                    assert labels.pop("impl") == ATTRS.impl
-                    labels.pop("mountpoint", None)
-                    value = dp.value if hasattr(dp, "value") else (dp.count, dp.sum)
-                    out[(metric.name, frozenset(labels.items()))] = value
+    for metric, labels, value in data_points(reader):
+        assert labels.pop("bucket") == ATTRS.bucket
+        assert labels.pop("impl") == ATTRS.impl
+        labels.pop("mountpoint", None)
+        out[(metric.name, frozenset(labels.items()))] = value
     return out
 
 

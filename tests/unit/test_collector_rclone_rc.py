@@ -14,32 +14,24 @@ import threading
 from pathlib import Path
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from obsctl.collectors.rclone_rc import RcloneRcCollector, parse_http_status_codes
-from obsctl.instruments import MountAttributes, create_instruments
+from obsctl.instruments import MountAttributes
+from support.metrics import data_points, in_memory
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rclone"
 ATTRS = MountAttributes(bucket="obsctl-fixture", impl="rclone", mountpoint="/mnt/fixture")
 
 
 def make():
-    reader = InMemoryMetricReader()
-    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
-    return reader, create_instruments(meter, ATTRS)
+    return in_memory(ATTRS)
 
 
 def errors(reader):
     out = {}
-    data = reader.get_metrics_data()
-    for rm in data.resource_metrics if data else []:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                if metric.name == "obsctl_errors":
-                    for dp in metric.data.data_points:
-                        assert dp.attributes["bucket"] == ATTRS.bucket
-                        out[dp.attributes["error_type"]] = dp.value
+    for _metric, labels, value in data_points(reader, "obsctl_errors"):
+        assert labels["bucket"] == ATTRS.bucket
+        out[labels["error_type"]] = value
     return out
 
 
