@@ -4,6 +4,8 @@
     obsctl unmount MOUNTPOINT
     obsctl status [--json]
     obsctl config check PATH
+    obsctl sidecar --pid PID --mountpoint P [--impl X] [--rc-url URL]
+    obsctl systemd install|uninstall|check ...
 
 Exit status: 0 success; 1 the mount failed or a command could not do its
 job; 2 bad usage or an invalid config file (nothing was started).
@@ -74,6 +76,18 @@ def _parser() -> argparse.ArgumentParser:
     unmount.add_argument("mountpoint")
     unmount.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
 
+    sidecar = sub.add_parser("sidecar", help="observe a FUSE mount that something else started",
+                             description="Run the collectors and telemetry of obsctl mount against a driver "
+                                         "started elsewhere (fstab, another tool); nothing is spawned or unmounted.")
+    sidecar.add_argument("--pid", type=int, required=True, help="the FUSE daemon's process id")
+    sidecar.add_argument("--mountpoint", required=True, help="where it is mounted")
+    sidecar.add_argument("--impl", default="generic", help="driver label (rclone, s3fs, generic ...)")
+    sidecar.add_argument("--source", default="", help="s3://BUCKET[/PREFIX] (the bucket label), or any text")
+    sidecar.add_argument("--rc-url", help="rclone's --rc-addr URL (user/password from RCLONE_RC_USER/RCLONE_RC_PASS)")
+    sidecar.add_argument("--otel-endpoint", help="export to this OTLP endpoint (mode remote)")
+    sidecar.add_argument("--otel-protocol", choices=["grpc", "http/protobuf"], help="OTLP protocol (default grpc)")
+    sidecar.add_argument("--telemetry-config", help="telemetry TOML (default /etc/obsctl/telemetry.toml if present)")
+
     status = sub.add_parser("status", help="every mount this host's obsctl runs")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -133,10 +147,9 @@ def _mount_spec(args: argparse.Namespace, command: list[str]) -> Any:
     return build_mount_spec(data)
 
 
-def _telemetry(args: argparse.Namespace, spec: Any) -> Any:
+def _telemetry(args: argparse.Namespace, path: str | None) -> Any:
     from obsctl.config import TelemetryConfig, default_telemetry_path, load_telemetry, parse_telemetry
 
-    path = spec.telemetry_config
     if path:
         cfg = load_telemetry(path)
     elif default_telemetry_path().exists():
@@ -165,7 +178,7 @@ def cmd_mount(args: argparse.Namespace, command: list[str]) -> int:
 
     try:
         spec = _mount_spec(args, command)
-        telemetry = _telemetry(args, spec)
+        telemetry = _telemetry(args, spec.telemetry_config)
         driver = get_driver(spec.impl)
         creds = credentials.resolve(spec.credentials_from, spec.profile) if driver.needs_credentials else None
     except ConfigError as exc:
@@ -191,6 +204,23 @@ def pid_running(pid: int) -> bool:
             return handle.read().rpartition(")")[2].split()[0] != "Z"
     except (OSError, ValueError, IndexError):
         return False
+
+
+def cmd_sidecar(args: argparse.Namespace) -> int:
+    """``obsctl sidecar``: see :class:`obsctl.sidecar.Sidecar`."""
+    from obsctl.config import ConfigError
+    from obsctl.sidecar import Sidecar
+
+    try:
+        sidecar = Sidecar(args.pid, args.mountpoint, args.impl, args.source or args.mountpoint,
+                          _telemetry(args, args.telemetry_config), runtime_dir(), rc_url=args.rc_url)
+        return sidecar.run()
+    except ConfigError as exc:
+        print(f"obsctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"obsctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def read_states(directory: str | None = None) -> list[dict[str, Any]]:
@@ -260,6 +290,10 @@ def cmd_unmount(args: argparse.Namespace) -> int:
                 if mounted else "; nothing is mounted there")
         print(f"obsctl: no obsctl mount at {target}{hint}", file=sys.stderr)
         return EXIT_FAILED
+    if match[0].get("state") == "observing":
+        print(f"obsctl: {target} is only observed by obsctl sidecar (pid {match[0]['pid']}); "
+              "unmount it with what started it", file=sys.stderr)
+        return EXIT_FAILED
     pid = int(match[0]["pid"])
     try:
         os.kill(pid, signal.SIGTERM)
@@ -316,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os._exit(code)
     if args.command == "status":
         return cmd_status(args)
+    if args.command == "sidecar":
+        return cmd_sidecar(args)
     if args.command == "unmount":
         return cmd_unmount(args)
     if args.command == "config":

@@ -279,6 +279,22 @@ class LogPump(threading.Thread):
         return redact(self.driver.summary((critical or self.errors)[-1]), self.secrets)
 
 
+def generic_collectors(instruments: Any, mountpoint: str,
+                       pid_getter: Callable[[], int | None]) -> tuple[Any, Any, list[Any]]:
+    """The collectors that observe any FUSE driver: /proc/PID/io, the FUSE
+    connection's ``waiting``, the bounded stat probe.
+
+    Returns ``(proc_io, probe, [proc_io, fuse_conn, probe])``.
+    """
+    from obsctl.collectors.fuse_conn import FuseConnCollector
+    from obsctl.collectors.probe import MountProbe
+    from obsctl.collectors.proc_io import ProcIoCollector
+
+    proc_io = ProcIoCollector(instruments, pid_getter)
+    probe = MountProbe(instruments, mountpoint)
+    return proc_io, probe, [proc_io, FuseConnCollector(instruments, mountpoint), probe]
+
+
 class Supervisor:
     """Supervise one mount from spawn to final export.
 
@@ -449,14 +465,8 @@ class Supervisor:
             if self.spec.name:
                 extra["obsctl.mount.name"] = self.spec.name
             self.telemetry = Telemetry(self.telemetry_cfg, attrs, resource_attributes=extra)
-            from obsctl.collectors.fuse_conn import FuseConnCollector
-            from obsctl.collectors.probe import MountProbe
-            from obsctl.collectors.proc_io import ProcIoCollector
-
-            ins = self.telemetry.instruments
-            self.proc_io = ProcIoCollector(ins, self._driver_pid)
-            self.probe = MountProbe(ins, self.spec.mountpoint)
-            self.generic_polling = [self.proc_io, FuseConnCollector(ins, self.spec.mountpoint), self.probe]
+            self.proc_io, self.probe, self.generic_polling = generic_collectors(
+                self.telemetry.instruments, self.spec.mountpoint, self._driver_pid)
         except BaseException as exc:  # reported by the main thread
             self._telemetry_error = exc
         finally:

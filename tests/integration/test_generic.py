@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
 import pytest
 
 from support.obsctl import (
-    is_mounted, mount_entry, obsctl_env, pid_alive, processes_mentioning, require_driver,
-    status_json,
+    force_cleanup, is_mounted, mount_entry, obsctl_command, obsctl_env, pid_alive,
+    processes_mentioning, require_driver, run_obsctl, status_json,
 )
 
 
@@ -57,3 +58,44 @@ def test_generic_bindfs(bindfs_source, mountpoint, runtime_dir, otlp, telemetry_
     assert not processes_mentioning(str(mountpoint))
     # the source is untouched
     assert (bindfs_source / "one.txt").read_text() == "one\n"
+
+
+def test_sidecar_observes_a_mount_it_did_not_start(bindfs_source, mountpoint, runtime_dir, otlp):
+    """obsctl sidecar: bindfs started by someone else, observed over OTLP;
+    `obsctl unmount` refuses (not obsctl's mount); the sidecar exits 1 with a
+    final export when the daemon goes away, and never unmounts anything."""
+    env = obsctl_env(runtime_dir)
+    bindfs = subprocess.Popen(["bindfs", "-f", str(bindfs_source), str(mountpoint)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sidecar = None
+    try:
+        deadline = time.monotonic() + 10
+        while not is_mounted(mountpoint) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert is_mounted(mountpoint)
+        sidecar = subprocess.Popen(
+            [*obsctl_command(), "sidecar", "--pid", str(bindfs.pid), "--mountpoint", str(mountpoint),
+             "--impl", "bindfs", "--source", "local-src", "--otel-endpoint", otlp.grpc_endpoint],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert (mountpoint / "two.bin").read_bytes() == (bindfs_source / "two.bin").read_bytes()
+        otlp.wait_for(lambda: otlp.latest("obsctl_mount_up", impl="bindfs", mountpoint=str(mountpoint)) == 1,
+                      15, "obsctl_mount_up{impl=bindfs} == 1 from the sidecar")
+        otlp.wait_for(lambda: (otlp.latest_sum("obsctl_driver_io_bytes", direction="write", impl="bindfs") or 0)
+                      >= 32 * 1024, 15, "the bytes bindfs wrote to /dev/fuse (the read) in /proc/PID/io")
+        st = [e for e in status_json(env) if e.get("mountpoint") == str(mountpoint)]
+        assert len(st) == 1 and st[0]["state"] == "observing" and st[0]["driver_pid"] == bindfs.pid, st
+        refused = run_obsctl("unmount", str(mountpoint), env=env)
+        assert refused.returncode == 1 and "only observed" in refused.stderr
+        assert is_mounted(mountpoint)
+
+        bindfs.kill()
+        bindfs.wait(10)
+        out, err = sidecar.communicate(timeout=15)
+        assert sidecar.returncode == 1, err
+        assert f"pid {bindfs.pid} exited" in err
+        assert otlp.latest("obsctl_mount_up", impl="bindfs", mountpoint=str(mountpoint)) == 0
+    finally:
+        for proc in (sidecar, bindfs):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+        force_cleanup(mountpoint)
