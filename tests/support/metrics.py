@@ -36,3 +36,17 @@ def data_points(reader: InMemoryMetricReader, name: str | None = None) -> Iterat
                 for dp in metric.data.data_points:
                     value = dp.value if hasattr(dp, "value") else (dp.count, dp.sum)
                     yield metric, dict(dp.attributes), value
+
+
+def points(reader: InMemoryMetricReader, attrs: MountAttributes) -> dict[tuple[str, frozenset], Any]:
+    """``{(metric name, frozenset(labels other than bucket/impl/mountpoint)): value}``.
+
+    Asserts that every point carries the mount's ``bucket`` and ``impl``.
+    """
+    out = {}
+    for metric, labels, value in data_points(reader):
+        assert labels.pop("bucket") == attrs.bucket
+        assert labels.pop("impl") == attrs.impl
+        labels.pop("mountpoint", None)
+        out[(metric.name, frozenset(labels.items()))] = value
+    return out

@@ -16,7 +16,8 @@ import pytest
 
 from obsctl.collectors.rclone_log import RcloneLogCollector, error_type, parse_time
 from obsctl.instruments import MountAttributes
-from support.metrics import data_points, in_memory
+from support.metrics import in_memory
+from support.metrics import points as metric_points
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rclone"
 READ_SIZE = 1048576
@@ -29,14 +30,7 @@ def make():
 
 
 def points(reader):
-    """{(metric, frozenset(extra labels)): value or (count, sum)}"""
-    out = {}
-    for metric, labels, value in data_points(reader):
-        assert labels.pop("bucket") == ATTRS.bucket
-        assert labels.pop("impl") == ATTRS.impl
-        labels.pop("mountpoint", None)
-        out[(metric.name, frozenset(labels.items()))] = value
-    return out
+    return metric_points(reader, ATTRS)
 
 
 def feed_file(collector, path):

@@ -14,7 +14,8 @@ import pytest
 
 from obsctl.collectors.s3fs_log import S3fsLogCollector
 from obsctl.instruments import MountAttributes
-from support.metrics import data_points, in_memory
+from support.metrics import in_memory
+from support.metrics import points as metric_points
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "s3fs"
 READ_SIZE = 1048576
@@ -27,14 +28,7 @@ def make():
 
 
 def points(reader):
-    """{(metric, frozenset(extra labels)): value or (count, sum)}"""
-    out = {}
-    for metric, labels, value in data_points(reader):
-        assert labels.pop("bucket") == ATTRS.bucket
-        assert labels.pop("impl") == ATTRS.impl
-        labels.pop("mountpoint", None)
-        out[(metric.name, frozenset(labels.items()))] = value
-    return out
+    return metric_points(reader, ATTRS)
 
 
 def by(pts, metric, label):
