@@ -202,7 +202,7 @@ class MountSpec(_Strict):
     source: str
     mountpoint: str
     name: str | None = None
-    impl: Literal["rclone", "s3fs", "generic"] = "rclone"
+    impl: Literal["rclone", "s3fs", "generic", "goofys", "geesefs", "mountpoint-s3"] = "rclone"
     endpoint: str | None = None
     region: str | None = None
     profile: str | None = None
@@ -217,6 +217,10 @@ class MountSpec(_Strict):
     max_restarts: Annotated[int, msgspec.Meta(ge=0, le=100)] = 3
 
     def __post_init__(self) -> None:
+        if self.impl not in IMPLS:
+            raise ValueError(
+                f"impl {self.impl}: obsctl has no driver module for {self.impl} yet (roles/fuse_driver installs "
+                f"the binary); supervise it with impl = \"generic\" and its foreground command line")
         _check_endpoint(self.endpoint)
         if not self.mountpoint:
             raise ValueError("mountpoint is empty")

@@ -92,6 +92,7 @@ def test_config_check_exit_codes(tmp_path, capsys):
     ({"source": "bucket", "mountpoint": "/m"}, "must look like s3://BUCKET"),
     ({"source": "s3://Upper", "mountpoint": "/m"}, "not a valid S3 bucket name"),
     ({"source": "s3://ok-bucket", "mountpoint": "/m", "impl": "ftp"}, "impl"),
+    ({"source": "s3://ok-bucket", "mountpoint": "/m", "impl": "goofys"}, "no driver module for goofys yet"),
     ({"source": "s3://ok-bucket", "mountpoint": "/m", "impl": "generic"}, "needs the FUSE daemon's command"),
     ({"source": "s3://ok-bucket", "mountpoint": "/m", "credentials_from": "profile"}, "needs profile"),
     ({"source": "s3://ok-bucket", "mountpoint": "/m", "impl": "s3fs", "cache_mode": "full"}, "rclone option"),
