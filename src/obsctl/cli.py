@@ -197,15 +197,6 @@ def cmd_mount(args: argparse.Namespace, command: list[str]) -> int:
         return EXIT_USAGE
 
 
-def pid_running(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie (state ``Z`` in /proc/PID/stat)."""
-    try:
-        with open(f"/proc/{int(pid)}/stat", encoding="ascii", errors="replace") as handle:
-            return handle.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, ValueError, IndexError):
-        return False
-
-
 def cmd_sidecar(args: argparse.Namespace) -> int:
     """``obsctl sidecar``: see :class:`obsctl.sidecar.Sidecar`."""
     from obsctl.config import ConfigError
@@ -226,6 +217,8 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
 def read_states(directory: str | None = None) -> list[dict[str, Any]]:
     """Every state file under RUNTIME_DIR/mounts, with ``state`` set to
     ``dead`` when its supervisor pid no longer runs."""
+    from obsctl.supervisor import pid_running
+
     base = os.path.join(directory or runtime_dir(), "mounts")
     states = []
     try:
@@ -281,6 +274,8 @@ def _human(n: float) -> str:
 def cmd_unmount(args: argparse.Namespace) -> int:
     """``obsctl unmount MOUNTPOINT``: SIGTERM to the supervisor, wait for it to finish."""
     from obsctl import mounttable
+
+    from obsctl.supervisor import pid_running
 
     target = os.path.normpath(os.path.abspath(args.mountpoint))
     match = [s for s in read_states() if s.get("mountpoint") == target and s.get("state") != "dead"]

@@ -29,7 +29,8 @@ from typing import Any
 
 from obsctl import mounttable
 from obsctl.config import ConfigError, TelemetryConfig
-from obsctl.supervisor import generic_collectors, state_file_path, write_atomic
+from obsctl.fileutil import atomic_write
+from obsctl.supervisor import generic_collectors, pid_running, state_file_path
 
 
 class Sidecar:
@@ -53,7 +54,7 @@ class Sidecar:
                  runtime_dir: str, rc_url: str | None = None, poll_interval: float = 2.0) -> None:
         self.pid = pid
         self.mountpoint = os.path.normpath(os.path.abspath(mountpoint))
-        if not os.path.exists(f"/proc/{pid}"):
+        if not pid_running(pid):
             raise ConfigError(f"--pid {pid}: no such process")
         entry = mounttable.find_mount(self.mountpoint)
         if entry is None or not mounttable.is_fuse(entry):
@@ -69,7 +70,7 @@ class Sidecar:
         self.started_at = time.time()
 
     def _pid(self) -> int | None:
-        return self.pid if os.path.exists(f"/proc/{self.pid}") else None
+        return self.pid if pid_running(self.pid) else None
 
     def run(self) -> int:
         """Observe until SIGTERM/SIGINT (returns 0) or the process exits (returns 1)."""
@@ -127,4 +128,5 @@ class Sidecar:
             "telemetry_mode": self.telemetry_cfg.mode,
             "last_export": self.telemetry.export_status.as_dict(),
         }
-        write_atomic(self.state_path, json.dumps(state, indent=1) + "\n")
+        os.makedirs(os.path.dirname(self.state_path), mode=0o750, exist_ok=True)
+        atomic_write(self.state_path, json.dumps(state, indent=1) + "\n", 0o640)

@@ -34,6 +34,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -44,6 +45,7 @@ from obsctl import mounttable
 from obsctl.config import MountSpec, TelemetryConfig
 from obsctl.credentials import Credentials
 from obsctl.drivers import Driver, LaunchPlan, redact
+from obsctl.fileutil import atomic_write
 
 log = logging.getLogger("obsctl")
 
@@ -83,6 +85,15 @@ def sd_notify(message: str) -> bool:
         return False
 
 
+def pid_running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (state ``Z`` in /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", encoding="ascii", errors="replace") as handle:
+            return handle.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def describe_exit(returncode: int) -> str:
     """``exited with status 1`` / ``was killed by SIGKILL`` from a Popen returncode."""
     if returncode < 0:
@@ -99,23 +110,7 @@ def state_file_path(runtime_dir: str, mountpoint: str) -> str:
     return os.path.join(runtime_dir, "mounts", name + ".json")
 
 
-def write_atomic(path: str, data: str, mode: int = 0o640) -> None:
-    """Write ``data`` to ``path`` through a temporary file and rename (atomic on POSIX)."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o750, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def unmount(mountpoint: str, lazy_fallback: bool = True) -> bool:
+def unmount(mountpoint: str) -> bool:
     """``fusermount3 -u MOUNTPOINT``, then ``-u -z`` (lazy) if that fails.
 
     Returns True when nothing is mounted at ``mountpoint`` afterwards.
@@ -124,8 +119,6 @@ def unmount(mountpoint: str, lazy_fallback: bool = True) -> bool:
     fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
     commands = ([[fusermount, "-u", mountpoint], [fusermount, "-u", "-z", mountpoint]] if fusermount
                 else [["umount", mountpoint], ["umount", "-l", mountpoint]])
-    if not lazy_fallback:
-        commands = commands[:1]
     for argv in commands:
         if mounttable.find_mount(mountpoint) is None:
             return True
@@ -151,8 +144,7 @@ def preflight(spec: MountSpec) -> None:
                 f"mountpoint {path} is a dead FUSE mount (Transport endpoint is not connected); "
                 f"clear it with: fusermount3 -u -z {path}") from None
         raise MountError(f"mountpoint {path}: {exc.strerror}") from None
-    import stat as _stat
-    if not _stat.S_ISDIR(st.st_mode):
+    if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mountpoint {path} is not a directory; a FUSE mount needs an empty directory")
     existing = mounttable.find_mount(path)
     if existing is not None:
@@ -341,8 +333,9 @@ class Supervisor:
             signal.signal(signum, lambda *_args: self.stop_requested.set())
 
     # -- spawn / ready ---------------------------------------------------
-    def _spawn(self) -> float:
-        self.plan = self.driver.plan(self.spec, self.credentials, self.runtime_dir)
+    def _spawn(self) -> int:
+        """Start the driver and its log pump; returns the spawn time (time_ns)."""
+        self.plan = self.driver.plan(self.spec, self.credentials)
         spawned = time.time_ns()
         try:
             self.proc = subprocess.Popen(
@@ -535,7 +528,8 @@ class Supervisor:
 
     def _write_state(self) -> None:
         try:
-            write_atomic(self.state_path, json.dumps(self.status(), indent=1) + "\n")
+            os.makedirs(os.path.dirname(self.state_path), mode=0o750, exist_ok=True)
+            atomic_write(self.state_path, json.dumps(self.status(), indent=1) + "\n", 0o640)
         except OSError as exc:
             log.warning("cannot write state file %s: %s", self.state_path, exc)
 

@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from obsctl.fileutil import atomic_write, fsync_dir
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 #: Written at the top of every file this module renders; an existing unit
@@ -177,14 +179,6 @@ def dropin_text(layout: Layout) -> str:
 # files, with undo
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def ensure_dir(path: Path, mode: int) -> list[Path]:
     """mkdir -p; directories it creates get ``mode`` (parents 0755). Returns them."""
     created: list[Path] = []
@@ -199,24 +193,6 @@ def ensure_dir(path: Path, mode: int) -> list[Path]:
     if path in created:
         os.chmod(path, mode)
     return created
-
-
-def atomic_write(path: Path, data: str | bytes, mode: int) -> None:
-    """Write ``data`` to a temporary file next to ``path`` with ``mode``, fsync, rename."""
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(raw)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 @dataclass
@@ -364,7 +340,7 @@ def _encrypt(tx: Transaction, path: Path, cleartext: str, run: Runner) -> bool:
                            f"{proc.stderr.decode('utf-8', 'replace').strip()}")
     os.chmod(tmp, CREDENTIAL_MODE)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     tx.actions.append(f"encrypted {path}")
     return True
 

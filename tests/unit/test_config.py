@@ -120,7 +120,7 @@ def test_secret_never_in_argv(impl):
     spec = build_mount_spec({"source": "s3://data/p", "mountpoint": "/mnt/d", "impl": impl,
                              "endpoint": "http://127.0.0.1:9000", "read_only": True})
     creds = credentials.Credentials("AKIDEXAMPLE", SECRET, "token-xyz")
-    plan = get_driver(impl).plan(spec, creds, "/run/obsctl")
+    plan = get_driver(impl).plan(spec, creds)
     assert not any(SECRET in a or "token-xyz" in a for a in plan.argv)
     assert SECRET in plan.env.values()
     assert "AWS_CA_BUNDLE" not in plan.env  # http endpoint: rclone 1.60 breaks with it
@@ -131,7 +131,7 @@ def test_secret_never_in_argv(impl):
 def test_credential_options_refused(option):
     spec = build_mount_spec({"source": "s3://data", "mountpoint": "/mnt/d", "options": [option]})
     with pytest.raises(ConfigError, match="/proc/PID/cmdline"):
-        get_driver("rclone").plan(spec, None, "/run/obsctl")
+        get_driver("rclone").plan(spec, None)
 
 
 def test_redact_removes_secrets_and_auth_headers():

@@ -61,7 +61,7 @@ class Driver:
     #: False: open no listening socket (telemetry mode none). The supervisor sets it.
     listen = True
 
-    def plan(self, spec: "MountSpec", creds: "Credentials | None", runtime_dir: str) -> LaunchPlan:
+    def plan(self, spec: "MountSpec", creds: "Credentials | None") -> LaunchPlan:
         """Build argv and environment. Raises :class:`obsctl.config.ConfigError` on bad options."""
         raise NotImplementedError
 

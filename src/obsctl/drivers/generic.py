@@ -17,7 +17,7 @@ class GenericDriver(Driver):
     name = "generic"
     needs_credentials = False
 
-    def plan(self, spec, creds, runtime_dir):
+    def plan(self, spec, creds):
         return LaunchPlan(argv=list(spec.command), env=self.base_env(spec), fstype=None)
 
     def is_error(self, line):

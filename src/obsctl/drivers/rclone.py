@@ -54,7 +54,7 @@ class RcloneDriver(Driver):
     name = "rclone"
     binary = "rclone"
 
-    def plan(self, spec, creds, runtime_dir):
+    def plan(self, spec, creds):
         bucket, prefix = spec.bucket_and_prefix()
         reject_credential_options(spec.options, self.name)
         env = self.base_env(spec)

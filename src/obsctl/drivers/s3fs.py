@@ -24,7 +24,7 @@ class S3fsDriver(Driver):
     name = "s3fs"
     binary = "s3fs"
 
-    def plan(self, spec, creds, runtime_dir):
+    def plan(self, spec, creds):
         bucket, prefix = spec.bucket_and_prefix()
         reject_credential_options(spec.options, self.name)
         env = self.base_env(spec)
