@@ -83,7 +83,11 @@ options:
     type: str
   options:
     description:
-      - Extra driver options, passed as they are to the driver's command line.
+      - Extra driver options in the form C(obsctl mount -o) takes them, one per
+        item, C(key=value) or a bare flag name, without a leading C(-o) or
+        C(--). obsctl turns each into the driver's own syntax (rclone
+        C(--key=value), s3fs C(-o key=value)) and refuses options that could
+        carry a secret or override what obsctl sets up (docs/security.md).
       - Never put a secret here, the driver's command line is visible to every
         user in C(/proc/PID/cmdline). Use O(credentials).
     type: list
@@ -202,7 +206,6 @@ EXAMPLES = r"""
     allow_other: true
     profile: archive-reader
     options:
-      - -o
       - multireq_max=8
 
 - name: Configure at boot, do not touch the running mount now
