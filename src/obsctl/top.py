@@ -31,8 +31,9 @@ from typing import Any, Callable
 from obsctl.topstats import MountRow, Tracker
 
 #: Width of a frame printed to something that is not a terminal (a pipe or a
-#: file has no width); $COLUMNS overrides it.
-PLAIN_WIDTH = 200
+#: file has no width): wide enough that no cell is folded (the table is only
+#: as wide as its content); $COLUMNS overrides it.
+PLAIN_WIDTH = 1000
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -132,7 +133,13 @@ def run(once: bool = False, as_json: bool = False, interval: float = 1.0, wait: 
         if as_json:
             print(json.dumps([r.as_dict() for r in rows], indent=2))
             return 0
-        _console().print(render(rows, time.time(), interval))
+        console = _console()
+        if console.is_terminal:
+            console.print(render(rows, time.time(), interval))
+        else:  # plain text for scripts: no escape codes, no padding blanks at line ends
+            with console.capture() as capture:
+                console.print(render(rows, time.time(), interval))
+            sys.stdout.write("".join(line.rstrip() + "\n" for line in capture.get().splitlines()))
         return 0
 
     from rich.live import Live
