@@ -36,6 +36,10 @@ from obsctl.topstats import MountRow, Tracker
 PLAIN_WIDTH = 1000
 
 
+class StateDirError(Exception):
+    """The state directory cannot be listed (permission, not a directory)."""
+
+
 def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -113,7 +117,7 @@ def sample_once(read: Callable[[], list[dict[str, Any]]], wait: float, step: flo
 
 def run(once: bool = False, as_json: bool = False, interval: float = 1.0, wait: float = 5.0,
         runtime_dir: str | None = None) -> int:
-    """Run ``obsctl top``; returns the exit status (0; Ctrl-C ends the live view with 0).
+    """Run ``obsctl top``; returns the exit status (0; Ctrl-C or SIGTERM ends the live view with 0).
 
     Args:
         once: print one frame and exit.
@@ -122,12 +126,32 @@ def run(once: bool = False, as_json: bool = False, interval: float = 1.0, wait: 
         wait: ``--once``: at most this many seconds to wait for every mount's
             next state write (the supervisor writes every 2 s by default).
         runtime_dir: where the state files are (default: ``obsctl.cli.runtime_dir()``).
+
+    Returns 1, with a message on stderr, when the state directory cannot be
+    read (permission, not a directory).
     """
     from obsctl.cli import read_states
+    from obsctl.cli import runtime_dir as default_runtime_dir
 
     def read() -> list[dict[str, Any]]:
-        return read_states(runtime_dir)
+        try:
+            return read_states(runtime_dir)
+        except OSError as exc:
+            where = os.path.join(runtime_dir or default_runtime_dir(), "mounts")
+            raise StateDirError(
+                f"cannot read the mount states in {where}: {exc.strerror or exc} "
+                "(run obsctl top as root or as a member of the directory's group, "
+                "or set OBSCTL_RUNTIME_DIR to where obsctl mount writes them)") from None
 
+    try:
+        return _run(read, once, as_json, interval, wait)
+    except StateDirError as exc:
+        print(f"obsctl: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(read: Callable[[], list[dict[str, Any]]], once: bool, as_json: bool, interval: float,
+         wait: float) -> int:
     if once or as_json:
         rows = sample_once(read, wait)
         if as_json:
@@ -142,8 +166,14 @@ def run(once: bool = False, as_json: bool = False, interval: float = 1.0, wait: 
             sys.stdout.write("".join(line.rstrip() + "\n" for line in capture.get().splitlines()))
         return 0
 
+    import signal
+
     from rich.live import Live
 
+    def stop(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt  # leave Live's screen like Ctrl-C does
+
+    signal.signal(signal.SIGTERM, stop)
     console = _console()
     tracker = Tracker()
     try:

@@ -65,6 +65,8 @@ class Tmux:
         res = self.run("-f", "/dev/null", "new-session", "-d", "-s", "top", "-x", "300", "-y", "60",
                        " ".join(command))
         assert res.returncode == 0, res.stderr
+        res = self.run("set-option", "-t", "top", "remain-on-exit", "on")
+        assert res.returncode == 0, res.stderr
 
     def capture(self) -> str:
         res = self.run("capture-pane", "-p", "-t", "top")
@@ -147,6 +149,16 @@ def test_top_live_in_tmux(two_mounts):
         second = CLOCK.search(again)
         assert second and second.group(1) != first.group(1), f"the frame did not refresh:\n{again}"
         assert _row(again, "top-rclone"), again
+
+        tmux.run("send-keys", "-t", "top", "C-c")
+        deadline = time.monotonic() + 10
+        status = ""
+        while time.monotonic() < deadline:
+            status = tmux.run("display-message", "-p", "-t", "top", "#{pane_dead} #{pane_dead_status}").stdout.strip()
+            if status.startswith("1"):
+                break
+            time.sleep(0.2)
+        assert status == "1 0", f"obsctl top did not exit 0 on Ctrl-C (pane_dead, status: {status!r})"
     finally:
         tmux.kill()
 

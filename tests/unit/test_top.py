@@ -169,3 +169,12 @@ def test_instruments_live_counts_buckets_errors_and_waiting(tmp_path):
     point = [p for p in metric.data.data_points if p.attributes["opcode"] == "read"][0]
     assert list(point.explicit_bounds) == list(LATENCY_BUCKETS_MS)
     assert list(point.bucket_counts) == expected
+
+
+def test_unreadable_state_directory_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "mounts").write_text("not a directory\n")
+    assert top.run(once=True, wait=0.1, runtime_dir=str(tmp_path)) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"cannot read the mount states in {tmp_path}/mounts: Not a directory" in captured.err
+    assert "OBSCTL_RUNTIME_DIR" in captured.err
