@@ -20,12 +20,12 @@ import subprocess
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-from support.obsctl import force_cleanup, obsctl_command, obsctl_env, require_driver, s3_mount_args, \
-    write_telemetry_toml
+from support.obsctl import (
+    force_cleanup, obsctl_command, obsctl_env, require_driver, s3_mount_args, write_telemetry_toml,
+)
 
 BIG = os.urandom(4 * 1024 * 1024)
 CLOCK = re.compile(r"obsctl top\s+(\d\d:\d\d:\d\d)")
