@@ -3,7 +3,7 @@
     obsctl mount s3://BUCKET[/PREFIX] MOUNTPOINT [options] [-- COMMAND ARGS...]
     obsctl unmount MOUNTPOINT
     obsctl status [--json]
-    obsctl top [--once] [--json] [--interval S]
+    obsctl top [--once] [--json] [--interval S] [--wait S]
     obsctl config check PATH
     obsctl sidecar --pid PID --mountpoint P [--impl X] [--rc-url URL]
     obsctl systemd install|uninstall|check ...
