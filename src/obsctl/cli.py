@@ -3,6 +3,7 @@
     obsctl mount s3://BUCKET[/PREFIX] MOUNTPOINT [options] [-- COMMAND ARGS...]
     obsctl unmount MOUNTPOINT
     obsctl status [--json]
+    obsctl top [--once] [--json] [--interval S] [--wait S]
     obsctl config check PATH
     obsctl sidecar --pid PID --mountpoint P [--impl X] [--rc-url URL]
     obsctl systemd install|uninstall|check ...
@@ -88,6 +89,15 @@ def _parser() -> argparse.ArgumentParser:
     sidecar.add_argument("--otel-protocol", choices=["grpc", "http/protobuf"], help="OTLP protocol (default grpc)")
     sidecar.add_argument("--telemetry-config", help="telemetry TOML (default /etc/obsctl/telemetry.toml if present)")
 
+    top = sub.add_parser("top", help="live view of every obsctl mount: MiB/s, ops/s, latency, errors",
+                         description="Refresh every INTERVAL s from the state files of obsctl status. "
+                                     "Ctrl-C quits.")
+    top.add_argument("--once", action="store_true", help="print one frame and exit (plain text when piped)")
+    top.add_argument("--json", action="store_true", help="print the rows as JSON and exit (implies --once)")
+    top.add_argument("--interval", type=_positive_seconds, default=1.0, help="seconds between refreshes (default 1)")
+    top.add_argument("--wait", type=_positive_seconds, default=5.0,
+                     help="--once: seconds to wait at most for each mount's next state write (default 5)")
+
     status = sub.add_parser("status", help="every mount this host's obsctl runs")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -109,6 +119,17 @@ def _parser() -> argparse.ArgumentParser:
     check = config_sub.add_parser("check", help="validate a telemetry or mount spec TOML file")
     check.add_argument("path")
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    """argparse type of ``obsctl top --interval/--wait``: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (example: 0.5)") from None
+    if not 0 < value < float("inf"):  # also false for nan
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds greater than 0")
+    return value
 
 
 def _split_options(values: Sequence[str] | None) -> list[str]:
@@ -345,6 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os._exit(code)
     if args.command == "status":
         return cmd_status(args)
+    if args.command == "top":
+        from obsctl import top
+        return top.run(once=args.once, as_json=args.json, interval=args.interval, wait=args.wait)
     if args.command == "sidecar":
         return cmd_sidecar(args)
     if args.command == "unmount":

@@ -22,8 +22,11 @@ the SDK is imported by :mod:`obsctl.telemetry`.
 
 from __future__ import annotations
 
+import threading
+import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation
 
@@ -116,6 +119,19 @@ class Instruments:
     #: Local running totals, for ``obsctl status`` and the final-value check:
     #: name as in :data:`METRICS` -> value. Updated by the helpers below.
     totals: dict[str, float] = field(default_factory=dict)
+    #: Local cumulative FUSE operations by opcode (for ``obsctl top``).
+    ops_by_opcode: dict[str, int] = field(default_factory=dict)
+    #: Local cumulative latency bucket counts by opcode: one count per bound
+    #: of :data:`LATENCY_BUCKETS_MS` plus the +Inf bucket (non-cumulative,
+    #: bucket ``i`` holds ``bounds[i-1] < ms <= bounds[i]``, as OpenTelemetry's
+    #: explicit-bucket histogram), and the sum of the recorded values in ms.
+    latency_buckets: dict[str, list[int]] = field(default_factory=dict)
+    latency_sum_ms: dict[str, float] = field(default_factory=dict)
+    #: Local cumulative errors by ``error_type``.
+    errors_by_type: dict[str, int] = field(default_factory=dict)
+    _gauges: dict[str, Callable[[CallbackOptions], Iterable[Observation]]] = field(
+        default_factory=dict, repr=False)
+    _live_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _count(self, name: str, value: float) -> None:
         self.totals[name] = self.totals.get(name, 0.0) + value
@@ -143,8 +159,17 @@ class Instruments:
         labels = {"opcode": opcode, **self.attrs.base()}
         self.fs_ops.add(1, labels)
         self._count("obsctl_fs_ops", 1)
-        if latency_ms is not None and latency_ms >= 0:
+        timed = latency_ms is not None and latency_ms >= 0
+        if timed:
             self.fs_latency_ms.record(latency_ms, labels)
+        with self._live_lock:
+            self.ops_by_opcode[opcode] = self.ops_by_opcode.get(opcode, 0) + 1
+            if timed:
+                buckets = self.latency_buckets.get(opcode)
+                if buckets is None:
+                    buckets = self.latency_buckets[opcode] = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+                buckets[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
+                self.latency_sum_ms[opcode] = self.latency_sum_ms.get(opcode, 0.0) + latency_ms
 
     def record_request(self, method: str, duration_ms: float | None) -> None:
         """Record one object-store request (``method`` = GET, PUT, HEAD ...)."""
@@ -157,6 +182,8 @@ class Instruments:
         if n > 0:
             self.errors.add(n, {"error_type": error_type, **self.attrs.base()})
             self._count("obsctl_errors", n)
+            with self._live_lock:
+                self.errors_by_type[error_type] = self.errors_by_type.get(error_type, 0) + n
 
     def add_cache(self, hits: int = 0, misses: int = 0) -> None:
         """Count cache hits and misses as the driver reports them."""
@@ -179,6 +206,62 @@ class Instruments:
         _kind, unit, description = METRICS[name]
         self.meter.create_observable_gauge(
             name, callbacks=[callback], unit=unit, description=description)
+        self._gauges[name] = callback
+
+    def gauge_value(self, name: str) -> float | None:
+        """The current value of the observable gauge ``name``, summed over its
+        observations, or None when no collector registered it or it has
+        nothing to report. Calls the owning collector's callback, which
+        returns the value cached by its last ``poll()`` (no I/O)."""
+        callback = self._gauges.get(name)
+        if callback is None:
+            return None
+        try:
+            observations = list(callback(CallbackOptions()))
+        except Exception:  # noqa: BLE001 - a collector's bug must not break the state file
+            return None
+        if not observations:
+            return None
+        return sum(float(o.value) for o in observations)
+
+    def live(self) -> dict[str, Any]:
+        """Cumulative counters of this mount for ``obsctl top`` (JSON-ready).
+
+        ``obsctl top`` computes rates and percentiles from the difference
+        between two of these (:mod:`obsctl.topstats`). Shape::
+
+            {"time": UNIX s (float) when taken,
+             "read_bytes": int, "write_bytes": int, "ops": int, "errors": int,
+             "ops_by_opcode": {opcode: int},
+             "latency_bounds_ms": [LATENCY_BUCKETS_MS...],
+             "latency_buckets": {opcode: [int] * (len(bounds) + 1)},  # last: +Inf
+             "latency_sum_ms": {opcode: float},
+             "errors_by_type": {error_type: int},
+             "waiting": int | None}  # /sys/fs/fuse/connections/N/waiting now
+
+        Every count is cumulative since the supervisor started (across driver
+        restarts); ``waiting`` is the gauge of collectors.fuse_conn, None when
+        fusectl is not mounted.
+        """
+        with self._live_lock:
+            ops = dict(self.ops_by_opcode)
+            buckets = {op: list(b) for op, b in self.latency_buckets.items()}
+            sums = dict(self.latency_sum_ms)
+            errors = dict(self.errors_by_type)
+        waiting = self.gauge_value("obsctl_fuse_requests_waiting")
+        return {
+            "time": time.time(),
+            "read_bytes": int(self.totals.get("obsctl_fs_read_bytes", 0)),
+            "write_bytes": int(self.totals.get("obsctl_fs_write_bytes", 0)),
+            "ops": int(self.totals.get("obsctl_fs_ops", 0)),
+            "errors": int(self.totals.get("obsctl_errors", 0)),
+            "ops_by_opcode": ops,
+            "latency_bounds_ms": list(LATENCY_BUCKETS_MS),
+            "latency_buckets": buckets,
+            "latency_sum_ms": sums,
+            "errors_by_type": errors,
+            "waiting": None if waiting is None else int(waiting),
+        }
 
     def observable_counter(
         self, name: str, callback: Callable[[CallbackOptions], Iterable[Observation]]

@@ -127,6 +127,7 @@ class Sidecar:
             "driver_io": {"read_bytes": self.proc_io.read_bytes, "write_bytes": self.proc_io.write_bytes},
             "telemetry_mode": self.telemetry_cfg.mode,
             "last_export": self.telemetry.export_status.as_dict(),
+            "live": self.telemetry.instruments.live(),
         }
         os.makedirs(os.path.dirname(self.state_path), mode=0o750, exist_ok=True)
         atomic_write(self.state_path, json.dumps(state, indent=1) + "\n", 0o640)

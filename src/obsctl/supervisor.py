@@ -524,6 +524,7 @@ class Supervisor:
                              if (value := getattr(c, name, None)) is not None},
             "telemetry_mode": self.telemetry_cfg.mode,
             "last_export": self.telemetry.export_status.as_dict() if self.telemetry else None,
+            "live": self.telemetry.instruments.live() if self.telemetry else None,
         }
 
     def _write_state(self) -> None:
