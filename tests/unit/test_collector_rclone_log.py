@@ -8,7 +8,6 @@ tests/fixtures/capture.sh: ls, read of a 1048576-byte file, write of a
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -187,17 +186,17 @@ def test_parse_time(value, expected):
     assert got == (None if expected is None else pytest.approx(expected, abs=1e-6))
 
 
-def test_speed_of_a_1gib_read():
-    """1 GiB in 131072-byte FUSE reads = 8192 entry/exit pairs, on the log pump thread."""
+def test_a_1gib_read_counts_every_byte():
+    """1 GiB in 131072-byte FUSE reads = 8192 entry/exit pairs, each counted once.
+
+    How fast the log pump does this is bench/live_counters.py's job (a ratio in
+    the same run), not a timed test's."""
     entry = [line for line in open(FIXTURES / "ok" / "rclone.log") if '"msg":"Read: len=' in line][0]
     exit_ = [line for line in open(FIXTURES / "ok" / "rclone.log")
              if '"msg":"\\u003eRead: read=' in line][0]
     reader, ins = make()
     collector = RcloneLogCollector(ins)
-    start = time.perf_counter()
     for _i in range(8192):
         collector.feed(entry)
         collector.feed(exit_)
-    elapsed = time.perf_counter() - start
     assert points(reader)[("obsctl_fs_read_bytes", frozenset())] == 8192 * 131072
-    assert elapsed < 2.0, elapsed
