@@ -238,6 +238,9 @@ class MountSpec(_Strict):
                 raise ValueError('credentials_from = "profile" needs profile = "NAME" (--profile)')
         if self.cache_mode and self.impl != "rclone":
             raise ValueError("cache_mode is an rclone option (--vfs-cache-mode)")
+        if self.options:
+            from obsctl.drivers import get_driver  # cheap; drivers import this module
+            get_driver(self.impl).check_options(self.options)  # ConfigError (a ValueError)
 
     def bucket_and_prefix(self) -> tuple[str, str]:
         """``("bucket", "prefix/without/slashes")`` from ``s3://bucket/prefix``.
