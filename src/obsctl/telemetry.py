@@ -216,6 +216,11 @@ class Telemetry:
 
         host, _sep, port = bind_address.rpartition(":")
         host = host.strip("[]")
+        if not self.cfg.metrics.bind_is_loopback:  # expose_prometheus = true, or validation refused it
+            log.warning("Prometheus endpoint exposed beyond loopback on %s ([telemetry.metrics] "
+                        "expose_prometheus = true): anyone who can reach it reads this mount's metrics "
+                        "(bucket, mount point), unauthenticated and in clear text; restrict it with a "
+                        "firewall", bind_address)
         registry = CollectorRegistry()
         reader = PrometheusMetricReader(registry=registry, cardinality_limits=limits)
         try:
