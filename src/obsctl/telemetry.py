@@ -58,6 +58,20 @@ log = logging.getLogger(__name__)
 
 METER_NAME = "obsctl"
 
+#: Threads that run the /metrics app (a scrape takes milliseconds; 2 lets a
+#: second scraper in while one is served).
+PROMETHEUS_THREADS = 2
+#: waitress settings of the Prometheus endpoint (obsctl's choices, not
+#: waitress defaults): at most 64 open connections (more wait in the listen
+#: backlog), a connection idle for 10 s is closed (Prometheus' default
+#: scrape_timeout is 10 s), checked every 2 s; poll() instead of select()
+#: so a descriptor above 1023 cannot break the loop; no "Server: waitress"
+#: banner.
+PROMETHEUS_SERVER: dict[str, Any] = {
+    "threads": PROMETHEUS_THREADS, "connection_limit": 64, "channel_timeout": 10, "cleanup_interval": 2,
+    "asyncore_use_poll": True, "ident": "obsctl", "clear_untrusted_proxy_headers": True,
+}
+
 
 @dataclass
 class ExportStatus:
@@ -211,8 +225,19 @@ class Telemetry:
         self.tracer: Tracer = self.tracer_provider.get_tracer(METER_NAME, __version__)
 
     def _start_prometheus(self, bind_address: str, limits: dict[type, int]) -> MetricReader:
+        """Serve ``/metrics`` on ``bind_address`` with bounded threads and connections.
+
+        prometheus_client's own ``start_http_server`` starts one thread per
+        connection with no cap; here the WSGI app of prometheus_client runs
+        under waitress, which reads requests for every connection in one
+        event-loop thread and runs the app on a fixed pool of
+        :data:`PROMETHEUS_THREADS` threads, so idle or half-open connections
+        cost a file descriptor, not a thread. The limits are in
+        :data:`PROMETHEUS_SERVER`.
+        """
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry, make_wsgi_app
+        from waitress.server import create_server
 
         host, _sep, port = bind_address.rpartition(":")
         host = host.strip("[]")
@@ -224,10 +249,22 @@ class Telemetry:
         registry = CollectorRegistry()
         reader = PrometheusMetricReader(registry=registry, cardinality_limits=limits)
         try:
-            self._prometheus_server, _thread = start_http_server(int(port), addr=host, registry=registry)
+            server = create_server(make_wsgi_app(registry), host=host, port=int(port), **PROMETHEUS_SERVER)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot serve Prometheus metrics on {bind_address}: {exc.strerror}") from None
+        threading.Thread(target=server.run, name="prometheus-server", daemon=True).start()
+        self._prometheus_server = server
         return reader
+
+    def _stop_prometheus(self) -> None:
+        """Stop accepting, drop every open connection and the worker threads (bounded, ~1 s)."""
+        server = self._prometheus_server
+        for channel in list(server._map.values()):
+            try:
+                channel.close()
+            except OSError:
+                pass
+        server.task_dispatcher.shutdown(cancel_pending=True, timeout=1)
 
     def flush(self, timeout_seconds: float = 5.0) -> bool:
         """Collect and push over OTLP now (the first export after ready).
@@ -265,5 +302,4 @@ class Telemetry:
             log.warning("final telemetry export did not finish within %.1f s (collector unreachable?); "
                         "exiting without it", timeout_seconds)
         if self._prometheus_server is not None:
-            # shutdown() waits for serve_forever's 0.5 s poll; do not hold the exit for it.
-            threading.Thread(target=self._prometheus_server.shutdown, name="prometheus-stop", daemon=True).start()
+            self._stop_prometheus()

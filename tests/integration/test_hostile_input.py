@@ -1,0 +1,79 @@
+"""Hostile input against real components: refused driver options leave
+nothing behind, and the Prometheus endpoint stays bounded under idle
+half-open connections while scrapes are still answered."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+import requests
+
+from support.net import free_port
+from support.obsctl import is_mounted, processes_mentioning, run_obsctl, s3_mount_args
+
+REFUSED = {
+    "rclone": [("--rc-addr=0.0.0.0:5572", "beyond loopback"),
+               ("--s3-sse-customer-key=c2VjcmV0LWtleS0zMi1ieXRlcy1sb25nLi4uLi4=", "RCLONE_S3_SSE_CUSTOMER_KEY"),
+               ("--config=/etc/passwd", 'obsctl\'s --config ""')],
+    "s3fs": [("passwd_file=/etc/passwd-s3fs", "credentials_from"), ("logfile=/var/log/s3fs-debug.log", "redacts")],
+}
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_refused_option_mounts_nothing_and_names_the_option(impl, n, bucket, s3_server, mountpoint, env):
+    cases = REFUSED[impl]
+    if n >= len(cases):
+        pytest.skip(f"{impl} has {len(cases)} cases here")
+    option, words = cases[n]
+    args = s3_mount_args(bucket, mountpoint, impl, s3_server.endpoint) + [f"-o{option}"]  # attached: the value may start with a dash
+    res = run_obsctl("mount", *args, env=env, timeout=30)
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    shown = option.split("=", 1)[0]
+    assert shown in res.stderr and words in res.stderr, res.stderr
+    assert option.split("=", 1)[1] not in res.stderr  # the value may be a secret
+    assert "Traceback" not in res.stderr
+    assert not is_mounted(mountpoint)
+    assert not processes_mentioning(str(mountpoint))
+
+
+def test_prometheus_endpoint_bounded_under_idle_half_open_connections(bucket, s3_server, mountpoint, env,
+                                                                    telemetry_toml, start_mount):
+    port = free_port()
+    tel = telemetry_toml(export_interval_seconds=5, bind_address=f"127.0.0.1:{port}")
+    m = start_mount(s3_mount_args(bucket, mountpoint, "rclone", s3_server.endpoint, tel), env)
+    m.wait_ready(30)
+    url = f"http://127.0.0.1:{port}/metrics"
+    no_proxy = {"http": None, "https": None}
+    assert "obsctl_mount_up" in requests.get(url, timeout=5, proxies=no_proxy).text
+    time.sleep(1)
+    before = _threads(m.pid)
+
+    idle: list[socket.socket] = []
+    try:
+        for i in range(48):  # 48 > what a thread-per-connection server would survive unnoticed
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if i % 2:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # half a request, never finished
+            idle.append(sock)
+        time.sleep(1.0)
+        during = _threads(m.pid)
+        started = time.monotonic()
+        text = requests.get(url, timeout=5, proxies=no_proxy).text
+        scrape_seconds = time.monotonic() - started
+    finally:
+        for sock in idle:
+            sock.close()
+    assert "obsctl_mount_up" in text
+    assert scrape_seconds < 2.0, scrape_seconds
+    # the endpoint's threads are a fixed pool: idle connections add none
+    assert during <= before + 1, (before, during)
+    print(f"obsctl threads: {before} before, {during} with 48 idle connections; scrape {scrape_seconds:.3f} s")
+    assert m.stop(30) == 0
+    assert "Traceback" not in m.output()
