@@ -77,3 +77,32 @@ def test_prometheus_endpoint_bounded_under_idle_half_open_connections(bucket, s3
     print(f"obsctl threads: {before} before, {during} with 48 idle connections; scrape {scrape_seconds:.3f} s")
     assert m.stop(30) == 0
     assert "Traceback" not in m.output()
+
+
+def _environ(pid: int) -> bytes:
+    with open(f"/proc/{pid}/environ", "rb") as fh:
+        return fh.read()
+
+
+@pytest.mark.parametrize("source", ["env", "stdin"])
+def test_where_the_secret_really_is(source, bucket, s3_server, mountpoint, runtime_dir, start_mount):
+    """docs/security.md: the driver's environment always holds the secret; the
+    supervisor's /proc/PID/environ holds it too with credentials_from env
+    (Linux keeps the initial environment), never with stdin."""
+    from support.obsctl import children_of, obsctl_env
+
+    secret = f"WhereIsIt{os.getpid()}x{source}abcdefghijklmnop"
+    if source == "env":
+        env = obsctl_env(runtime_dir, s3_server.access_key, secret)
+        m = start_mount(s3_mount_args(bucket, mountpoint, "rclone", s3_server.endpoint), env)
+    else:
+        env = obsctl_env(runtime_dir)
+        m = start_mount(s3_mount_args(bucket, mountpoint, "rclone", s3_server.endpoint)
+                        + ["--credentials-from", "stdin"], env,
+                        stdin_text=f"AWS_ACCESS_KEY_ID={s3_server.access_key}\nAWS_SECRET_ACCESS_KEY={secret}\n")
+    m.wait_ready(30)
+    driver = [p for p in children_of(m.pid) if b"rclone" in open(f"/proc/{p}/cmdline", "rb").read()][0]
+    assert secret.encode() in _environ(driver)
+    assert secret.encode() not in open(f"/proc/{driver}/cmdline", "rb").read()
+    assert (secret.encode() in _environ(m.pid)) == (source == "env")
+    assert m.stop(30) == 0
