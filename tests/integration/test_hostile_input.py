@@ -32,7 +32,8 @@ def test_refused_option_mounts_nothing_and_names_the_option(impl, n, bucket, s3_
     if n >= len(cases):
         pytest.skip(f"{impl} has {len(cases)} cases here")
     option, words = cases[n]
-    args = s3_mount_args(bucket, mountpoint, impl, s3_server.endpoint) + [f"-o{option}"]  # attached: the value may start with a dash
+    # attached -oVALUE: the value may start with a dash
+    args = s3_mount_args(bucket, mountpoint, impl, s3_server.endpoint) + [f"-o{option}"]
     res = run_obsctl("mount", *args, env=env, timeout=30)
     assert res.returncode == 2, (res.returncode, res.stderr)
     shown = option.split("=", 1)[0]

@@ -13,7 +13,6 @@ before the OpenTelemetry SDK is imported.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
