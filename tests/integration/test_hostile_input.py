@@ -107,3 +107,27 @@ def test_where_the_secret_really_is(source, bucket, s3_server, mountpoint, runti
     assert secret.encode() not in open(f"/proc/{driver}/cmdline", "rb").read()
     assert (secret.encode() in _environ(m.pid)) == (source == "env")
     assert m.stop(30) == 0
+
+
+def test_unreachable_collector_logs_one_line_not_three_per_interval(bucket, s3_server, mountpoint, env, tmp_path,
+                                                                   start_mount):
+    """A real obsctl mount exporting every 1 s to a loopback port where nothing
+    listens: after 8 intervals its stderr holds one export failure line with
+    the reason, none of the exporter's per-attempt lines."""
+    from support.net import closed_port
+    from support.obsctl import write_telemetry_toml
+
+    port = closed_port()
+    tel = write_telemetry_toml(tmp_path / "telemetry.toml", metrics_endpoint=f"http://127.0.0.1:{port}",
+                               export_interval_seconds=1)
+    m = start_mount(s3_mount_args(bucket, mountpoint, "rclone", s3_server.endpoint, tel), env)
+    m.wait_ready(30)
+    time.sleep(8)
+    assert m.stop(30) == 0
+    stderr = m.stderr
+    failed = [line for line in stderr.splitlines() if "metric export" in line and " failed: " in line]
+    assert len(failed) == 1, stderr
+    assert f"127.0.0.1:{port}" in failed[0] and "UNAVAILABLE" in failed[0], failed
+    exporting = [line for line in stderr.splitlines() if "export" in line.lower()]
+    assert exporting == failed, f"other export lines: {exporting}"
+    assert "Traceback" not in stderr
