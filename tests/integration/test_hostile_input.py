@@ -52,7 +52,10 @@ def test_prometheus_endpoint_bounded_under_idle_half_open_connections(bucket, s3
     m.wait_ready(30)
     url = f"http://127.0.0.1:{port}/metrics"
     no_proxy = {"http": None, "https": None}
-    assert "obsctl_mount_up" in requests.get(url, timeout=5, proxies=no_proxy).text
+    deadline = time.monotonic() + 15  # the collectors attach just after ready
+    while "obsctl_mount_up" not in requests.get(url, timeout=5, proxies=no_proxy).text:
+        assert time.monotonic() < deadline, "obsctl_mount_up never appeared on the endpoint"
+        time.sleep(0.2)
     time.sleep(1)
     before = _threads(m.pid)
 
