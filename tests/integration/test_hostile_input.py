@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from support.net import free_port
-from support.obsctl import is_mounted, processes_mentioning, run_obsctl, s3_mount_args
+from support.obsctl import is_mounted, processes_mentioning, require_driver, run_obsctl, s3_mount_args
 
 REFUSED = {
     "rclone": [("--rc-addr=0.0.0.0:5572", "beyond loopback"),
@@ -26,12 +26,11 @@ def _threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
-@pytest.mark.parametrize("n", [0, 1, 2])
-def test_refused_option_mounts_nothing_and_names_the_option(impl, n, bucket, s3_server, mountpoint, env):
-    cases = REFUSED[impl]
-    if n >= len(cases):
-        pytest.skip(f"{impl} has {len(cases)} cases here")
-    option, words = cases[n]
+@pytest.mark.parametrize("impl_name,option,words", [(i, o, w) for i, cases in REFUSED.items() for o, w in cases])
+def test_refused_option_mounts_nothing_and_names_the_option(impl_name, option, words, bucket, s3_server,
+                                                           mountpoint, env):
+    require_driver(impl_name)
+    impl = impl_name
     # attached -oVALUE: the value may start with a dash
     args = s3_mount_args(bucket, mountpoint, impl, s3_server.endpoint) + [f"-o{option}"]
     res = run_obsctl("mount", *args, env=env, timeout=30)
