@@ -26,7 +26,9 @@ In one run it:
      export runs 1 s after ready), then reads the whole object through the mount with 1 MiB reads (the mount
      is fresh, so the FUSE page cache is cold) -> MiB/s;
    * samples VmHWM/VmRSS of the process it spawned (obsctl's supervisor, or
-     the bare driver) and of the driver below obsctl every 20 ms until exit;
+     the bare driver) and of the driver below obsctl every 20 ms until exit,
+     and for obsctl the peaks of RssAnon / RssFile (file-backed pages, shared
+     between processes) and Pss (/proc/PID/smaps_rollup, every 0.2 s);
    * measures *time to unmount*: from ``fusermount3 -u`` (bare driver) or
      SIGTERM (obsctl) until the mount is gone from /proc/self/mountinfo AND
      the spawned process has exited (both moments are kept in the JSON:
@@ -42,6 +44,8 @@ Variants (``--variants`` selects a subset):
 * ``obsctl-rclone`` / ``obsctl-s3fs``: ``obsctl mount s3://BUCKET MP --impl X
   --endpoint ENDPOINT --otel-endpoint http://127.0.0.1:RX`` (telemetry mode
   remote, OTLP/gRPC to the local receiver);
+* ``obsctl-rclone-http`` / ``obsctl-s3fs-http``: the same exporting
+  OTLP http/protobuf (``--otel-protocol http/protobuf``) to a local HTTP sink;
 * ``obsctl-rclone-none`` / ``obsctl-s3fs-none``: the same with
   ``--telemetry-config`` pointing to a file with ``mode = "none"``;
 * ``obsctl-rclone-closed`` / ``obsctl-s3fs-closed``: mode remote to a loopback
@@ -96,8 +100,8 @@ AIMS = {
     "rss_mib": 40.0,
 }
 
-ALL_VARIANTS = ["bare-rclone", "obsctl-rclone", "obsctl-rclone-none", "obsctl-rclone-closed",
-                "bare-s3fs", "obsctl-s3fs", "obsctl-s3fs-none", "obsctl-s3fs-closed"]
+ALL_VARIANTS = ["bare-rclone", "obsctl-rclone", "obsctl-rclone-http", "obsctl-rclone-none", "obsctl-rclone-closed",
+                "bare-s3fs", "obsctl-s3fs", "obsctl-s3fs-http", "obsctl-s3fs-none", "obsctl-s3fs-closed"]
 DEFAULT_VARIANTS = ALL_VARIANTS
 FSTYPE = {"rclone": "fuse.rclone", "s3fs": "fuse.s3fs"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -135,17 +139,35 @@ def mount_entry(mountpoint: str) -> str | None:
 
 
 def proc_status(pid: int) -> dict[str, int]:
-    """VmHWM / VmRSS in KiB from /proc/PID/status ({} when gone)."""
+    """VmHWM / VmRSS / RssAnon / RssFile in KiB from /proc/PID/status ({} when gone).
+
+    RssFile is file-backed memory (shared libraries such as grpcio's
+    cygrpc .so): one physical copy in the page cache is shared by every
+    process that maps it. RssAnon is the process's own heap and stacks.
+    """
     out: dict[str, int] = {}
     try:
         with open(f"/proc/{pid}/status") as handle:
             for line in handle:
-                if line.startswith(("VmHWM:", "VmRSS:")):
+                if line.startswith(("VmHWM:", "VmRSS:", "RssAnon:", "RssFile:")):
                     key, value = line.split(":", 1)
                     out[key] = int(value.split()[0])
     except (OSError, ValueError):
         pass
     return out
+
+
+def pss_kib(pid: int) -> int | None:
+    """Pss in KiB from /proc/PID/smaps_rollup: RSS with each shared page divided
+    by the number of processes mapping it (None when gone or unreadable)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def cpu_seconds(pid: int | None) -> float | None:
@@ -305,6 +327,46 @@ class OtlpSink:
             self.server.stop(0.5).wait(5)
 
 
+class OtlpHttpSink:
+    """OTLP http/protobuf receiver on 127.0.0.1: answers every POST with 200 and an
+    empty protobuf body (a valid Export*ServiceResponse), counts the calls."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+        self.server: Any = None
+        self.port: int | None = None
+
+    def start(self) -> "OtlpHttpSink":
+        import http.server
+
+        sink = self
+
+        class _Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                sink.calls[self.path] = sink.calls.get(self.path, 0) + 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
 # ---------------------------------------------------------------------------
 # variants
 
@@ -331,6 +393,7 @@ class Ctx:
     obsctl: str
     otlp_port: int | None
     closed_port: int
+    otlp_http_port: int | None
     none_config: Path
     sizes: dict[str, int]  # driver -> object size in bytes
     keys: dict[str, str]  # driver -> object key
@@ -359,6 +422,8 @@ def command(v: Variant, ctx: Ctx, mp: str) -> tuple[list[str], dict[str, str]]:
     argv = [ctx.obsctl, "mount", f"s3://{BUCKET}", mp, "--impl", v.driver, "--endpoint", ctx.endpoint]
     if v.telemetry == "remote":
         argv += ["--otel-endpoint", f"http://127.0.0.1:{ctx.otlp_port}"]
+    elif v.telemetry == "http":
+        argv += ["--otel-endpoint", f"http://127.0.0.1:{ctx.otlp_http_port}", "--otel-protocol", "http/protobuf"]
     elif v.telemetry == "closed":
         argv += ["--otel-endpoint", f"http://127.0.0.1:{ctx.closed_port}"]
     else:
@@ -376,6 +441,9 @@ class Sampler(threading.Thread):
         self.child: int | None = None
         self.hwm_kib = 0
         self.child_hwm_kib = 0
+        self.anon_kib = 0  # max RssAnon
+        self.file_kib = 0  # max RssFile
+        self.pss_kib = 0  # max Pss (sampled every 0.2 s: smaps_rollup walks every mapping)
         self.stop_event = threading.Event()
 
     def run(self) -> None:
@@ -384,6 +452,12 @@ class Sampler(threading.Thread):
             if not st:
                 break
             self.hwm_kib = max(self.hwm_kib, st.get("VmHWM", 0))
+            self.anon_kib = max(self.anon_kib, st.get("RssAnon", 0))
+            self.file_kib = max(self.file_kib, st.get("RssFile", 0))
+            ticks = getattr(self, "_ticks", 0)
+            self._ticks = ticks + 1
+            if ticks % 10 == 0:
+                self.pss_kib = max(self.pss_kib, pss_kib(self.pid) or 0)
             if self.find_child:
                 if self.child is None or not os.path.exists(f"/proc/{self.child}"):
                     kids = children(self.pid)
@@ -507,6 +581,9 @@ def run_once(v: Variant, ctx: Ctx, run_no: int) -> dict[str, Any]:
     hwm = sampler.hwm_kib / 1024
     if v.kind == "obsctl":
         result["obsctl_hwm_mib"] = hwm
+        result["obsctl_anon_mib"] = sampler.anon_kib / 1024
+        result["obsctl_file_mib"] = sampler.file_kib / 1024
+        result["obsctl_pss_mib"] = sampler.pss_kib / 1024
         result["driver_hwm_mib"] = sampler.child_hwm_kib / 1024
     else:
         result["driver_hwm_mib"] = hwm
@@ -530,6 +607,7 @@ def summarize(variants: list[Variant], results: dict[str, list[dict[str, Any]]])
         ok = [r for r in results[v.name] if r.get("ok")]
         s: dict[str, Any] = {"runs_ok": len(ok), "runs_failed": len(results[v.name]) - len(ok)}
         for key in ("ready_s", "unmount_s", "mount_gone_s", "exited_s", "mib_s", "obsctl_hwm_mib", "driver_hwm_mib",
+                    "obsctl_anon_mib", "obsctl_file_mib", "obsctl_pss_mib",
                     "obsctl_cpu_read_s", "driver_cpu_read_s", "self_reported_ready_s"):
             vals = [r[key] for r in ok if r.get(key) is not None]
             if vals:
@@ -579,7 +657,8 @@ def print_report(meta: dict[str, Any], variants: list[Variant], summary: dict[st
     print(f"obsctl mount overhead: object read ({sizes}), {meta['runs']} runs per variant "
           f"(medians; min-max in brackets), moto {meta['moto_version']}, {meta['rclone']}, {meta['s3fs']}")
     print(f"OTLP receiver: {meta['otlp']}")
-    hdr = ("variant", "ok", "ready s", "unmount s", "read MiB/s", "obsctl VmHWM MiB", "driver VmHWM MiB",
+    hdr = ("variant", "ok", "ready s", "unmount s", "read MiB/s", "obsctl VmHWM MiB",
+           "obsctl RssAnon/RssFile/Pss MiB", "driver VmHWM MiB",
            "obsctl CPU s/read", "driver CPU s/read")
     table = [hdr]
 
@@ -598,6 +677,8 @@ def print_report(meta: dict[str, Any], variants: list[Variant], summary: dict[st
                       cell(v.name, "ready_s", ".3f"), cell(v.name, "unmount_s", ".3f"),
                       cell(v.name, "mib_s", ".0f"),
                       cell(v.name, "obsctl_hwm_mib", ".1f") if v.kind == "obsctl" else "",
+                      "/".join(cell(v.name, k, ".1f", False) for k in ("obsctl_anon_mib", "obsctl_file_mib",
+                                                                     "obsctl_pss_mib")) if v.kind == "obsctl" else "",
                       cell(v.name, "driver_hwm_mib", ".0f"),
                       cell(v.name, "obsctl_cpu_read_s", ".2f", False) if v.kind == "obsctl" else "",
                       cell(v.name, "driver_cpu_read_s", ".2f", False)))
@@ -682,6 +763,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not k.startswith(("OTEL_", "RCLONE_", "AWS_ACCESS_KEY", "AWS_SECRET", "AWS_SESSION"))}
     moto = Moto(workdir)
     sink = OtlpSink()
+    http_sink = OtlpHttpSink()
     try:
         # boto3 over plain http to loopback: the host CA bundle is irrelevant
         os.environ.pop("AWS_CA_BUNDLE", None)
@@ -712,7 +794,9 @@ def main(argv: list[str] | None = None) -> int:
             otlp = f"no grpcio ({exc}); 'remote' variants export to closed port {sink.port}"
             notes.append(otlp)
         closed_port = free_port()
-        ctx = Ctx(workdir=workdir, endpoint=moto.endpoint, obsctl=obsctl or "obsctl", otlp_port=sink.port,
+        http_sink.start()
+        otlp += f"; OTLP http/protobuf sink on 127.0.0.1:{http_sink.port} ('-http' variants)"
+        ctx = Ctx(otlp_http_port=http_sink.port, workdir=workdir, endpoint=moto.endpoint, obsctl=obsctl or "obsctl", otlp_port=sink.port,
                   closed_port=closed_port, none_config=none_config, sizes={d: m * MiB for d, m in sizes_mib.items()}, keys=keys,
                   block=args.block_kib * 1024, settle=args.settle, base_env=base_env)
         results: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
@@ -747,7 +831,7 @@ def main(argv: list[str] | None = None) -> int:
             "git_commit": tool_version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
             "size_mib": args.size_mib, "object_mib": sizes_mib, "runs": args.runs, "warmup": args.warmup, "settle_s": args.settle, "block_kib": args.block_kib,
             "upload_s": upload_s, "total_measure_s": total_s, "otlp": otlp,
-            "otlp_calls": dict(sink.calls), "aims": AIMS, "notes": notes,
+            "otlp_calls": dict(sink.calls), "otlp_http_calls": dict(http_sink.calls), "aims": AIMS, "notes": notes,
             "argv": {v.name: command(v, ctx, f"MP-{v.name}")[0] for v in variants},
         }
         print_report(meta, variants, summary, rows)
@@ -760,6 +844,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         sink.stop()
+        http_sink.stop()
         moto.stop()
         for mp in workdir.glob("mnt-*"):
             force_unmount(str(mp))

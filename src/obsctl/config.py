@@ -20,9 +20,11 @@ here touches the network or the mount table.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -118,6 +120,10 @@ class MetricsConfig(SignalConfig):
     export_interval_seconds: _positive(3600) = 30.0
     #: "HOST:PORT" of the optional Prometheus scrape endpoint; None = off.
     bind_address: str | None = None
+    #: Must be true for a bind_address that is not loopback (DESIGN section 7:
+    #: exposing a port needs an explicit setting; the role's variable is
+    #: ``telemetry_config_expose_prometheus``).
+    expose_prometheus: bool = False
     #: Data points per instrument before the SDK folds the rest into the
     #: overflow series (OpenTelemetry SDK cardinality limit).
     cardinality_limit: Annotated[int, msgspec.Meta(ge=10, le=100000)] = 2000
@@ -128,6 +134,27 @@ class MetricsConfig(SignalConfig):
             host, sep, port = self.bind_address.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"bind_address {self.bind_address!r} is not HOST:PORT (example: 127.0.0.1:9464)")
+            if not self.bind_is_loopback and not self.expose_prometheus:
+                raise ValueError(
+                    f"bind_address {self.bind_address!r} is not a loopback address: the Prometheus endpoint "
+                    "(metrics with bucket and mount names, no authentication, no TLS) would be reachable "
+                    "from other hosts. Use 127.0.0.1:PORT, or set [telemetry.metrics] expose_prometheus = "
+                    "true (role variable telemetry_config_expose_prometheus) to expose it on purpose")
+
+    @property
+    def bind_is_loopback(self) -> bool:
+        """True when ``bind_address`` is None or names only the loopback interface
+        (``localhost``, 127.0.0.0/8, ``::1``); a wildcard (``0.0.0.0``, ``::``) or any
+        other host name or address is not."""
+        if self.bind_address is None:
+            return True
+        host = self.bind_address.rpartition(":")[0].strip("[]")
+        if host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False  # a host name: it may resolve to anything
 
 
 class TelemetryConfig(_Strict):
@@ -238,6 +265,9 @@ class MountSpec(_Strict):
                 raise ValueError('credentials_from = "profile" needs profile = "NAME" (--profile)')
         if self.cache_mode and self.impl != "rclone":
             raise ValueError("cache_mode is an rclone option (--vfs-cache-mode)")
+        if self.options:
+            from obsctl.drivers import get_driver  # cheap; drivers import this module
+            get_driver(self.impl).check_options(self.options)  # ConfigError (a ValueError)
 
     def bucket_and_prefix(self) -> tuple[str, str]:
         """``("bucket", "prefix/without/slashes")`` from ``s3://bucket/prefix``.
@@ -263,8 +293,32 @@ _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]+)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<key>[^`]+)`$")
 
 
+def _unknown_keys(data: Any, typ: type, tables: tuple[str, ...] = ()) -> list[str]:
+    """Every key of ``data`` (nested tables too) that ``typ`` does not define,
+    as ``[table.sub] key`` (``key`` at the top level), in document order."""
+    if not isinstance(data, dict) or not (isinstance(typ, type) and issubclass(typ, msgspec.Struct)):
+        return []
+    hints = typing.get_type_hints(typ, include_extras=True)
+    found: list[str] = []
+    for key, value in data.items():
+        if key not in typ.__struct_fields__:
+            found.append((f"[{'.'.join(tables)}] " if tables else "") + str(key))
+        elif isinstance(value, dict):
+            found += _unknown_keys(value, hints.get(key), (*tables, key))
+    return found
+
+
 def _convert(data: Any, typ: type, origin: str) -> Any:
-    """``msgspec.convert`` with errors as :class:`ConfigError` naming table and key."""
+    """``msgspec.convert`` with errors as :class:`ConfigError` naming table and key.
+
+    Unknown keys are all reported at once (msgspec stops at the first), each
+    with its table path, before any other validation.
+    """
+    unknown = _unknown_keys(data, typ)
+    if unknown:
+        listed = "\n  ".join(f"{key}: unknown key" for key in unknown)
+        raise ConfigError(f"{origin}: invalid configuration:\n  {listed}\n"
+                          "(check the spelling; the keys are listed in DESIGN section 3 and the README)")
     try:
         return msgspec.convert(data, typ)
     except msgspec.ValidationError as exc:

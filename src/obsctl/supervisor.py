@@ -44,7 +44,8 @@ from typing import Any, Callable
 from obsctl import mounttable
 from obsctl.config import MountSpec, TelemetryConfig
 from obsctl.credentials import Credentials
-from obsctl.drivers import Driver, LaunchPlan, redact
+from obsctl.drivers import Driver, LaunchPlan
+from obsctl.redact import redact
 from obsctl.fileutil import atomic_write
 
 log = logging.getLogger("obsctl")

@@ -53,10 +53,25 @@ from opentelemetry.trace import Tracer
 from obsctl import __version__
 from obsctl.config import TelemetryConfig
 from obsctl.instruments import Instruments, MountAttributes, create_instruments
+from obsctl.redact import redact
 
 log = logging.getLogger(__name__)
 
 METER_NAME = "obsctl"
+
+#: Threads that run the /metrics app (a scrape takes milliseconds; 2 lets a
+#: second scraper in while one is served).
+PROMETHEUS_THREADS = 2
+#: waitress settings of the Prometheus endpoint (obsctl's choices, not
+#: waitress defaults): at most 64 open connections (more wait in the listen
+#: backlog), a connection idle for 10 s is closed (Prometheus' default
+#: scrape_timeout is 10 s), checked every 2 s; poll() instead of select()
+#: so a descriptor above 1023 cannot break the loop; no "Server: waitress"
+#: banner.
+PROMETHEUS_SERVER: dict[str, Any] = {
+    "threads": PROMETHEUS_THREADS, "connection_limit": 64, "channel_timeout": 10, "cleanup_interval": 2,
+    "asyncore_use_poll": True, "ident": "obsctl", "clear_untrusted_proxy_headers": True,
+}
 
 
 @dataclass
@@ -67,47 +82,137 @@ class ExportStatus:
         time: UNIX time (s) of the last export attempt, None before the first.
         result: ``"success"``, ``"failure"`` or ``"none"`` (no exporter).
         exports: attempts so far; failures: failed attempts so far.
+        last_error: the reason of the last failed export (the exporter's own
+            words, redacted), ``""`` when the last export succeeded.
     """
 
     time: float | None = None
     result: str = "none"
     exports: int = 0
     failures: int = 0
+    last_error: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready copy."""
         with self.lock:
-            return {"time": self.time, "result": self.result,
-                    "exports": self.exports, "failures": self.failures}
+            return {"time": self.time, "result": self.result, "exports": self.exports,
+                    "failures": self.failures, "last_error": self.last_error}
+
+
+#: Loggers of the OTLP exporters whose per-attempt lines ("Transient error ...
+#: retrying", "Failed to export ...") are folded into obsctl's own export log
+#: while a metric export runs (module loggers of opentelemetry-exporter-otlp 1.45).
+EXPORTER_LOGGERS = ("opentelemetry.exporter.otlp.proto.grpc.exporter",
+                    "opentelemetry.exporter.otlp.proto.http.metric_exporter")
+
+_exporting = threading.local()
+
+
+class _FoldExporterLogs(logging.Filter):
+    """Drops the OTLP exporter's log records emitted during a metric export
+    (in the exporting thread only) and keeps their text as the failure reason."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        reasons = getattr(_exporting, "reasons", None)
+        if reasons is None:
+            return True  # not inside a metric export (span export, shutdown): let it through
+        reasons.append((record.levelno, record.getMessage()))
+        return False
+
+
+_FOLD_FILTER = _FoldExporterLogs()
 
 
 class RecordingMetricExporter(MetricExporter):
-    """Delegates to a real OTLP exporter and records each export's result."""
+    """Delegates to a real OTLP exporter, records each export's result, and
+    logs export trouble once instead of three lines per interval.
 
-    def __init__(self, inner: MetricExporter, status: ExportStatus) -> None:
+    Log lines (logger ``obsctl.telemetry``, level WARNING):
+
+    * the first failure: ``metric export to ENDPOINT failed: REASON ...``;
+    * while it keeps failing, at most one ``still failing (N failures since
+      HH:MM:SS UTC): REASON`` every :attr:`still_failing_every` seconds;
+    * the first success after failures: ``metric export to ENDPOINT
+      recovered after N failures (since HH:MM:SS UTC)``.
+
+    The exporter's own per-attempt lines are folded into REASON (the last
+    error, else the last warning it logged, else the exception).
+    """
+
+    #: Seconds between two "still failing" lines (obsctl's choice: a few per
+    #: hour is enough to see in the journal that the backend is still away).
+    still_failing_every: float = 300.0
+
+    def __init__(self, inner: MetricExporter, status: ExportStatus, endpoint: str = "the OTLP endpoint") -> None:
         super().__init__(preferred_temporality=inner._preferred_temporality,
                          preferred_aggregation=inner._preferred_aggregation)
         self._inner = inner
         self._status = status
+        self._endpoint = endpoint
+        self._failing_since: float | None = None
+        self._failures_in_row = 0
+        self._last_summary = 0.0
+        for name in EXPORTER_LOGGERS:
+            logger = logging.getLogger(name)
+            if _FOLD_FILTER not in logger.filters:
+                logger.addFilter(_FOLD_FILTER)
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
-        result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        _exporting.reasons = reasons = []
+        try:
+            result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any exporter bug is an export failure, never a traceback
+            reasons.append((logging.ERROR, f"{type(exc).__name__}: {exc}"))
+            result = MetricExportResult.FAILURE
+        finally:
+            _exporting.reasons = None
+        ok = result == MetricExportResult.SUCCESS
+        reason = "" if ok else self._reason(reasons)
         with self._status.lock:
             self._status.time = time.time()
             self._status.exports += 1
-            ok = result == MetricExportResult.SUCCESS
             self._status.result = "success" if ok else "failure"
             self._status.failures += 0 if ok else 1
-        if not ok:
-            log.warning("metric export failed (will retry at the next interval; the mount is unaffected)")
+            self._status.last_error = reason
+        self._log(ok, reason)
         return result
+
+    @staticmethod
+    def _reason(reasons: list[tuple[int, str]]) -> str:
+        if not reasons:
+            return "the exporter reported a failure without a reason"
+        errors = [text for level, text in reasons if level >= logging.ERROR]
+        text = (errors or [reasons[-1][1]])[-1]
+        return redact(" ".join(text.split()))[:500]
+
+    def _log(self, ok: bool, reason: str) -> None:
+        now = time.time()
+        if ok:
+            if self._failing_since is not None:
+                log.warning("metric export to %s recovered after %d failure(s) (failing since %s)",
+                            self._endpoint, self._failures_in_row, _utc(self._failing_since))
+            self._failing_since, self._failures_in_row = None, 0
+            return
+        self._failures_in_row += 1
+        if self._failing_since is None:
+            self._failing_since = self._last_summary = now
+            log.warning("metric export to %s failed: %s (obsctl keeps collecting and retries at every "
+                        "interval; the mount is unaffected)", self._endpoint, reason)
+        elif now - self._last_summary >= self.still_failing_every:
+            self._last_summary = now
+            log.warning("metric export to %s still failing (%d failures since %s): %s", self._endpoint,
+                        self._failures_in_row, _utc(self._failing_since), reason)
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         return self._inner.force_flush(timeout_millis=timeout_millis)
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+
+def _utc(timestamp: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(timestamp))
 
 
 def _grpc_endpoint(url: str) -> tuple[str, bool]:
@@ -193,7 +298,8 @@ class Telemetry:
         self._push_reader: PeriodicExportingMetricReader | None = None
         if cfg.pushes_metrics:
             self._push_reader = PeriodicExportingMetricReader(
-                RecordingMetricExporter(otlp_exporter(cfg, "metrics"), self.export_status),
+                RecordingMetricExporter(otlp_exporter(cfg, "metrics"), self.export_status,
+                                        cfg.endpoint(cfg.metrics) or "the OTEL_EXPORTER_OTLP_* endpoint"),
                 export_interval_millis=cfg.metrics.export_interval_seconds * 1000,
                 export_timeout_millis=cfg.metrics.export_timeout_seconds * 1000,
                 cardinality_limits=limits)
@@ -211,18 +317,46 @@ class Telemetry:
         self.tracer: Tracer = self.tracer_provider.get_tracer(METER_NAME, __version__)
 
     def _start_prometheus(self, bind_address: str, limits: dict[type, int]) -> MetricReader:
+        """Serve ``/metrics`` on ``bind_address`` with bounded threads and connections.
+
+        prometheus_client's own ``start_http_server`` starts one thread per
+        connection with no cap; here the WSGI app of prometheus_client runs
+        under waitress, which reads requests for every connection in one
+        event-loop thread and runs the app on a fixed pool of
+        :data:`PROMETHEUS_THREADS` threads, so idle or half-open connections
+        cost a file descriptor, not a thread. The limits are in
+        :data:`PROMETHEUS_SERVER`.
+        """
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry, make_wsgi_app
+        from waitress.server import create_server
 
         host, _sep, port = bind_address.rpartition(":")
         host = host.strip("[]")
+        if not self.cfg.metrics.bind_is_loopback:  # expose_prometheus = true, or validation refused it
+            log.warning("Prometheus endpoint exposed beyond loopback on %s ([telemetry.metrics] "
+                        "expose_prometheus = true): anyone who can reach it reads this mount's metrics "
+                        "(bucket, mount point), unauthenticated and in clear text; restrict it with a "
+                        "firewall", bind_address)
         registry = CollectorRegistry()
         reader = PrometheusMetricReader(registry=registry, cardinality_limits=limits)
         try:
-            self._prometheus_server, _thread = start_http_server(int(port), addr=host, registry=registry)
+            server = create_server(make_wsgi_app(registry), host=host, port=int(port), **PROMETHEUS_SERVER)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot serve Prometheus metrics on {bind_address}: {exc.strerror}") from None
+        threading.Thread(target=server.run, name="prometheus-server", daemon=True).start()
+        self._prometheus_server = server
         return reader
+
+    def _stop_prometheus(self) -> None:
+        """Stop accepting, drop every open connection and the worker threads (bounded, ~1 s)."""
+        server = self._prometheus_server
+        for channel in list(server._map.values()):
+            try:
+                channel.close()
+            except OSError:
+                pass
+        server.task_dispatcher.shutdown(cancel_pending=True, timeout=1)
 
     def flush(self, timeout_seconds: float = 5.0) -> bool:
         """Collect and push over OTLP now (the first export after ready).
@@ -260,5 +394,4 @@ class Telemetry:
             log.warning("final telemetry export did not finish within %.1f s (collector unreachable?); "
                         "exiting without it", timeout_seconds)
         if self._prometheus_server is not None:
-            # shutdown() waits for serve_forever's 0.5 s poll; do not hold the exit for it.
-            threading.Thread(target=self._prometheus_server.shutdown, name="prometheus-stop", daemon=True).start()
+            self._stop_prometheus()

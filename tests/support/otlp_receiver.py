@@ -268,14 +268,15 @@ class OtlpReceiver:
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
             _TraceServicer(self), server
         )
-        port = server.add_insecure_port(f"{self.host}:0")
+        # a restart after stop() binds the same ports again (a collector that flaps)
+        port = server.add_insecure_port(f"{self.host}:{self.grpc_port or 0}")
         if not port:
             raise RuntimeError("gRPC server could not bind a port on " + self.host)
         server.start()
         self._grpc_server = server
         self.grpc_port = port
 
-        httpd = http.server.ThreadingHTTPServer((self.host, 0), _make_http_handler(self))
+        httpd = http.server.ThreadingHTTPServer((self.host, self.http_port or 0), _make_http_handler(self))
         httpd.daemon_threads = True
         self._http_server = httpd
         self.http_port = httpd.server_address[1]

@@ -13,9 +13,10 @@ before the OpenTelemetry SDK is imported.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from obsctl.redact import redact  # noqa: F401  (re-exported: drivers redact with it)
 
 if TYPE_CHECKING:  # pragma: no cover
     from obsctl.collectors import LogCollector, PollingCollector
@@ -28,7 +29,52 @@ if TYPE_CHECKING:  # pragma: no cover
 _SCRUBBED_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                  "NOTIFY_SOCKET", "CREDENTIALS_DIRECTORY")
 
-_AUTH_HEADER = re.compile(r"(?i)(authorization:|x-amz-security-token:|credential=)\S.*")
+
+#: Words that mark an option as carrying a credential whatever the driver
+#: (checked after the driver's own table, so unknown or future options too).
+CREDENTIAL_WORDS = ("secret", "access-key", "password", "passwd", "pass", "token", "credential")
+
+_CMDLINE_RISK = ("on the {impl} command line, where every local user can read it in "
+                 "/proc/PID/cmdline")
+
+
+@dataclass(frozen=True)
+class OptionRule:
+    """One refused driver option, from the driver's own option reference.
+
+    Attributes:
+        names: option names, normalised (lower case, no leading dashes,
+            ``_`` -> ``-``): ``s3-sse-customer-key``, ``passwd-file``.
+        risk: what the option would do ("would put ... on the command line").
+        instead: the safe alternative, said to the operator.
+        prefix: True: also refuse every ``NAME-...`` option (``rc`` covers
+            ``rc-addr``, ``rc-no-auth`` ...).
+        values: when set, refuse only when the value (lower case) contains
+            one of these words (``dump`` only with ``auth``).
+    """
+
+    names: tuple[str, ...]
+    risk: str
+    instead: str
+    prefix: bool = False
+    values: tuple[str, ...] = ()
+    #: Names the prefix would catch that are not refused (rclone's global --cache-dir vs. the cache backend).
+    unless: tuple[str, ...] = ()
+
+    def matches(self, name: str, value: str | None) -> bool:
+        """True when option ``name`` (normalised) with ``value`` is refused by this rule."""
+        if name in self.unless:
+            return False
+        hit = name in self.names or (self.prefix and any(name.startswith(n + "-") for n in self.names))
+        if hit and self.values:
+            return value is not None and any(v in value.lower() for v in self.values)
+        return hit
+
+
+def normalise_option(option: str) -> tuple[str, str | None]:
+    """``"--S3_Sse-Customer-Key=V"`` -> ``("s3-sse-customer-key", "V")`` (the form rules use)."""
+    key, value = split_option(option.strip().lstrip("-"))
+    return key.lower().replace("_", "-"), value
 
 
 @dataclass
@@ -60,6 +106,48 @@ class Driver:
     needs_credentials = True
     #: False: open no listening socket (telemetry mode none). The supervisor sets it.
     listen = True
+
+    #: Options refused for this driver (see :meth:`check_options`).
+    refused_options: tuple[OptionRule, ...] = ()
+
+    def option_items(self, options: list[str]) -> list[str]:
+        """The single options a list of ``-o`` values stands for (s3fs splits on commas)."""
+        return list(options)
+
+    def refuse_dash_option(self, option: str) -> str | None:
+        """Why a raw ``-x`` / ``--flag`` option is refused, or None to check it by name."""
+        return None
+
+    def check_options(self, options: list[str]) -> None:
+        """Refuse every option that could carry a secret or override what obsctl set up.
+
+        Each option is checked against the driver's :attr:`refused_options`
+        (taken from the driver's option reference), then against
+        :data:`CREDENTIAL_WORDS`. All refused options are reported at once,
+        by name; a value is never repeated (it may be the secret).
+
+        Raises:
+            ConfigError: one line per refused option: the option, the risk, what to do instead.
+        """
+        from obsctl.config import ConfigError
+
+        problems: list[str] = []
+        for option in self.option_items(options):
+            shown = split_option(option.strip())[0]
+            dash = self.refuse_dash_option(option.strip())
+            if dash:
+                problems.append(f"{shown}: {dash}")
+                continue
+            name, value = normalise_option(option)
+            rule = next((r for r in self.refused_options if r.matches(name, value)), None)
+            if rule is not None:
+                problems.append(f"{shown}: {rule.risk.format(impl=self.name)}; {rule.instead}")
+            elif any(word in name for word in CREDENTIAL_WORDS):
+                problems.append(
+                    f"{shown}: would put a credential " + _CMDLINE_RISK.format(impl=self.name)
+                    + "; pass credentials with credentials_from (--credentials-from env|stdin|profile|systemd)")
+        if problems:
+            raise ConfigError(f"{self.name} option(s) refused:\n    " + "\n    ".join(problems))
 
     def plan(self, spec: "MountSpec", creds: "Credentials | None") -> LaunchPlan:
         """Build argv and environment. Raises :class:`obsctl.config.ConfigError` on bad options."""
@@ -116,14 +204,6 @@ class Driver:
     def summary(self, line: str) -> str:
         """A human-readable form of an error line (JSON logs -> their message)."""
         return line
-
-
-def redact(line: str, secrets: list[str]) -> str:
-    """Remove every secret value and any Authorization / signing header from ``line``."""
-    for secret in secrets:
-        if secret:
-            line = line.replace(secret, "***")
-    return _AUTH_HEADER.sub(lambda m: m.group(1) + " ***", line)
 
 
 def split_option(option: str) -> tuple[str, str | None]:

@@ -18,15 +18,19 @@ import secrets as _secrets
 import socket
 import subprocess
 
-from obsctl.config import ConfigError
-from obsctl.drivers import Driver, LaunchPlan, redact, split_option
+from obsctl.drivers import Driver, LaunchPlan, OptionRule, split_option
+from obsctl.redact import redact
 
 REMOTE = "obsctl"
+#: Backend flag prefixes of rclone 1.60 other than s3 (docs/content/flags.md, "Backend Flags").
+_OTHER_BACKENDS = (
+    "acd", "alias", "azureblob", "b2", "box", "cache", "chunker", "combine", "compress", "crypt", "drive",
+    "dropbox", "fichier", "filefabric", "ftp", "gcs", "gphotos", "hasher", "hdfs", "hidrive", "http",
+    "internetarchive", "jottacloud", "koofr", "local", "mailru", "mega", "netstorage", "onedrive", "oos",
+    "opendrive", "pcloud", "premiumizeme", "putio", "qingstor", "seafile", "sftp", "sharefile", "sia", "skip",
+    "smb", "storj", "sugarsync", "swift", "union", "uptobox", "webdav", "yandex", "zoho")
 _FORWARD_LEVELS = {"critical", "error", "warning", "notice"}
 _ERROR_LEVELS = {"critical", "error", "fatal"}
-_CREDENTIAL_WORDS = ("secret", "access_key", "access-key", "password", "pass", "token")
-
-
 def free_loopback_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (kernel-chosen)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -34,18 +38,55 @@ def free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
-def reject_credential_options(options: list[str], impl: str) -> None:
-    """Refuse options that would put a credential on the command line.
+_CMDLINE = "would put a secret on the {impl} command line, where every local user can read it in /proc/PID/cmdline"
+_CREDS = "pass credentials with credentials_from (--credentials-from env|stdin|profile|systemd)"
 
-    Raises:
-        ConfigError: naming the option (never its value).
-    """
-    for option in options:
-        key = split_option(option.lstrip("-"))[0].lower()
-        if any(word in key for word in _CREDENTIAL_WORDS) and key not in ("passwd_file",):
-            raise ConfigError(
-                f"option {key!r} would put a credential on the {impl} command line, where every "
-                "local user can read it in /proc/PID/cmdline; use --credentials-from instead")
+#: Options refused for rclone, from the rclone 1.60 option reference
+#: (docs/content/flags.md: global and s3 backend flags; docs/content/commands/
+#: rclone_mount.md: mount flags). obsctl's own flags are: the remote in
+#: RCLONE_CONFIG_OBSCTL_* with ``--config ""``, ``--use-json-log --log-level
+#: DEBUG`` on stdout (collectors and redaction read it), the rc on 127.0.0.1
+#: with a random user/password, rclone in the foreground.
+REFUSED_OPTIONS = (
+    OptionRule(("s3-access-key-id", "s3-secret-access-key", "s3-session-token"), _CMDLINE, _CREDS),
+    OptionRule(("s3-sse-customer-key", "s3-sse-customer-key-base64", "s3-sse-customer-key-md5"), _CMDLINE,
+               "give rclone the SSE-C key in obsctl's environment instead (rclone reads every flag from "
+               "RCLONE_<FLAG>, e.g. RCLONE_S3_SSE_CUSTOMER_KEY, set from a systemd credential), never in -o"),
+    OptionRule(("header", "header-upload", "header-download"),
+               "can put an Authorization or other secret header " + "on the {impl} command line (/proc/PID/cmdline)",
+               "remove it; obsctl authenticates with credentials_from"),
+    OptionRule(("s3-env-auth", "s3-profile", "s3-shared-credentials-file", "password-command", "ask-password"),
+               "would make {impl} take credentials from somewhere other than what obsctl passes it",
+               'use credentials_from = "profile" with profile = "NAME" (obsctl reads the shared '
+               "credentials file and passes the keys in rclone's environment)"),
+    OptionRule(("config",),
+               'would replace obsctl\'s --config "" (the remote is defined in rclone\'s environment) with a '
+               "config file that can redefine the remote or hold keys in clear text",
+               "set endpoint, region, profile and cache_mode in the mount spec; other rclone settings as -o flags"),
+    OptionRule(("s3-endpoint", "s3-provider", "s3-region"),
+               "would override the endpoint / region obsctl configured",
+               "set endpoint and region in the mount spec (--endpoint, --region)"),
+    OptionRule(("rc",),
+               "would change the rc API that obsctl runs for its collectors on 127.0.0.1 with a random user "
+               "and password (an rc beyond loopback or without auth lets others call operations/* and "
+               "delete objects)",
+               "remove it; obsctl's rc is private to the mount (docs/security.md)", prefix=True),
+    OptionRule(("log-file", "log-level", "log-format", "log-systemd", "syslog", "syslog-facility",
+                "use-json-log", "verbose", "quiet", "stats-log-level"),
+               "would change or move rclone's log, which obsctl reads on stdout for its metrics and "
+               "redacts before it reaches the journal",
+               "remove it; obsctl forwards rclone's warnings and errors to the journal"),
+    OptionRule(("dump",), "would log authentication data (--dump auth)",
+               "use --dump headers (rclone removes Authorization unless auth is dumped)", values=("auth",)),
+    OptionRule(("daemon",), "would put rclone in the background, out of obsctl's supervision",
+               "remove it; obsctl runs the mount in the background itself (systemd unit)"),
+    OptionRule(("no-check-certificate",), "would turn off TLS certificate checks of the endpoint",
+               "give the endpoint's CA with --ca-cert=/path/ca.pem"),
+    OptionRule(_OTHER_BACKENDS,
+               "is a flag of another rclone backend (obsctl's remote is type s3): it has no effect and "
+               "several of them carry passwords", "remove it", prefix=True,
+               unless=("cache-dir",)),  # a global flag, not the cache backend's
+)
 
 
 class RcloneDriver(Driver):
@@ -53,10 +94,18 @@ class RcloneDriver(Driver):
 
     name = "rclone"
     binary = "rclone"
+    refused_options = REFUSED_OPTIONS
+
+    def refuse_dash_option(self, option):
+        """Short flags (``-v``, ``-vv``, ``-q``) change the log obsctl reads; refuse every
+        single-dash flag and ask for the long form, which the table checks by name."""
+        if option.startswith("-") and not option.startswith("--"):
+            return "write the long form (--flag or flag=value): short flags such as -v / -q change rclone's log"
+        return None
 
     def plan(self, spec, creds):
         bucket, prefix = spec.bucket_and_prefix()
-        reject_credential_options(spec.options, self.name)
+        self.check_options(spec.options)
         env = self.base_env(spec)
         prefix_env = f"RCLONE_CONFIG_{REMOTE.upper()}_"
         env.update({

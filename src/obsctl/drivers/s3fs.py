@@ -9,8 +9,37 @@ s3fs_log.S3fsLogCollector` pairs into request latency and status codes.
 
 from __future__ import annotations
 
-from obsctl.drivers import Driver, LaunchPlan
-from obsctl.drivers.rclone import reject_credential_options
+from obsctl.drivers import Driver, LaunchPlan, OptionRule
+
+_CREDS = "pass credentials with credentials_from (--credentials-from env|stdin|profile|systemd)"
+
+#: Options refused for s3fs, from the s3fs 1.90 man page (doc/man/s3fs.1,
+#: OPTIONS). obsctl's own settings are: credentials in AWS_* of s3fs's
+#: environment, url / endpoint / use_path_request_style from the mount spec,
+#: ``-f -o dbglevel=dbg -o curldbg`` on stdout (collectors and redaction read
+#: it). SSE-C keys stay allowed through ``use_sse=custom:FILE`` / ``load_sse_c=FILE``:
+#: the key is in a 0600 file, only its path is on the command line.
+REFUSED_OPTIONS = (
+    OptionRule(("passwd-file",),
+               "would make {impl} read keys from a clear-text passwd file instead of what obsctl passes it",
+               _CREDS),
+    OptionRule(("profile",), "would make {impl} pick its own credentials profile",
+               'use credentials_from = "profile" with profile = "NAME" (--profile NAME)'),
+    OptionRule(("iam-role", "ecs", "imdsv1only", "ibm-iam-auth", "ibm-iam-endpoint"),
+               "would switch {impl} to another credential source than the one obsctl passes it "
+               "(imdsv1only also drops IMDSv2's protection)",
+               "obsctl does not support instance or container credentials for s3fs; " + _CREDS),
+    OptionRule(("url", "host", "endpoint", "bucket"),
+               "would override the endpoint / region / bucket obsctl set from the mount spec",
+               "set endpoint, region and source in the mount spec (--endpoint, --region, SOURCE)"),
+    OptionRule(("dbglevel", "curldbg", "logfile", "no-time-stamp-msg"),
+               "would change or move s3fs's debug log, which obsctl reads on stdout for its metrics and "
+               "redacts before it reaches the journal (curldbg=body would log object data)",
+               "remove it; obsctl forwards s3fs's warnings and errors to the journal"),
+    OptionRule(("no-check-certificate", "ssl-verify-hostname"),
+               "would turn off TLS certificate or host name checks of the endpoint",
+               "add the endpoint's CA to the system trust store (update-ca-certificates)"),
+)
 
 _ERROR_MARKERS = ("[ERR]", "[CRT]", "s3fs:")
 _FORWARD_MARKERS = ("[ERR]", "[CRT]", "[WAN]", "s3fs:")
@@ -23,10 +52,22 @@ class S3fsDriver(Driver):
 
     name = "s3fs"
     binary = "s3fs"
+    refused_options = REFUSED_OPTIONS
+
+    def option_items(self, options):
+        """``-o a,b`` is two options to s3fs (FUSE splits on commas): check each."""
+        return [item for option in options for item in option.split(",") if item.strip()]
+
+    def refuse_dash_option(self, option):
+        """s3fs takes its options as ``-o NAME[=VALUE]``; a raw flag (``-d``, ``-opasswd_file=F``)
+        would bypass the name check, and obsctl already runs it with ``-f``."""
+        if option.startswith("-"):
+            return "give s3fs options as NAME[=VALUE] (obsctl passes each with -o and runs s3fs with -f)"
+        return None
 
     def plan(self, spec, creds):
         bucket, prefix = spec.bucket_and_prefix()
-        reject_credential_options(spec.options, self.name)
+        self.check_options(spec.options)
         env = self.base_env(spec)
         hidden = []
         if creds is not None:
@@ -46,7 +87,7 @@ class S3fsDriver(Driver):
         if spec.allow_other:
             argv += ["-o", "allow_other"]
         for option in spec.options:
-            argv += ["-o", option.lstrip("-")] if not option.startswith("-") else [option]
+            argv += ["-o", option]
         return LaunchPlan(argv=argv, env=env, fstype="fuse.s3fs", secrets=hidden)
 
     def forward(self, line):
