@@ -62,7 +62,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     Raises:
         SystemExit: bad arguments (argparse's message and exit code 2).
     """
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = free port)")
     parser.add_argument("--instance-id", default="synthetic-node", help="service.instance.id")
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between rounds")

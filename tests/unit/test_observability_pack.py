@@ -76,7 +76,9 @@ def test_dashboard_header(name):
     d = DASHBOARDS[name]
     assert d["uid"] == EXPECTED_UIDS[name]
     assert isinstance(d["schemaVersion"], int) and d["schemaVersion"] >= 36
-    assert d["title"] and d["time"]["from"] and "id" not in d or d["id"] is None
+    assert d["title"] and d["time"]["from"]
+    # no numeric id: Grafana assigns one on import, a fixed one would clash
+    assert d.get("id") is None
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_UIDS))
