@@ -27,7 +27,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,10 +43,10 @@ from support.obsctl import (
 from support.pack import (
     RULE_TESTS_DIR, alert_rules, dashboards, panel_targets, regex_literal, render, rule_files,
 )
+from support import synthetic_node
 from support.prometheus import Prometheus, prometheus_binary
 
 HERE = Path(__file__).resolve().parent
-SYNTHETIC_NODE = HERE.parent / "support" / "synthetic_node.py"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 #: panel -> why it has no data here. Only the cache panel: no driver that
@@ -142,12 +141,8 @@ class Pack:
 
 
 def start_node(name: str, *args: str) -> Node:
-    proc = subprocess.Popen([sys.executable, str(SYNTHETIC_NODE), "--instance-id", name, *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    assert line.startswith("listening 127.0.0.1:"), f"synthetic node {name} said {line!r}"
-    return Node(name, line.split(" ", 1)[1], proc)
+    proc, target = synthetic_node.start("--instance-id", name, *args)
+    return Node(name, target, proc)
 
 
 def workload(pack: Pack, tag: str) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -136,6 +137,23 @@ def run(argv: Sequence[str] | None = None) -> int:
     server.shutdown()
     provider.shutdown()
     return 0
+
+
+def start(*args: str) -> tuple[subprocess.Popen, str]:
+    """Run this script with ``args`` in a child process (``sys.executable``).
+
+    Returns the process (stdout piped, text) and its ``127.0.0.1:PORT``
+    scrape target once it listens. Raises AssertionError with what the
+    child said when its first line is not the ``listening`` line."""
+    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line.startswith("listening 127.0.0.1:"):
+        proc.kill()
+        proc.wait(10)
+        raise AssertionError(f"synthetic node {args}: {line!r}")
+    return proc, line.split(" ", 1)[1]
 
 
 if __name__ == "__main__":

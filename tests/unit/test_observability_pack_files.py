@@ -9,11 +9,16 @@ tests/integration/test_observability_pack.py.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import time
+import urllib.request
 
 import pytest
 import yaml
 
 from obsctl.instruments import METRICS
+from support import synthetic_node
 from support.pack import (
     BUILTINS, RULE_TESTS_DIR, alert_rules, dashboards, panel_targets, panels,
     regex_literal, render, rule_files, variables_used,
@@ -216,3 +221,47 @@ def test_every_alert_has_a_firing_and_a_quiet_promtool_case():
                 (fires if check.get("exp_alerts") else quiet).add(check["alertname"])
     assert not EXPECTED_ALERTS - fires, f"no firing case for {EXPECTED_ALERTS - fires}"
     assert not EXPECTED_ALERTS - quiet, f"no quiet case for {EXPECTED_ALERTS - quiet}"
+
+
+# -------------------------------------------------------------------- synthetic node
+
+
+SYNTHETIC_NODE = synthetic_node.__file__
+
+
+def test_synthetic_node_emits_the_label_contract():
+    """The synthetic node's /metrics (real SDK + Prometheus exporter) has
+    exactly the pilot set with the labels docs/observability.md documents."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    proc, target = synthetic_node.start("--error-ratio", "0.5", "--failure-ratio", "0.5",
+                                        "--interval", "0.05")
+    try:
+        url = f"http://{target}/metrics"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        time.sleep(0.5)
+        text = opener.open(url, timeout=5).read().decode()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    labels: dict[str, set[frozenset]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            own = {k: v for k, v in sample.labels.items()
+                   if not k.startswith("otel_scope_") and k != "le"}
+            labels.setdefault(sample.name, set()).add(frozenset(own.items()))
+    assert {"node_command_total", "node_command_duration_seconds_bucket",
+            "node_task_runs_total", "node_task_duration_seconds_bucket",
+            "node_sync_last_success_unix"} <= set(labels), sorted(labels)
+    assert {dict(s)["status"] for s in labels["node_command_total"]} == {"ok", "error"}
+    assert {dict(s)["status"] for s in labels["node_task_runs_total"]} == {"success", "failure"}
+    assert all(set(dict(s)) == {"command", "status"} for s in labels["node_command_duration_seconds_bucket"])
+    assert all(set(dict(s)) == {"task", "status"} for s in labels["node_task_duration_seconds_bucket"])
+    assert labels["node_sync_last_success_unix"] == {frozenset()}
+
+
+def test_synthetic_node_rejects_a_bad_ratio():
+    res = subprocess.run([sys.executable, str(SYNTHETIC_NODE), "--error-ratio", "2"],
+                         capture_output=True, text=True, timeout=30, check=False)
+    assert res.returncode == 2
+    assert "--error-ratio must be between 0 and 1" in res.stderr
