@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import requests
+import yaml
 
 from .net import free_port
 
@@ -32,11 +33,22 @@ def prometheus_binary() -> str | None:
 
 
 class Prometheus:
+    """Args:
+        targets: ``HOST:PORT`` scrape targets of the job ``job``.
+        scrape_interval: scrape and rule evaluation interval (Prometheus duration).
+        job: name of the scrape job of ``targets``.
+        extra_jobs: more scrape jobs, job name -> targets.
+        rule_files: rule files to load (absolute paths).
+    """
+
     def __init__(self, targets: Iterable[str] | str, scrape_interval: str = "1s",
-                 job: str = "obsctl") -> None:
+                 job: str = "obsctl", extra_jobs: dict[str, list[str]] | None = None,
+                 rule_files: Iterable[str | os.PathLike[str]] = ()) -> None:
         self.targets = [targets] if isinstance(targets, str) else list(targets)
         self.scrape_interval = scrape_interval
         self.job = job
+        self.jobs = {job: self.targets, **(extra_jobs or {})}
+        self.rule_files = [str(f) for f in rule_files]
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.workdir: Path | None = None
@@ -46,18 +58,20 @@ class Prometheus:
         return f"http://127.0.0.1:{self.port}"
 
     def config_text(self) -> str:
-        targets = ", ".join(f'"{t}"' for t in self.targets)
-        return (
-            "global:\n"
-            f"  scrape_interval: {self.scrape_interval}\n"
-            f"  evaluation_interval: {self.scrape_interval}\n"
-            "scrape_configs:\n"
-            f"  - job_name: {self.job}\n"
-            f"    scrape_interval: {self.scrape_interval}\n"
-            f"    scrape_timeout: {self.scrape_interval}\n"
-            "    static_configs:\n"
-            f"      - targets: [{targets}]\n"
-        )
+        """prometheus.yml for the jobs and rule files (YAML by PyYAML)."""
+        config: dict[str, Any] = {
+            "global": {"scrape_interval": self.scrape_interval,
+                       "evaluation_interval": self.scrape_interval},
+            "scrape_configs": [
+                {"job_name": name, "scrape_interval": self.scrape_interval,
+                 "scrape_timeout": self.scrape_interval,
+                 "static_configs": [{"targets": list(targets)}]}
+                for name, targets in self.jobs.items()
+            ],
+        }
+        if self.rule_files:
+            config["rule_files"] = self.rule_files
+        return yaml.safe_dump(config, sort_keys=False)
 
     def start(self, timeout: float = 30.0) -> "Prometheus":
         binary = prometheus_binary()
@@ -130,6 +144,14 @@ class Prometheus:
         if body.get("status") != "success":
             raise RuntimeError(f"PromQL {promql!r} failed: {body}")
         return body["data"]["result"]
+
+    def api(self, path: str, **params: Any) -> Any:
+        """GET ``/api/v1/PATH``; returns ``data``; raises RuntimeError on an API error."""
+        r = requests.get(f"{self.url}/api/v1/{path}", params=params, timeout=5, proxies=_NO_PROXY)
+        body = r.json()
+        if body.get("status") != "success":
+            raise RuntimeError(f"Prometheus API {path} {params} failed: {body}")
+        return body["data"]
 
     def targets_health(self) -> list[dict[str, Any]]:
         r = requests.get(f"{self.url}/api/v1/targets", timeout=5, proxies=_NO_PROXY)
