@@ -285,10 +285,14 @@ class Telemetry:
                  extra_readers: Sequence[MetricReader] = ()) -> None:
         self.cfg = cfg
         self.export_status = ExportStatus()
+        host_name = socket.gethostname()
         self.resource = Resource.create({
             "service.name": cfg.resource.service_name,
             "service.version": __version__,
-            "host.name": socket.gethostname(),
+            "host.name": host_name,
+            # One instance per mount (Prometheus's OTLP receiver makes it the
+            # `instance` label): HOST:MOUNTPOINT, stable across restarts.
+            "service.instance.id": f"{host_name}:{attrs.mountpoint}",
             **cfg.resource.attributes,
             **(resource_attributes or {}),
         })
