@@ -353,9 +353,10 @@ def merge_telemetry(text, telemetry, origin="the application's TOML", validate=N
     those tables are kept; the legacy flat keys of :data:`LEGACY_TELEMETRY_KEYS`
     directly under ``[telemetry]`` are removed. Missing tables are appended.
 
-    ``validate``, when given, is called with the merged document as plain dicts
-    and must raise on an invalid one (obsctl passes obsctl.config.parse_telemetry
-    through :func:`check_text`); nothing is returned then.
+    ``validate``, when given, is called with ``{"telemetry": <the merged
+    [telemetry] table as plain dicts>}`` (the application's other tables are not
+    obsctl's) and must raise on an invalid one, e.g. obsctl.config.parse_telemetry;
+    nothing is returned then.
 
     Returns:
         ``(new_text, removed)``: the merged text, and the legacy keys removed,
@@ -411,7 +412,7 @@ def merge_telemetry(text, telemetry, origin="the application's TOML", validate=N
         merged = merged.rstrip("\n") + "\n"  # the blank line after an appended table at the end
     if validate is not None:
         try:
-            validate(tomlkit.parse(merged).unwrap())
+            validate({"telemetry": tomlkit.parse(merged).unwrap()["telemetry"]})
         except Exception as exc:  # the validator's own error type, e.g. obsctl.config.ConfigError
             raise TomlWriteError("%s: the merged [telemetry] tables are not valid, nothing was changed:\n%s"
                                  % (origin, exc))
