@@ -47,15 +47,18 @@ def merge_telemetry_toml(text, telemetry, origin="the application's TOML"):
 
 
 def _plain(value):
-    """Ansible's lazy containers and tagged strings as plain dict / list / str."""
+    """Ansible's lazy containers and tagged values as plain dict / list / str / int / float."""
     if isinstance(value, dict):
         return dict((to_text(key), _plain(item)) for key, item in value.items())
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
     if isinstance(value, bytes):
         return to_text(value)
-    if isinstance(value, str) and type(value) is not str:
-        return str(value)
+    if isinstance(value, bool):
+        return value
+    for plain in (str, int, float):
+        if isinstance(value, plain) and type(value) is not plain:
+            return plain(value)
     return value
 
 
