@@ -744,7 +744,7 @@ class Manager:
             if before_cfg is None or after_text is None or before_text != after_text:
                 content_changed = True
                 self._act("write %s" % cfg_path)
-                self._write(layout.config, after_text.encode("utf-8"), CONFIG_MODE, 0o755)
+                self._write(layout.config, (after_text or "").encode("utf-8"), CONFIG_MODE, 0o755)
             elif file_mode(layout.config) != CONFIG_MODE:
                 self._act("chmod %o %s" % (CONFIG_MODE, cfg_path))
                 if not self.check_mode:
