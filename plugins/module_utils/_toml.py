@@ -110,10 +110,7 @@ _TELEMETRY_INPUT_KEYS = (
     "expose_prometheus",
 )
 
-if sys.version_info[0] >= 3:
-    _STRING_TYPES = (str,)
-else:  # pragma: no cover
-    _STRING_TYPES = (basestring,)  # noqa: F821  pylint: disable=undefined-variable
+_STRING_TYPES = (str,)
 
 
 class TomlWriteError(ValueError):
