@@ -376,8 +376,7 @@ def merge_telemetry(text, telemetry, origin="the application's TOML", validate=N
         doc.add(tomlkit.nl())
         doc["telemetry"] = tomlkit.table()
     outer = doc["telemetry"]
-    if not isinstance(outer, (tomlkit.items.Table, tomlkit.items.InlineTable)) or isinstance(
-            outer, tomlkit.items.InlineTable):
+    if not isinstance(outer, tomlkit.items.Table):
         raise TomlWriteError(
             "%s: telemetry is a %s, not a [telemetry] table; make it a table (or remove it) and "
             "run again, nothing was changed" % (origin, "inline table" if isinstance(
