@@ -57,7 +57,7 @@ def _plain(value):
     if isinstance(value, bool):
         return value
     for plain in (str, int, float):
-        if isinstance(value, plain) and type(value) is not plain:
+        if isinstance(value, plain) and value.__class__ is not plain:
             return plain(value)
     return value
 

@@ -22,10 +22,10 @@ Where it is used, one file in three places:
   on the controller;
 * the ``obsctl`` package ships the same file as ``obsctl.tomlio`` (a symlink in
   the source tree, like ``obsctl.mounttable``), used by ``obsctl systemd
-  install``, and ``python -m obsctl.tomlio check FILE`` validates the
-  ``[telemetry]`` tables of an application's file with obsctl's own parser
-  (``obsctl.config.parse_telemetry``), which is how the role validates a
-  merged file before it replaces the old one.
+  install``; ``python -m obsctl.tomlcheck FILE`` (src/obsctl/tomlcheck.py)
+  validates the ``[telemetry]`` tables of an application's file with obsctl's
+  own parser (``obsctl.config.parse_telemetry``), which is how the role
+  validates a merged file before it replaces the old one.
 
 The input of the telemetry document is the flat dict the role builds from its
 variables (keys below, all optional except ``mode``); the numbers it falls
@@ -59,7 +59,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type  # pylint: disable=invalid-name
 
-import sys
+import math
 
 try:
     import tomlkit
@@ -145,7 +145,7 @@ def _check_bool(where, value):
 def _check_number(where, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TomlWriteError("%s: expected a number of seconds, got %s %r" % (where, type(value).__name__, value))
-    if value != value or value in (float("inf"), float("-inf")):
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         raise TomlWriteError("%s: expected a finite number of seconds, got %r" % (where, value))
     return value
 
@@ -413,51 +413,3 @@ def merge_telemetry(text, telemetry, origin="the application's TOML", validate=N
             raise TomlWriteError("%s: the merged [telemetry] tables are not valid, nothing was changed:\n%s"
                                  % (origin, exc))
     return merged, removed
-
-
-# --------------------------------------------------------------------------
-# validation with obsctl's own parser (only where obsctl is installed)
-
-
-def check_text(text, origin="TOML file"):
-    """Validate the ``[telemetry]`` tables of ``text`` with obsctl.config.parse_telemetry.
-
-    Other tables of the file are not obsctl's and are ignored, so this works
-    on an application's config with a ``[telemetry]`` table merged in.
-
-    Raises:
-        TomlWriteError: ``text`` is not TOML or has no ``[telemetry]`` table.
-        obsctl.config.ConfigError: the telemetry tables are invalid.
-        ImportError: obsctl is not installed in this Python.
-    """
-    from obsctl.config import parse_telemetry  # pylint: disable=import-outside-toplevel
-
-    data = parse(text, origin)
-    if "telemetry" not in data:
-        raise TomlWriteError("%s has no [telemetry] table" % origin)
-    return parse_telemetry({"telemetry": data["telemetry"]}, origin)
-
-
-def main(argv=None):
-    """``python -m obsctl.tomlio check FILE``: exit 0 when FILE's [telemetry] tables are valid.
-
-    Exit 1 with the reason on stderr otherwise, 2 on bad usage.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) != 2 or argv[0] != "check":
-        sys.stderr.write("usage: python -m obsctl.tomlio check FILE\n")
-        return 2
-    path = argv[1]
-    try:
-        with open(path, "rb") as handle:
-            text = handle.read().decode("utf-8")
-        check_text(text, path)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        sys.stderr.write("%s\n" % exc)
-        return 1
-    sys.stdout.write("%s: [telemetry] is valid\n" % path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

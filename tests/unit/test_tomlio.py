@@ -3,7 +3,7 @@
 Round trips through obsctl's own parser (obsctl.config.parse_telemetry), the
 merge into an application's TOML (tests/fixtures/node/config.toml) keeping
 everything outside [telemetry] byte for byte, legacy keys removed and
-reported, bad input refused, ``python -m obsctl.tomlio check``.
+reported, bad input refused, ``python -m obsctl.tomlcheck``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from obsctl import config, tomlio
+from obsctl import config, tomlcheck, tomlio
 from obsctl.config import ConfigError, parse_telemetry
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "node" / "config.toml"
@@ -155,18 +155,18 @@ def test_merge_keeps_the_application_file_and_removes_legacy_keys():
 
 
 def test_merge_is_idempotent():
-    once, _ = tomlio.merge_telemetry(FIXTURE.read_text(), REMOTE)
+    once, _removed = tomlio.merge_telemetry(FIXTURE.read_text(), REMOTE)
     twice, removed = tomlio.merge_telemetry(once, REMOTE)
     assert twice == once and removed == []
 
 
 def test_merge_changes_only_what_changed():
-    once, _ = tomlio.merge_telemetry(FIXTURE.read_text(), REMOTE)
-    changed, _ = tomlio.merge_telemetry(once, dict(REMOTE, otlp_endpoint="http://127.0.0.1:14317"))
+    once, _removed = tomlio.merge_telemetry(FIXTURE.read_text(), REMOTE)
+    changed, _removed = tomlio.merge_telemetry(once, dict(REMOTE, otlp_endpoint="http://127.0.0.1:14317"))
     diff = [(a, b) for a, b in zip(once.splitlines(), changed.splitlines()) if a != b]
     assert diff == [('otlp_endpoint = "http://127.0.0.1:4317"', 'otlp_endpoint = "http://127.0.0.1:14317"')] * 2
     # Going to mode none removes the managed keys that no longer apply.
-    none, _ = tomlio.merge_telemetry(once, {"mode": "none", "service_name": "node"})
+    none, _removed = tomlio.merge_telemetry(once, {"mode": "none", "service_name": "node"})
     metrics = tomllib.loads(none)["telemetry"]["metrics"]
     assert metrics == {"cardinality_limit": 500, "enabled": False}
     assert outside_telemetry(none) == outside_telemetry(FIXTURE.read_text())
@@ -210,13 +210,13 @@ def test_managed_keys_exist_in_obsctl_config():
         assert not missing, f"[telemetry.{table}] keys the writer manages but obsctl does not read: {missing}"
 
 
-# -- python -m obsctl.tomlio check (the role's validate:) --------------------------------
+# -- python -m obsctl.tomlcheck (the role's validate:) --------------------------------
 
 
 def _check(path: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    return subprocess.run([sys.executable, "-m", "obsctl.tomlio", "check", str(path)],
-                          capture_output=True, text=True, env=env, timeout=60)
+    return subprocess.run([sys.executable, "-m", "obsctl.tomlcheck", str(path)],
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
 
 
 def test_check_accepts_an_application_file_with_telemetry(tmp_path):
@@ -240,4 +240,4 @@ def test_check_refuses_legacy_keys_and_missing_tables(tmp_path):
 
 def test_check_text_raises_config_error():
     with pytest.raises(ConfigError):
-        tomlio.check_text('[telemetry]\nmode = "remote"\n[telemetry.traces]\nenabled = 1\n')
+        tomlcheck.check_text('[telemetry]\nmode = "remote"\n[telemetry.traces]\nenabled = 1\n')
