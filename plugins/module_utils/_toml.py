@@ -337,6 +337,23 @@ def _set_managed(table, key, value):
     table[key] = _inline(value) if isinstance(value, dict) else value
 
 
+def _is_table(item):
+    """True for a ``[name]`` table (not dotted keys, an inline table or ``[[name]]``)."""
+    return isinstance(item, tomlkit.items.Table)
+
+
+def _shape(item):
+    """How a non-table value is written, for error messages."""
+    if isinstance(item, tomlkit.items.InlineTable):
+        return "an inline table"
+    if isinstance(item, tomlkit.items.AoT):
+        return "an array of tables [[...]]"
+    if isinstance(item, (dict, tomlkit.items.Table)) or hasattr(item, "unwrap") and isinstance(
+            item.unwrap(), dict):
+        return "written with dotted keys"
+    return "a %s" % type(item.unwrap() if hasattr(item, "unwrap") else item).__name__
+
+
 def merge_telemetry(text, telemetry, origin="the application's TOML", validate=None):
     """Write the ``[telemetry]`` tables into an existing application's TOML text.
 
@@ -376,11 +393,10 @@ def merge_telemetry(text, telemetry, origin="the application's TOML", validate=N
         doc.add(tomlkit.nl())
         doc["telemetry"] = tomlkit.table()
     outer = doc["telemetry"]
-    if not isinstance(outer, tomlkit.items.Table):
+    if not _is_table(outer):
         raise TomlWriteError(
-            "%s: telemetry is a %s, not a [telemetry] table; make it a table (or remove it) and "
-            "run again, nothing was changed" % (origin, "inline table" if isinstance(
-                outer, tomlkit.items.InlineTable) else type(outer.unwrap()).__name__))
+            "%s: telemetry is %s, not a [telemetry] table; write it as a [telemetry] table (or remove it) "
+            "and run again, nothing was changed" % (origin, _shape(outer)))
     removed = []
     for key in LEGACY_TELEMETRY_KEYS:
         if key in outer and not isinstance(outer[key], tomlkit.items.Table):
@@ -395,9 +411,9 @@ def merge_telemetry(text, telemetry, origin="the application's TOML", validate=N
             outer[name].add(tomlkit.nl())
             continue
         table = outer[name]
-        if not isinstance(table, tomlkit.items.Table):
-            raise TomlWriteError("%s: telemetry.%s is not a [telemetry.%s] table; make it one, nothing was "
-                                 "changed" % (origin, name, name))
+        if not _is_table(table):
+            raise TomlWriteError("%s: telemetry.%s is %s, not a [telemetry.%s] table; write it as one and run "
+                                 "again, nothing was changed" % (origin, name, _shape(table), name))
         for key in MANAGED_KEYS[name]:
             if key in want:
                 _set_managed(table, key, want[key])

@@ -191,7 +191,9 @@ def test_merge_refuses_an_invalid_result_and_says_why():
     ("[server\nport = 1\n", "not valid TOML"),
     ("telemetry = 1\n", "not a [telemetry] table"),
     ("telemetry = { mode = \"none\" }\n", "inline table"),
-    ("[telemetry]\nmetrics = 3\n", "telemetry.metrics is not a [telemetry.metrics] table"),
+    ("[telemetry]\nmetrics = 3\n", "telemetry.metrics is a int, not a [telemetry.metrics] table"),
+    ("[[telemetry]]\nmode = \"none\"\n", "telemetry is an array of tables [[...]]"),
+    ("[telemetry]\nresource = { service_name = \"x\" }\n", "telemetry.resource is an inline table"),
 ])
 def test_merge_refuses_files_it_cannot_merge(text, what):
     with pytest.raises(tomlio.TomlWriteError, match=re.escape(what)):
