@@ -23,6 +23,7 @@ import stat
 import tempfile
 import time
 
+from ansible_collections.obsctl.observability.plugins.module_utils import _toml
 from ansible_collections.obsctl.observability.plugins.module_utils._mountinfo import (
     MOUNTINFO_PATH,
     FUSECTL_PATH,
@@ -44,7 +45,7 @@ CREDENTIAL_NAME = "s3"
 UNIT_TEMPLATE = "obsctl-mount@.service"
 
 #: First line of every file this collection writes.
-MANAGED_HEADER = "# Managed by obsctl.observability: changes here are overwritten.\n"
+MANAGED_HEADER = "# %s\n" % _toml.MANAGED_HEADER
 
 CONFIG_MODE = 0o640
 CREDENTIAL_MODE = 0o600
@@ -98,38 +99,21 @@ class Layout:
 
 
 # --------------------------------------------------------------------------
-# Rendering (keep equal to templates/mount.toml.j2: tests/unit checks it)
-
-
-def toml_string(value):
-    """A TOML basic string. Control characters are rejected before this."""
-    return '"%s"' % value.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def toml_value(value):
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return "[%s]" % ", ".join(toml_value(item) for item in value)
-    return toml_string(value)
+# Rendering: the one TOML writer (module_utils/_toml.py, tomlkit)
 
 
 def render_mount_toml(spec):
     """Render the mount spec: header, then ``key = value`` sorted by key.
 
     Keys whose value is None are left out. Deterministic, so idempotence can
-    compare bytes.
+    compare bytes. The writer is _toml.render_mount_spec (the same code
+    ``obsctl systemd install`` uses as obsctl.tomlio).
+
+    Raises:
+        _toml.TomlWriteError: tomlkit is missing on the target, or a value has
+            no TOML form.
     """
-    lines = [MANAGED_HEADER]
-    for key in sorted(spec):
-        if spec[key] is None:
-            continue
-        lines.append("%s = %s\n" % (key, toml_value(spec[key])))
-    return "".join(lines)
+    return _toml.render_mount_spec(spec)
 
 
 def parse_mount_toml(text):
@@ -744,13 +728,23 @@ class Manager:
         # Config
         before_cfg = read_bytes(layout.config)
         before_text = before_cfg.decode("utf-8", "replace") if before_cfg is not None else ""
-        after_text = render_mount_toml(desired_spec(params)) if want_files else ""
+        after_text = ""
+        if want_files:
+            try:
+                after_text = render_mount_toml(desired_spec(params))
+            except _toml.TomlWriteError as exc:
+                if not self.check_mode:
+                    raise FuseError(str(exc))
+                # Check mode on a host not prepared yet (the obsctl role installs
+                # python3-tomlkit): predict a change instead of failing.
+                self.warn("%s; check mode predicts that the spec file changes" % exc)
+                after_text = None
         cfg_path = layout.host_path(layout.config)
         if want_files:
-            if before_cfg is None or before_text != after_text:
+            if before_cfg is None or after_text is None or before_text != after_text:
                 content_changed = True
                 self._act("write %s" % cfg_path)
-                self._write(layout.config, after_text.encode("utf-8"), CONFIG_MODE, 0o755)
+                self._write(layout.config, (after_text or "").encode("utf-8"), CONFIG_MODE, 0o755)
             elif file_mode(layout.config) != CONFIG_MODE:
                 self._act("chmod %o %s" % (CONFIG_MODE, cfg_path))
                 if not self.check_mode:
@@ -761,7 +755,8 @@ class Manager:
             self._remove(layout.config)
         self.diff.append({
             "before_header": cfg_path, "after_header": cfg_path,
-            "before": before_text, "after": after_text,
+            "before": before_text,
+            "after": after_text if after_text is not None else "(not rendered: tomlkit is missing here)\n",
         })
 
         # Credential + drop-in

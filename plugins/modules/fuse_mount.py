@@ -181,6 +181,7 @@ seealso:
 requirements:
   - systemd with C(systemd-creds) (systemd 250 or later)
   - the C(obsctl) program and the C(obsctl-mount@.service) unit template
+  - the Python library C(tomlkit) on the target (Debian C(python3-tomlkit), installed by the obsctl role)
 """
 
 EXAMPLES = r"""

@@ -1,13 +1,14 @@
 """``obsctl systemd install | uninstall | check``: mounts as systemd units without Ansible.
 
-The same files the Ansible roles write, rendered from the same templates
-(``templates/`` in the repository, shipped as ``obsctl/templates``):
+The same files the Ansible roles write: units from the same templates
+(``templates/`` in the repository, shipped as ``obsctl/templates``), TOML from
+the same writer (:mod:`obsctl.tomlio`, the roles' filter plugins):
 
 * ``/etc/systemd/system/obsctl-mount@.service``, ``obsctl-mount@.timer`` and
   ``obsctl-mount-check@.service`` (written when missing or when an earlier
   ``obsctl systemd install`` wrote them; unit files the obsctl role manages are
   left alone);
-* ``/etc/obsctl/mounts/NAME.toml`` (0640, no secret), from ``mount.toml.j2``;
+* ``/etc/obsctl/mounts/NAME.toml`` (0640, no secret), by ``tomlio.render_mount_spec``;
 * with credentials from ``env`` or ``stdin``: ``/etc/obsctl/credentials/NAME.cred``
   (0600, encrypted by ``systemd-creds encrypt --name=s3 -`` fed on stdin, the
   clear text never touches the disk) and the drop-in
@@ -15,7 +16,7 @@ The same files the Ansible roles write, rendered from the same templates
   ``LoadCredentialEncrypted=s3:...`` -- byte for byte what the fuse_mount
   module writes;
 * with ``--otel-endpoint``: ``/etc/obsctl/telemetry.d/NAME.toml`` (mode remote,
-  from ``telemetry.toml.j2``) named by the spec's ``telemetry_config``.
+  by ``tomlio.render_telemetry``) named by the spec's ``telemetry_config``.
 
 Then ``systemctl enable`` + ``start`` of ``obsctl-mount@NAME.service`` (start
 returns once obsctl sent READY=1, i.e. the mount answers) and of the timer
@@ -46,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from obsctl import tomlio
 from obsctl.fileutil import atomic_write, fsync_dir
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -64,7 +66,7 @@ UNIT_TEMPLATES = (
 CREDENTIAL_NAME = "s3"
 CONFIG_MODE, CREDENTIAL_MODE, UNIT_MODE = 0o640, 0o600, 0o644
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_MANAGED_HEADER = "# Managed by obsctl.observability: changes here are overwritten.\n"
+_MANAGED_HEADER = f"# {tomlio.MANAGED_HEADER}\n"
 
 #: The keys of the mount spec, as the fuse_mount module writes them.
 SPEC_KEYS = ("name", "source", "mountpoint", "impl", "endpoint", "region", "profile",
@@ -130,7 +132,7 @@ def templates_dir() -> Path:
         InstallError: the package was installed without its templates.
     """
     here = Path(__file__).resolve().parent / "templates"
-    if not (here / "mount.toml.j2").is_file():
+    if not (here / UNIT_TEMPLATES[0][1]).is_file():
         raise InstallError(f"{here}: the obsctl templates are missing (broken installation)")
     return here
 
@@ -391,8 +393,7 @@ def plan_install(args: argparse.Namespace, command: list[str]) -> tuple[dict[str
             raise ConfigError("--otel-protocol needs --otel-endpoint with obsctl systemd install")
         telemetry = {"mode": "remote", "otlp_endpoint": args.otel_endpoint,
                      "otlp_protocol": args.otel_protocol or "grpc", "service_name": "obsctl-mount"}
-        import tomllib
-        parse_telemetry(tomllib.loads(render("telemetry.toml.j2", telemetry=telemetry)), "--otel-endpoint")
+        parse_telemetry(tomlio.parse(tomlio.render_telemetry(telemetry)), "--otel-endpoint")
         spec = spec.model_copy(update={"telemetry_config": str(Layout(name).telemetry)})
     spec = spec.model_copy(update={"name": name})
     data = mount_spec_dict(spec)
@@ -417,8 +418,8 @@ def install(name: str, spec: dict[str, Any], creds: Any, telemetry: dict[str, An
         units_changed = _write_unit_templates(tx, layout, context)
         changed = False
         if telemetry is not None:
-            changed |= tx.write(layout.telemetry, render("telemetry.toml.j2", telemetry=telemetry), CONFIG_MODE)
-        changed |= tx.write(layout.spec, render("mount.toml.j2", mount=spec), CONFIG_MODE)
+            changed |= tx.write(layout.telemetry, tomlio.render_telemetry(telemetry), CONFIG_MODE)
+        changed |= tx.write(layout.spec, tomlio.render_mount_spec(spec), CONFIG_MODE)
         if creds is not None:
             changed |= _encrypt(tx, layout.credential, _credential_text(creds), run)
             units_changed |= tx.write(layout.dropin, dropin_text(layout), UNIT_MODE)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from obsctl import systemd_units as su
+from obsctl import tomlio
 from obsctl.cli import _parser
 from obsctl.config import parse_telemetry
 
@@ -64,13 +65,13 @@ def _args(*argv: str) -> argparse.Namespace:
 
 def test_templates_ship_with_the_package():
     names = {p.name for p in su.templates_dir().iterdir()}
-    assert {"mount.toml.j2", "telemetry.toml.j2", "obsctl-mount@.service.j2",
-            "obsctl-mount@.timer.j2", "obsctl-mount-check@.service.j2"} <= names
+    assert {"obsctl-mount@.service.j2", "obsctl-mount@.timer.j2", "obsctl-mount-check@.service.j2"} <= names
+    assert not {"mount.toml.j2", "telemetry.toml.j2"} & names, "TOML is written by obsctl.tomlio, not Jinja"
 
 
 @pytest.mark.parametrize("mode", ["none", "remote", "local"])
-def test_telemetry_template_passes_config_check(mode):
-    text = su.render("telemetry.toml.j2", telemetry={
+def test_telemetry_file_passes_config_check(mode):
+    text = tomlio.render_telemetry({
         "mode": mode, "otlp_endpoint": "http://127.0.0.1:4317", "attributes": {"a.b": 'q"uote'}})
     cfg = parse_telemetry(tomllib.loads(text))
     assert cfg.mode == mode

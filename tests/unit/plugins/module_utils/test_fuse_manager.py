@@ -344,3 +344,27 @@ def test_validation(host, tmp_path, overrides, message):
     assert message in err.value.msg
     assert "has space" not in err.value.msg
     assert host.mutating_calls() == []
+
+
+# -- tomlkit missing on the target --------------------------------------------
+
+
+def test_without_tomlkit_check_mode_predicts_and_apply_fails_clearly(host, tmp_path, monkeypatch):
+    """The spec is written by module_utils/_toml.py (tomlkit). On a host the obsctl
+    role has not prepared yet, check mode predicts a change with a warning; a
+    real run fails saying what to install, and changes nothing."""
+    from ansible_collections.obsctl.observability.plugins.module_utils import _toml
+
+    monkeypatch.setattr(_toml, "HAS_TOMLKIT", False)
+    monkeypatch.setattr(_toml, "TOMLKIT_IMPORT_ERROR", ImportError("No module named 'tomlkit'"))
+    warnings = []
+    manager = _fuse.Manager(params(tmp_path), run=host, check_mode=True, warn=warnings.append, root=host.root,
+                            mountinfo_path=host.mountinfo, sleep=lambda _s: None, stat_fn=host.stat)
+    before = snapshot(host)
+    result = manager.run_state()
+    assert result["changed"] is True
+    assert any("tomlkit" in w and "python3-tomlkit" in w for w in warnings)
+    assert snapshot(host) == before
+    with pytest.raises(_fuse.FuseError, match="python3-tomlkit"):
+        run(host, params(tmp_path))
+    assert snapshot(host) == before
