@@ -30,6 +30,7 @@ from typing import Any
 from obsctl import mounttable
 from obsctl.config import ConfigError, TelemetryConfig
 from obsctl.fileutil import atomic_write
+from obsctl.sources import kernel_source
 from obsctl.supervisor import generic_collectors, pid_running, state_file_path
 
 
@@ -85,6 +86,8 @@ class Sidecar:
                                                         "obsctl.sidecar": "true"})
         ins = self.telemetry.instruments
         self.proc_io, self.probe, collectors = generic_collectors(ins, self.mountpoint, self._pid)
+        kernel, self.sources = kernel_source(ins, self.impl, self.mountpoint, driver_log=False)
+        collectors.append(kernel)
         if self.rc_url:
             from obsctl.collectors.rclone_rc import RcloneRcCollector
 
@@ -127,6 +130,7 @@ class Sidecar:
             "driver_io": {"read_bytes": self.proc_io.read_bytes, "write_bytes": self.proc_io.write_bytes},
             "telemetry_mode": self.telemetry_cfg.mode,
             "last_export": self.telemetry.export_status.as_dict(),
+            "sources": self.sources.as_dict(),
         }
         os.makedirs(os.path.dirname(self.state_path), mode=0o750, exist_ok=True)
         atomic_write(self.state_path, json.dumps(state, indent=1) + "\n", 0o640)
