@@ -229,9 +229,9 @@ def test_rclone_kernel_counts_agree_with_log_counts(s3_server, bucket, mountpoin
     """The fallback and the cross-check at once: with OBSCTL_FUSE_TRACE=off
     obsctl runs rclone at debug level and rclone_log feeds obsctl_fs_ops
     (status says so); an independent kernel collector in this test counts the
-    same workload. Equal per opcode for open/create/read/write/flush/release/
-    unlink (rclone logs each of those once per request); lookup and getattr
-    within 20 %, see docs/metrics.md."""
+    same workload. Equal per opcode for lookup/open/create/read/write/flush/
+    release/unlink (rclone logs each of those once per request); getattr
+    bounded as below (docs/metrics.md)."""
     require_driver("rclone")
     env = dict(env, OBSCTL_FUSE_TRACE="off")
     tel = telemetry_toml(export_interval_seconds=1)
@@ -259,10 +259,12 @@ def test_rclone_kernel_counts_agree_with_log_counts(s3_server, bucket, mountpoin
     after = ops(otlp, **attrs)
     log = {op: after.get(op, 0) - before.get(op, 0) for op in after}
     log["unlink"] = log.pop("remove", 0)  # rclone's Remove serves FUSE_UNLINK (and RMDIR)
-    for op in ("open", "create", "read", "write", "flush", "release", "unlink"):
+    for op in ("lookup", "open", "create", "read", "write", "flush", "release", "unlink"):
         assert kernel.get(op, 0) == log.get(op, 0), (op, kernel, log)
-    for op in ("lookup", "getattr"):
-        assert abs(kernel.get(op, 0) - log.get(op, 0)) <= max(2, 0.2 * kernel.get(op, 0)), (op, kernel, log)
+    # rclone (bazil.org/fuse) logs an Attr for every GETATTR and also for the
+    # attributes of each successful LOOKUP reply: kernel getattr <= log
+    # getattr <= kernel getattr + kernel lookups (measured: 6, 9 = 6 + 3 hits)
+    assert kernel["getattr"] <= log["getattr"] <= kernel["getattr"] + kernel["lookup"], (kernel, log)
     assert m.stop(30) == 0
 
 
