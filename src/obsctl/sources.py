@@ -86,6 +86,8 @@ class SourceTable:
         self.kernel_level = kernel_level
         self.kernel_stats = kernel_stats
         self.driver_log = driver_log
+        #: the kernel collector feeding this table (set by :func:`kernel_source`)
+        self.kernel: Any = None
 
     def owner(self, quantity: str) -> str | None:
         """``kernel``, the driver log's name, or None (not available)."""
@@ -129,6 +131,7 @@ def kernel_source(instruments: Any, impl: str, mountpoint: str, driver_log: bool
 
     collector = FuseTraceCollector(instruments, mountpoint)
     table = SourceTable(impl, lambda: collector.support.level, collector.stats, driver_log=driver_log)
+    table.kernel = collector
     return collector, table
 
 

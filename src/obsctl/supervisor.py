@@ -593,6 +593,7 @@ class Supervisor:
             raise MountError(f"telemetry could not start: {self._telemetry_error}")
         ensure_fusectl()
         self._attach_collectors()
+        self.sources.kernel.poll()  # trace from the first request after READY
         self.state = "ready"
         ready_s = self.ready_at - spawned / 1e9
         self._span("mount", spawned, {"obsctl.mount.ready_seconds": ready_s})

@@ -300,6 +300,7 @@ class FuseTraceCollector(PollingCollector):
         self._calm = 0
         self._rest = b""
         self._pending: OrderedDict[bytes, tuple[str, int, int]] = OrderedDict()
+        self._labels: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -472,9 +473,16 @@ class FuseTraceCollector(PollingCollector):
             ins.record_fs_op(opcode_label(name.decode()), n=n)
 
     def _full(self, data: bytes) -> None:
-        ins = self.instruments
+        """Parse every line; counts, bytes and errors are summed per chunk and
+        added once per label set (one SDK call instead of one per event);
+        each latency is one histogram record."""
         pending = self._pending
         paired = self.support.level == "paired"
+        ops: dict[str, int] = {}
+        errors: dict[str, int] = {}
+        read_bytes = write_bytes = 0
+        record = self.instruments.fs_latency_ms.record
+        labels = self._labels
         for m in _LINE.finditer(data):
             self.events += 1
             name = m.group(5)
@@ -484,7 +492,7 @@ class FuseTraceCollector(PollingCollector):
                 if paired and req == b"0":
                     paired = self._unpair()
                 if not paired:
-                    ins.record_fs_op(opcode)
+                    ops[opcode] = ops.get(opcode, 0) + 1
                     continue
                 pending[req] = (opcode, int(m.group(1)) * 1_000_000 + int(m.group(2)), int(m.group(6)))
                 if len(pending) > self.max_pending:
@@ -496,23 +504,33 @@ class FuseTraceCollector(PollingCollector):
                 if error < 0:
                     label = errno_label(error)
                     if label not in _AMBIGUOUS:
-                        ins.add_error(label)
+                        errors[label] = errors.get(label, 0) + 1
                 continue
             sent = pending.pop(m.group(8), None)
             if sent is None:
                 self.unmatched += 1
                 continue
             opcode, t_send, send_len = sent
-            t_end = int(m.group(1)) * 1_000_000 + int(m.group(2))
-            ins.record_fs_op(opcode, (t_end - t_send) / 1000.0)
+            ops[opcode] = ops.get(opcode, 0) + 1
+            attrs = labels.get(opcode)
+            if attrs is None:
+                attrs = labels[opcode] = {"opcode": opcode, **self.instruments.attrs.base()}
+            record((int(m.group(1)) * 1_000_000 + int(m.group(2)) - t_send) / 1000.0, attrs)
             if error < 0:
                 label = errno_label(error)
                 if is_failure(opcode, label):
-                    ins.add_error(label)
+                    errors[label] = errors.get(label, 0) + 1
             elif opcode == "read":
-                ins.add_read_bytes(int(m.group(9)) - REPLY_HEADER)
+                read_bytes += int(m.group(9)) - REPLY_HEADER
             elif opcode == "write":
-                ins.add_write_bytes(send_len - WRITE_OVERHEAD)
+                write_bytes += send_len - WRITE_OVERHEAD
+        ins = self.instruments
+        for opcode, n in ops.items():
+            ins.record_fs_op(opcode, n=n)
+        for label, n in errors.items():
+            ins.add_error(label, n)
+        ins.add_read_bytes(read_bytes)
+        ins.add_write_bytes(write_bytes)
 
     def _unpair(self) -> bool:
         if self.support.level == "paired":
