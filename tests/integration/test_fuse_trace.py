@@ -131,7 +131,8 @@ def test_bindfs_kernel_numbers(tmp_path, mountpoint, runtime_dir, otlp, telemetr
     attrs = {"impl": "generic"}
     wait_until(lambda: (errors(otlp, **attrs).get("eacces", 0) >= 1
                         and errors(otlp, **attrs).get("enoent", 0) >= 1), 15, "eacces and enoent exported")
-    wait_until(lambda: all(ops(otlp, **attrs).get(op, 0) >= 1 for op in OPCODES), 15, lambda: f"ops {OPCODES}: {ops(otlp, **attrs)}")
+    wait_until(lambda: all(ops(otlp, **attrs).get(op, 0) >= 1 for op in OPCODES), 15,
+               lambda: f"ops {OPCODES}: {ops(otlp, **attrs)}")
     lat = latency(otlp, **attrs)
     for op in OPCODES:
         assert lat[op][0] >= 1 and lat[op][1] > 0, (op, lat)
@@ -279,7 +280,8 @@ def test_rclone_runs_without_debug_log_when_the_kernel_feeds(s3_server, bucket, 
     assert driver_cmd[driver_cmd.index("--log-level") + 1] == "INFO"
     moved = workload(mountpoint, "data-a.bin", 50_000)
     attrs = {"impl": "rclone", "bucket": bucket}
-    wait_until(lambda: all(ops(otlp, **attrs).get(op, 0) >= 1 for op in OPCODES), 20, lambda: f"ops {OPCODES}: {ops(otlp, **attrs)}")
+    wait_until(lambda: all(ops(otlp, **attrs).get(op, 0) >= 1 for op in OPCODES), 20,
+               lambda: f"ops {OPCODES}: {ops(otlp, **attrs)}")
     wait_until(lambda: otlp.latest("obsctl_fs_write_bytes", **attrs) == moved["write"], 10, "write bytes")
     assert my_status(env, mountpoint)["sources"]["fs_latency"] == "kernel"
     assert m.stop(30) == 0
