@@ -185,3 +185,16 @@ def test_histogram_buckets_are_the_shared_ones():
     col.feed_chunk((FIXTURES / "bindfs-6.18.txt").read_bytes())
     hist = [m for m, _l, _v in data_points(reader, "obsctl_fs_latency_ms")]
     assert hist
+
+
+def test_kernel_overrun_is_counted_as_lost_and_degrades(tmp_path):
+    """The per_cpu/cpuN/stats format of this kernel's instances (``overrun: N``)."""
+    reader, col = collector(PAIRED)
+    for cpu, overrun in (("cpu0", 7), ("cpu1", 5)):
+        (tmp_path / "per_cpu" / cpu).mkdir(parents=True)
+        (tmp_path / "per_cpu" / cpu / "stats").write_text(
+            f"entries: 0\noverrun: {overrun}\ncommit overrun: 0\nbytes: 0\n"
+            "oldest event ts:     0.000000\nnow ts:   227.120668\ndropped events: 0\nread events: 10\n")
+    col.instance = str(tmp_path)
+    col._read_lost()
+    assert col.lost == 12 and col.degraded
