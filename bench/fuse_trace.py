@@ -2,7 +2,7 @@
 
 Run as root from the venv that has obsctl, moto[server] and boto3 (< 2 min)::
 
-    sudo .venv/bin/python bench/fuse_trace.py [--files 2000] [--read-mib 128] [--runs 3]
+    sudo .venv/bin/python bench/fuse_trace.py [--files 1500] [--read-mib 128] [--runs 2]
 
 Part 1, the kernel collector (collectors/fuse_trace). For bindfs (a local
 directory) and s3fs (a moto_server bucket on 127.0.0.1) it mounts the bare
@@ -233,13 +233,13 @@ def bench_rclone_log(endpoint: str, bucket: str, keys: tuple[str, str], work_dir
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--collector", help=argparse.SUPPRESS)
-    ap.add_argument("--files", type=int, default=2000)
+    ap.add_argument("--files", type=int, default=1500)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--read-mib", type=int, default=128)
-    ap.add_argument("--s3fs-files", type=int, default=100)
+    ap.add_argument("--s3fs-files", type=int, default=50)
     ap.add_argument("--s3fs-read-mib", type=int, default=16)
-    ap.add_argument("--rclone-files", type=int, default=150)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rclone-files", type=int, default=100)
+    ap.add_argument("--runs", type=int, default=2)
     args = ap.parse_args()
     if args.collector:
         collector_main(args.collector)
