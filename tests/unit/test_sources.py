@@ -66,3 +66,23 @@ def test_generic_has_no_driver_source():
     assert {table.owner(q) for q in ("fs_ops", "fs_latency", "fs_bytes", "fs_errors")} == {None}
     sidecar = SourceTable("rclone", lambda: "none", driver_log=False)
     assert sidecar.owner("fs_ops") is None
+
+
+def _rclone_log_level():
+    from obsctl.config import build_mount_spec
+    from obsctl.drivers.rclone import RcloneDriver
+
+    driver = RcloneDriver()
+    driver.listen = False
+    plan = driver.plan(build_mount_spec({"source": "s3://b", "mountpoint": "/mnt/x", "impl": "rclone"}), None)
+    return plan.argv[plan.argv.index("--log-level") + 1]
+
+
+def test_rclone_debug_log_only_when_the_kernel_cannot_give_everything(monkeypatch):
+    from obsctl.collectors.fuse_trace import detect_support
+
+    monkeypatch.setenv("OBSCTL_FUSE_TRACE", "off")
+    assert _rclone_log_level() == "DEBUG"
+    monkeypatch.delenv("OBSCTL_FUSE_TRACE")
+    expected = "INFO" if detect_support().level == "paired" else "DEBUG"
+    assert _rclone_log_level() == expected
