@@ -74,7 +74,7 @@ def _rclone_log_level():
 
     driver = RcloneDriver()
     driver.listen = False
-    plan = driver.plan(build_mount_spec({"source": "s3://b", "mountpoint": "/mnt/x", "impl": "rclone"}), None)
+    plan = driver.plan(build_mount_spec({"source": "s3://bucket", "mountpoint": "/mnt/x", "impl": "rclone"}), None)
     return plan.argv[plan.argv.index("--log-level") + 1]
 
 
