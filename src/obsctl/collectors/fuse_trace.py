@@ -185,8 +185,11 @@ def ensure_tracefs(tracefs: str = DEFAULT_TRACEFS) -> bool:
         return True
     if tracefs != DEFAULT_TRACEFS or not os.path.isdir(tracefs):
         return False
-    subprocess.run(["mount", "-t", "tracefs", "nodev", tracefs], stdin=subprocess.DEVNULL,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    try:
+        subprocess.run(["mount", "-t", "tracefs", "nodev", tracefs], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
     return os.path.isdir(os.path.join(tracefs, "events"))
 
 
