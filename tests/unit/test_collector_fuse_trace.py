@@ -23,6 +23,7 @@ from support.metrics import data_points, in_memory
 from support.metrics import points as metric_points
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fuse_trace"
+DEFAULT_TRACEFS_EVENTS = os.path.join(fuse_trace.DEFAULT_TRACEFS, "events")
 ATTRS = MountAttributes(bucket="", impl="generic", mountpoint="/mnt/fixture")
 PAIRED = KernelSupport("paired", "test", "/nonexistent")
 UNPAIRED = KernelSupport("unpaired", "test", "/nonexistent")
@@ -198,3 +199,29 @@ def test_kernel_overrun_is_counted_as_lost_and_degrades(tmp_path):
     col.instance = str(tmp_path)
     col._read_lost()
     assert col.lost == 12 and col.degraded
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.isdir(DEFAULT_TRACEFS_EVENTS),
+                    reason="needs root and a mounted tracefs to drop to an unprivileged user")
+def test_unprivileged_obsctl_gets_one_warning_and_no_failure():
+    """The real tracefs as user nobody: detection says why, the collector warns
+    once and records nothing; nothing raises."""
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.WARNING, stream=sys.stderr)\n"
+        "from obsctl.collectors.fuse_trace import FuseTraceCollector\n"
+        "from obsctl.instruments import MountAttributes\n"
+        "from support.metrics import in_memory\n"
+        "for _ in range(3):\n"
+        "    reader, ins = in_memory(MountAttributes('', 'generic', '/'))\n"
+        "    col = FuseTraceCollector(ins, '/')\n"
+        "    col.poll(); col.close()\n"
+        "print(col.support.level, col.support.reason)\n")
+    tests_dir = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=tests_dir)
+    env.pop("OBSCTL_FUSE_TRACE", None)
+    proc = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                           sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("none no permission"), proc.stdout
+    assert proc.stderr.count("kernel FUSE events unavailable") == 1, proc.stderr

@@ -208,6 +208,9 @@ def detect_support(tracefs: str = DEFAULT_TRACEFS, release: str | None = None,
     if disabled:
         return KernelSupport("none", "disabled by OBSCTL_FUSE_TRACE", tracefs)
     release = release or os.uname().release
+    if os.path.isdir(tracefs) and not os.access(tracefs, os.R_OK | os.X_OK):
+        return KernelSupport("none", f"no permission to read tracefs at {tracefs} (obsctl must run as root)",
+                             tracefs)
     if not ensure_tracefs(tracefs):
         return KernelSupport("none", f"tracefs is not mounted at {tracefs} and could not be mounted "
                              "(needs root: mount -t tracefs nodev /sys/kernel/tracing)", tracefs)
