@@ -9,8 +9,11 @@ restarting or unmounting anything. What it can see:
 * rclone started with ``--rc``: core/stats, vfs/stats and /metrics through
   ``--rc-url`` (credentials from RCLONE_RC_USER / RCLONE_RC_PASS, as rclone
   itself reads them);
-* not the driver's log (it belongs to whoever started the driver), so no
-  per-operation FUSE latency or byte counts.
+* every driver, from the kernel (Linux 6.18+, collectors/fuse_trace): FUSE
+  operations, their latency, errors by errno and read/write bytes, as deep
+  as for obsctl's own mounts;
+* not the driver's log (it belongs to whoever started the driver), so on
+  older kernels no per-operation FUSE latency or byte counts.
 
 It runs until SIGTERM/SIGINT (exit 0) or until the observed process exits
 (exit 1, after the final export); it writes a state file like ``obsctl
