@@ -241,6 +241,9 @@ def _pid_alive(pid: int) -> bool:
 def remove_stale_instances(tracefs: str = DEFAULT_TRACEFS) -> list[str]:
     """Remove ``instances/obsctl-<pid>-<conn>`` whose obsctl ``pid`` is gone (a crash).
 
+    The kernel refuses (EBUSY) to remove an instance whose trace_pipe is
+    open, so an instance of a live obsctl whose pid is not visible here (an
+    obsctl in another pid namespace, e.g. a container) is never removed.
     Returns the names removed. Never raises.
     """
     removed = []
