@@ -148,22 +148,24 @@ class Instruments:
             self.fs_write_bytes.add(n, self.attrs.with_mountpoint())
             self._count("obsctl_fs_write_bytes", n)
 
-    def record_fs_op(self, opcode: str, latency_ms: float | None = None) -> None:
-        """Count one FUSE operation; record its latency when known.
+    def record_fs_op(self, opcode: str, latency_ms: float | None = None, n: int = 1) -> None:
+        """Count ``n`` FUSE operations (default one); record a latency when known.
 
         Args:
             opcode: lower-case FUSE operation: ``read``, ``write``, ``lookup``,
                 ``open``, ``getattr``, ``readdir``, ``flush``, ``release`` ...
-            latency_ms: time from the driver's entry to its exit log line.
+            latency_ms: time from the driver's entry to its exit log line (or
+                from the kernel's send to end event), for one operation.
+            n: operations counted at once (the kernel collector's counting mode).
         """
         labels = {"opcode": opcode, **self.attrs.base()}
-        self.fs_ops.add(1, labels)
-        self._count("obsctl_fs_ops", 1)
+        self.fs_ops.add(n, labels)
+        self._count("obsctl_fs_ops", n)
         timed = latency_ms is not None and latency_ms >= 0
         if timed:
             self.fs_latency_ms.record(latency_ms, labels)
         with self._live_lock:
-            self.ops_by_opcode[opcode] = self.ops_by_opcode.get(opcode, 0) + 1
+            self.ops_by_opcode[opcode] = self.ops_by_opcode.get(opcode, 0) + n
             if timed:
                 buckets = self.latency_buckets.get(opcode)
                 if buckets is None:

@@ -9,8 +9,11 @@ restarting or unmounting anything. What it can see:
 * rclone started with ``--rc``: core/stats, vfs/stats and /metrics through
   ``--rc-url`` (credentials from RCLONE_RC_USER / RCLONE_RC_PASS, as rclone
   itself reads them);
-* not the driver's log (it belongs to whoever started the driver), so no
-  per-operation FUSE latency or byte counts.
+* every driver, from the kernel (Linux 6.18+, collectors/fuse_trace): FUSE
+  operations, their latency, errors by errno and read/write bytes, as deep
+  as for obsctl's own mounts;
+* not the driver's log (it belongs to whoever started the driver), so on
+  older kernels no per-operation FUSE latency or byte counts.
 
 It runs until SIGTERM/SIGINT (exit 0) or until the observed process exits
 (exit 1, after the final export); it writes a state file like ``obsctl
@@ -30,6 +33,7 @@ from typing import Any
 from obsctl import mounttable
 from obsctl.config import ConfigError, TelemetryConfig
 from obsctl.fileutil import atomic_write
+from obsctl.sources import kernel_source
 from obsctl.supervisor import generic_collectors, pid_running, state_file_path
 
 
@@ -85,6 +89,8 @@ class Sidecar:
                                                         "obsctl.sidecar": "true"})
         ins = self.telemetry.instruments
         self.proc_io, self.probe, collectors = generic_collectors(ins, self.mountpoint, self._pid)
+        kernel, self.sources = kernel_source(ins, self.impl, self.mountpoint, driver_log=False)
+        collectors.append(kernel)
         if self.rc_url:
             from obsctl.collectors.rclone_rc import RcloneRcCollector
 
@@ -128,6 +134,7 @@ class Sidecar:
             "telemetry_mode": self.telemetry_cfg.mode,
             "last_export": self.telemetry.export_status.as_dict(),
             "live": self.telemetry.instruments.live(),
+            "sources": self.sources.as_dict(),
         }
         os.makedirs(os.path.dirname(self.state_path), mode=0o750, exist_ok=True)
         atomic_write(self.state_path, json.dumps(state, indent=1) + "\n", 0o640)

@@ -47,6 +47,7 @@ from obsctl.credentials import Credentials
 from obsctl.drivers import Driver, LaunchPlan
 from obsctl.redact import redact
 from obsctl.fileutil import atomic_write
+from obsctl.sources import kernel_source
 
 log = logging.getLogger("obsctl")
 
@@ -461,6 +462,8 @@ class Supervisor:
             self.telemetry = Telemetry(self.telemetry_cfg, attrs, resource_attributes=extra)
             self.proc_io, self.probe, self.generic_polling = generic_collectors(
                 self.telemetry.instruments, self.spec.mountpoint, self._driver_pid)
+            kernel, self.sources = kernel_source(self.telemetry.instruments, self.driver.name, self.spec.mountpoint)
+            self.generic_polling.append(kernel)
         except BaseException as exc:  # reported by the main thread
             self._telemetry_error = exc
         finally:
@@ -473,7 +476,7 @@ class Supervisor:
             if old not in self.generic_polling:
                 old.close()
         self.polling = list(self.generic_polling) + self.driver.polling_collectors(ins, self.plan)
-        self.pump.attach([c.feed for c in self.driver.log_collectors(ins, self.plan)])
+        self.pump.attach([c.feed for c in self.driver.log_collectors(self.sources.driver_view(ins), self.plan)])
 
     def _driver_pid(self) -> int | None:
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
@@ -526,6 +529,7 @@ class Supervisor:
             "telemetry_mode": self.telemetry_cfg.mode,
             "last_export": self.telemetry.export_status.as_dict() if self.telemetry else None,
             "live": self.telemetry.instruments.live() if self.telemetry else None,
+            "sources": self.sources.as_dict() if getattr(self, "sources", None) else None,
         }
 
     def _write_state(self) -> None:
@@ -591,6 +595,7 @@ class Supervisor:
             raise MountError(f"telemetry could not start: {self._telemetry_error}")
         ensure_fusectl()
         self._attach_collectors()
+        self.sources.kernel.poll()  # trace from the first request after READY
         self.state = "ready"
         ready_s = self.ready_at - spawned / 1e9
         self._span("mount", spawned, {"obsctl.mount.ready_seconds": ready_s})

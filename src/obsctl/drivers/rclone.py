@@ -8,7 +8,10 @@ also travel only in the environment (``RCLONE_RC_USER``, ``RCLONE_RC_PASS``).
 
 Logging: ``--use-json-log --log-level DEBUG`` makes rclone log every FUSE
 operation on entry and exit, which :class:`~obsctl.collectors.rclone_log.
-RcloneLogCollector` pairs into per-operation latency and byte counts.
+RcloneLogCollector` pairs into per-operation latency and byte counts. When
+the kernel gives all of those (:func:`obsctl.sources.kernel_complete`, Linux
+6.18+) rclone runs at ``INFO`` instead: its other sources (rc API, errors in
+the log) need no more, and debug logging costs rclone CPU (bench/fuse_trace.py).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import subprocess
 
 from obsctl.drivers import Driver, LaunchPlan, OptionRule, split_option
 from obsctl.redact import redact
+from obsctl.sources import kernel_complete
 
 REMOTE = "obsctl"
 #: Backend flag prefixes of rclone 1.60 other than s3 (docs/content/flags.md, "Backend Flags").
@@ -126,7 +130,7 @@ class RcloneDriver(Driver):
             hidden += creds.secrets()
         remote = f"{REMOTE}:{bucket}" + (f"/{prefix}" if prefix else "")
         argv = [self.binary, "mount", remote, spec.mountpoint, "--config", "",
-                "--use-json-log", "--log-level", "DEBUG"]
+                "--use-json-log", "--log-level", "INFO" if kernel_complete() else "DEBUG"]
         extras: dict = {}
         if self.listen:
             rc_port = free_loopback_port()

@@ -1,0 +1,174 @@
+"""Which source feeds which metric of a mount: one source per metric (DESIGN section 4).
+
+The FUSE-level numbers can come from the kernel (:mod:`obsctl.collectors.
+fuse_trace`) or from a driver's log (:mod:`obsctl.collectors.rclone_log`,
+:mod:`obsctl.collectors.s3fs_log`). Both recording the same operation would
+count it twice, so each *quantity* below has one owner per mount, chosen in
+this order of preference: the kernel when it can give the quantity, else the
+driver's log when it has it, else nothing.
+
+Quantities (metric names as Prometheus shows them):
+
+* ``fs_ops``: ``obsctl_fs_ops_total``
+* ``fs_latency``: ``obsctl_fs_latency_ms``
+* ``fs_bytes``: ``obsctl_fs_read_bytes_total`` and ``obsctl_fs_write_bytes_total``
+* ``fs_errors``: ``obsctl_errors_total`` with an errno ``error_type``
+  (``enoent``, ``eacces``, ``eio`` ...): what a FUSE request answered
+
+What the kernel gives by :class:`~obsctl.collectors.fuse_trace.KernelSupport`
+level: ``paired`` (6.18+) all four; ``unpaired`` (6.12-6.17) ``fs_ops`` and
+``fs_errors``; ``none`` nothing. The level is read at every decision, so a
+kernel found unpaired at run time hands latency and bytes back to the driver
+log at once.
+
+Other error types (``http_403`` from s3fs's curl log or rclone's /metrics,
+``rclone_error``, ``driver_exit`` ...) are another layer's view of a failure
+and always come from their own source. The table (with the kernel collector's
+own counters) is in ``obsctl status --json`` under ``sources``.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any, Callable
+
+#: Quantity -> the metrics it covers (for status and docs).
+QUANTITIES: dict[str, tuple[str, ...]] = {
+    "fs_ops": ("obsctl_fs_ops_total",),
+    "fs_latency": ("obsctl_fs_latency_ms",),
+    "fs_bytes": ("obsctl_fs_read_bytes_total", "obsctl_fs_write_bytes_total"),
+    "fs_errors": ("obsctl_errors_total{error_type=<errno>}",),
+}
+
+#: Kernel support level -> the quantities the kernel source gives.
+KERNEL_GIVES: dict[str, frozenset[str]] = {
+    "paired": frozenset(QUANTITIES),
+    "unpaired": frozenset({"fs_ops", "fs_errors"}),
+    "none": frozenset(),
+}
+
+#: Driver (impl) -> (its log source name, the quantities that log gives).
+DRIVER_GIVES: dict[str, tuple[str, frozenset[str]]] = {
+    "rclone": ("rclone_log", frozenset(QUANTITIES)),
+    # s3fs logs FUSE callbacks once at entry (no latency); read/write sizes at dbglevel=dbg only
+    "s3fs": ("s3fs_log", frozenset({"fs_ops", "fs_bytes"})),
+}
+
+#: Lower-case errno names: an ``error_type`` among them is a FUSE answer (``fs_errors``).
+ERRNO_NAMES = frozenset(name.lower() for name in errno.errorcode.values())
+
+KERNEL = "kernel"
+
+
+def kernel_complete() -> bool:
+    """True when the kernel source gives every FUSE quantity on this host (paired, 6.18+).
+
+    Used by drivers to drop the debug logging they need only for FUSE numbers.
+    """
+    from obsctl.collectors.fuse_trace import detect_support
+
+    return detect_support().level == "paired"
+
+
+class SourceTable:
+    """The owner of each quantity for one mount.
+
+    Args:
+        impl: the driver name (``rclone``, ``s3fs``, ``generic`` ...).
+        kernel_level: returns the kernel collector's current support level
+            (``paired`` / ``unpaired`` / ``none``).
+        kernel_stats: returns the kernel collector's counters for status, or None.
+    """
+
+    def __init__(self, impl: str, kernel_level: Callable[[], str],
+                 kernel_stats: Callable[[], dict | None] = lambda: None, driver_log: bool = True) -> None:
+        self.impl = impl
+        self.kernel_level = kernel_level
+        self.kernel_stats = kernel_stats
+        self.driver_log = driver_log
+        #: the kernel collector feeding this table (set by :func:`kernel_source`)
+        self.kernel: Any = None
+
+    def owner(self, quantity: str) -> str | None:
+        """``kernel``, the driver log's name, or None (not available)."""
+        if quantity in KERNEL_GIVES.get(self.kernel_level(), frozenset()):
+            return KERNEL
+        log_source, gives = DRIVER_GIVES.get(self.impl, ("", frozenset()))
+        return log_source if self.driver_log and quantity in gives else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"kernel": level, "fs_ops": owner, ..., "kernel_trace": counters}`` for ``obsctl status --json``."""
+        out: dict[str, Any] = {"kernel": self.kernel_level()}
+        out.update({quantity: self.owner(quantity) for quantity in QUANTITIES})
+        out["kernel_trace"] = self.kernel_stats()
+        return out
+
+    def view(self, instruments: Any, source: str) -> "SourceView":
+        """``instruments`` as seen by ``source``: records of quantities it does not own are dropped."""
+        return SourceView(instruments, self, source)
+
+    def driver_view(self, instruments: Any) -> Any:
+        """The instruments for the driver's log collectors (:meth:`view` of its log source)."""
+        log_source = DRIVER_GIVES.get(self.impl, ("",))[0]
+        return self.view(instruments, log_source) if log_source else instruments
+
+
+def kernel_source(instruments: Any, impl: str, mountpoint: str, driver_log: bool = True) -> tuple[Any, SourceTable]:
+    """The kernel collector of a mount and its source table.
+
+    Args:
+        instruments: the mount's :class:`~obsctl.instruments.Instruments`.
+        impl: driver name.
+        mountpoint: the mount's absolute path.
+        driver_log: False when nobody reads the driver's log (``obsctl sidecar``).
+
+    Returns:
+        ``(FuseTraceCollector, SourceTable)``; the collector is a polling
+        collector (poll it with the others, close it at shutdown). On a host
+        without kernel support it records nothing and warned once.
+    """
+    from obsctl.collectors.fuse_trace import FuseTraceCollector
+
+    collector = FuseTraceCollector(instruments, mountpoint)
+    table = SourceTable(impl, lambda: collector.support.level, collector.stats, driver_log=driver_log)
+    table.kernel = collector
+    return collector, table
+
+
+class SourceView:
+    """An :class:`~obsctl.instruments.Instruments` that records only what its source owns.
+
+    Everything but the FUSE-level recording methods is passed through.
+    """
+
+    def __init__(self, instruments: Any, table: SourceTable, source: str) -> None:
+        self._ins = instruments
+        self._table = table
+        self._source = source
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ins, name)
+
+    def _owns(self, quantity: str) -> bool:
+        return self._table.owner(quantity) == self._source
+
+    def record_fs_op(self, opcode: str, latency_ms: float | None = None, n: int = 1) -> None:
+        """Count and/or time an operation, each only if this source owns it."""
+        count = self._owns("fs_ops")
+        timed = latency_ms is not None and self._owns("fs_latency")
+        if count:
+            self._ins.record_fs_op(opcode, latency_ms if timed else None, n=n)
+        elif timed and latency_ms >= 0:
+            self._ins.fs_latency_ms.record(latency_ms, {"opcode": opcode, **self._ins.attrs.base()})
+
+    def add_read_bytes(self, n: int) -> None:
+        if self._owns("fs_bytes"):
+            self._ins.add_read_bytes(n)
+
+    def add_write_bytes(self, n: int) -> None:
+        if self._owns("fs_bytes"):
+            self._ins.add_write_bytes(n)
+
+    def add_error(self, error_type: str, n: int = 1) -> None:
+        if error_type not in ERRNO_NAMES or self._owns("fs_errors"):
+            self._ins.add_error(error_type, n)

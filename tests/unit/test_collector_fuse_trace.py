@@ -1,0 +1,227 @@
+"""FuseTraceCollector over real trace_pipe captures (tests/fixtures/fuse_trace/).
+
+bindfs-6.18.txt was captured on this machine's kernel by
+tests/fixtures/fuse_trace/capture.sh: stat of a missing name, cat of a 6-byte
+file, a 300000-byte write and read, chmod 000, an EACCES open, rm, ls.
+bindfs-6.12-unpaired.txt is the same with ``req 0`` on every send line.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from obsctl.collectors import fuse_trace
+from obsctl.collectors.fuse_trace import (FuseTraceCollector, KernelSupport, detect_support, errno_label,
+                                          kernel_pairs, opcode_label, remove_stale_instances)
+from obsctl.instruments import MountAttributes
+from support.metrics import data_points, in_memory
+from support.metrics import points as metric_points
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fuse_trace"
+DEFAULT_TRACEFS_EVENTS = os.path.join(fuse_trace.DEFAULT_TRACEFS, "events")
+ATTRS = MountAttributes(bucket="", impl="generic", mountpoint="/mnt/fixture")
+PAIRED = KernelSupport("paired", "test", "/nonexistent")
+UNPAIRED = KernelSupport("unpaired", "test", "/nonexistent")
+#: Opcodes of the capture, counted with grep -o '(FUSE_[A-Z]*)' | sort | uniq -c.
+OPS = {"create": 1, "flush": 1, "getattr": 6, "getxattr": 73, "lookup": 3, "open": 3, "opendir": 1,
+       "read": 4, "readdir": 2, "release": 3, "releasedir": 1, "setattr": 1, "unlink": 1, "write": 74}
+#: 6 bytes of "hello\n" + 300000 bytes.
+READ_BYTES = 300006
+WRITE_BYTES = 300000
+
+
+def collector(support, **kwargs):
+    reader, ins = in_memory(ATTRS)
+    return reader, FuseTraceCollector(ins, "/mnt/fixture", tracefs="/nonexistent", support=support, **kwargs)
+
+
+def summary(reader):
+    pts = metric_points(reader, ATTRS)
+    ops = {dict(k[1])["opcode"]: v for k, v in pts.items() if k[0] == "obsctl_fs_ops"}
+    lat = {dict(k[1])["opcode"]: v for k, v in pts.items() if k[0] == "obsctl_fs_latency_ms"}
+    errors = {dict(k[1])["error_type"]: v for k, v in pts.items() if k[0] == "obsctl_errors"}
+    read = pts.get(("obsctl_fs_read_bytes", frozenset()), 0)
+    write = pts.get(("obsctl_fs_write_bytes", frozenset()), 0)
+    return ops, lat, errors, read, write
+
+
+def test_paired_capture_gives_ops_latency_bytes_errors():
+    reader, col = collector(PAIRED)
+    col.feed_chunk((FIXTURES / "bindfs-6.18.txt").read_bytes())
+    ops, lat, errors, read, write = summary(reader)
+    assert ops == OPS
+    assert {op: count for op, (count, _sum) in lat.items()} == OPS
+    assert all(total > 0 for _count, total in lat.values())
+    # ENOENT of LOOKUP, ENOSYS of FLUSH and ENODATA of GETXATTR are protocol answers
+    assert errors == {"eacces": 1}
+    assert (read, write) == (READ_BYTES, WRITE_BYTES)
+    assert col.pending == 0 and col.unmatched == 0 and col.events == 348
+
+
+def test_latency_is_end_minus_send_in_ms():
+    reader, col = collector(PAIRED)
+    col.feed_chunk(b"  stat-1 [000] ...1.   10.000100: fuse_request_send: connection 40 req 4 opcode 3 "
+                   b"(FUSE_GETATTR) len 56 \n"
+                   b"  bindfs-2 [001] .....   10.002600: fuse_request_end: connection 40 req 4 len 120 error 0\n")
+    _ops, lat, *_ = summary(reader)
+    assert lat == {"getattr": (1, pytest.approx(2.5))}
+
+
+@pytest.mark.parametrize("size", [1, 7, 100, 4096])
+def test_lines_split_across_chunks(size):
+    data = (FIXTURES / "bindfs-6.18.txt").read_bytes()
+    reader, col = collector(PAIRED)
+    for i in range(0, len(data), size):
+        col.feed_chunk(data[i:i + size])
+    assert summary(reader)[0] == OPS
+    assert summary(reader)[3:] == (READ_BYTES, WRITE_BYTES)
+
+
+def test_unpaired_kernel_counts_and_errors_only():
+    reader, col = collector(UNPAIRED)
+    col.feed_chunk((FIXTURES / "bindfs-6.12-unpaired.txt").read_bytes())
+    ops, lat, errors, read, write = summary(reader)
+    assert ops == OPS and lat == {}
+    assert errors == {"eacces": 1}
+    assert (read, write) == (0, 0)
+
+
+def test_req_0_seen_at_run_time_switches_to_unpaired():
+    reader, col = collector(PAIRED)
+    col.feed_chunk((FIXTURES / "bindfs-6.12-unpaired.txt").read_bytes())
+    assert col.support.level == "unpaired"
+    ops, lat, errors, *_ = summary(reader)
+    assert ops == OPS and lat == {} and errors == {"eacces": 1}
+
+
+def test_pending_requests_are_bounded():
+    reader, col = collector(PAIRED, max_pending=100)
+    sends = b"".join(b"x-1 [000] ...1. 1.000000: fuse_request_send: connection 40 req %d opcode 15 "
+                     b"(FUSE_READ) len 80\n" % (2 * i) for i in range(1, 10001))
+    col.feed_chunk(sends)
+    assert col.pending == 100 and col.evicted == 9900
+
+
+def test_unknown_lines_are_tolerated():
+    reader, col = collector(PAIRED)
+    col.feed_chunk(b"garbage\n\x00\xff\n# tracer: nop\n"
+                   b"x-1 [000] ...1. 1.000000: fuse_request_send: connection 40 req 2 opcode 99 (99) len 40\n"
+                   b"x-1 [000] ...1. 1.000000: other_event: connection 40 req 2\n"
+                   b"y-2 [000] ..... 1.000010: fuse_request_end: connection 40 req 2 len 16 error -999\n")
+    ops, _lat, errors, *_ = summary(reader)
+    assert ops == {"99": 1} and errors == {"errno_999": 1}
+
+
+def test_backlog_degrades_to_counting_then_recovers():
+    data = (FIXTURES / "bindfs-6.18.txt").read_bytes()
+    reader, col = collector(PAIRED, recover_after=2)
+    col.feed_chunk(data, full=True)
+    assert col.degraded and col.degraded_chunks == 1
+    ops, lat, errors, read, write = summary(reader)
+    assert ops == OPS and lat == {} and errors == {} and (read, write) == (0, 0)
+    col.feed_chunk(b"")
+    col.feed_chunk(b"")
+    assert not col.degraded
+
+
+def test_labels():
+    assert opcode_label("FUSE_READDIRPLUS") == "readdir"
+    assert opcode_label("FUSE_UNLINK") == "unlink"
+    assert errno_label(-13) == "eacces" and errno_label(-2) == "enoent"
+    assert kernel_pairs("6.18.44-fc") and kernel_pairs("7.0.1") and not kernel_pairs("6.12.1")
+
+
+def _fake_tracefs(root, with_events=True):
+    (root / "instances").mkdir(parents=True)
+    (root / "events").mkdir()
+    if with_events:
+        for ev in fuse_trace.EVENTS:
+            (root / "events" / "fuse" / ev).mkdir(parents=True)
+    return str(root)
+
+
+def test_detect_support(tmp_path, monkeypatch):
+    monkeypatch.delenv("OBSCTL_FUSE_TRACE", raising=False)
+    full = _fake_tracefs(tmp_path / "a")
+    assert detect_support(full, release="6.18.44").level == "paired"
+    assert detect_support(full, release="6.12.3").level == "unpaired"
+    none = detect_support(_fake_tracefs(tmp_path / "b", with_events=False), release="6.1.0")
+    assert none.level == "none" and "6.12" in none.reason
+    missing = detect_support(str(tmp_path / "c"), release="6.18.0")
+    assert missing.level == "none" and "tracefs is not mounted" in missing.reason
+    monkeypatch.setenv("OBSCTL_FUSE_TRACE", "off")
+    assert detect_support(full, release="6.18.44").level == "none"
+
+
+def test_unavailable_kernel_warns_once(caplog, monkeypatch):
+    monkeypatch.setattr(fuse_trace, "_warned", False)
+    none = KernelSupport("none", "no tracepoints", "/nonexistent")
+    for _ in range(3):
+        reader, col = collector(none)
+        col.poll()
+        col.close()
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "no tracepoints" in warnings[0].getMessage()
+
+
+def test_stale_instances_of_dead_obsctl_are_removed(tmp_path):
+    root = _fake_tracefs(tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)
+    for name in (f"obsctl-{dead_pid}-40", f"obsctl-{os.getpid()}-41", "someone-else", "obsctl-capture-1"):
+        os.mkdir(os.path.join(root, "instances", name))
+    assert remove_stale_instances(root) == [f"obsctl-{dead_pid}-40"]
+    assert sorted(os.listdir(os.path.join(root, "instances"))) == sorted(
+        [f"obsctl-{os.getpid()}-41", "someone-else", "obsctl-capture-1"])
+
+
+def test_histogram_buckets_are_the_shared_ones():
+    reader, col = collector(PAIRED)
+    col.feed_chunk((FIXTURES / "bindfs-6.18.txt").read_bytes())
+    hist = [m for m, _l, _v in data_points(reader, "obsctl_fs_latency_ms")]
+    assert hist
+
+
+def test_kernel_overrun_is_counted_as_lost_and_degrades(tmp_path):
+    """The per_cpu/cpuN/stats format of this kernel's instances (``overrun: N``)."""
+    reader, col = collector(PAIRED)
+    for cpu, overrun in (("cpu0", 7), ("cpu1", 5)):
+        (tmp_path / "per_cpu" / cpu).mkdir(parents=True)
+        (tmp_path / "per_cpu" / cpu / "stats").write_text(
+            f"entries: 0\noverrun: {overrun}\ncommit overrun: 0\nbytes: 0\n"
+            "oldest event ts:     0.000000\nnow ts:   227.120668\ndropped events: 0\nread events: 10\n")
+    col.instance = str(tmp_path)
+    col._read_lost()
+    assert col.lost == 12 and col.degraded
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.isdir(DEFAULT_TRACEFS_EVENTS),
+                    reason="needs root and a mounted tracefs to drop to an unprivileged user")
+def test_unprivileged_obsctl_gets_one_warning_and_no_failure():
+    """The real tracefs as user nobody: detection says why, the collector warns
+    once and records nothing; nothing raises."""
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.WARNING, stream=sys.stderr)\n"
+        "from obsctl.collectors.fuse_trace import FuseTraceCollector\n"
+        "from obsctl.instruments import MountAttributes\n"
+        "from support.metrics import in_memory\n"
+        "for _ in range(3):\n"
+        "    reader, ins = in_memory(MountAttributes('', 'generic', '/'))\n"
+        "    col = FuseTraceCollector(ins, '/')\n"
+        "    col.poll(); col.close()\n"
+        "print(col.support.level, col.support.reason)\n")
+    tests_dir = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=tests_dir)
+    env.pop("OBSCTL_FUSE_TRACE", None)
+    proc = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                           sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("none no permission"), proc.stdout
+    assert proc.stderr.count("kernel FUSE events unavailable") == 1, proc.stderr

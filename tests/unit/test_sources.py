@@ -1,0 +1,88 @@
+"""sources: one source per FUSE quantity per mount, over the real log captures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from obsctl.collectors.rclone_log import RcloneLogCollector
+from obsctl.collectors.s3fs_log import S3fsLogCollector
+from obsctl.instruments import MountAttributes
+from obsctl.sources import SourceTable
+from support.metrics import in_memory
+from support.metrics import points as metric_points
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def run(impl, level, collector_cls, log_path):
+    attrs = MountAttributes("obsctl-fixture", impl, "/mnt/fixture")
+    reader, ins = in_memory(attrs)
+    table = SourceTable(impl, lambda: level)
+    collector = collector_cls(table.driver_view(ins))
+    for line in log_path.read_text().splitlines():
+        collector.feed(line)
+    names = {}
+    for (name, labels), value in metric_points(reader, attrs).items():
+        key = name if name != "obsctl_errors" else f"errors:{dict(labels)['error_type']}"
+        if isinstance(value, tuple):  # histogram: (count, sum)
+            value = value[0]
+        names[key] = names.get(key, 0) + value
+    return table, names
+
+
+def test_rclone_without_kernel_keeps_every_log_number():
+    table, got = run("rclone", "none", RcloneLogCollector, FIXTURES / "rclone/write400/rclone.log")
+    assert table.as_dict()["fs_ops"] == "rclone_log"
+    assert got["obsctl_fs_ops"] > 0 and got["obsctl_fs_latency_ms"] > 0
+    assert got["obsctl_fs_read_bytes"] > 0 and got["errors:eio"] == 1
+
+
+def test_rclone_with_paired_kernel_records_nothing_from_the_log():
+    table, got = run("rclone", "paired", RcloneLogCollector, FIXTURES / "rclone/write400/rclone.log")
+    assert {table.owner(q) for q in ("fs_ops", "fs_latency", "fs_bytes", "fs_errors")} == {"kernel"}
+    assert got == {}
+
+
+def test_rclone_with_unpaired_kernel_keeps_latency_and_bytes_only():
+    table, got = run("rclone", "unpaired", RcloneLogCollector, FIXTURES / "rclone/write400/rclone.log")
+    assert table.owner("fs_ops") == "kernel" and table.owner("fs_latency") == "rclone_log"
+    assert "obsctl_fs_ops" not in got and "errors:eio" not in got
+    assert got["obsctl_fs_latency_ms"] > 0 and got["obsctl_fs_read_bytes"] > 0
+
+
+@pytest.mark.parametrize("level", ["paired", "none"])
+def test_s3fs_http_errors_and_request_latency_always_from_its_log(level):
+    _table, got = run("s3fs", level, S3fsLogCollector, FIXTURES / "s3fs/auth403/s3fs.log")
+    assert got["errors:http_403"] == 1 and got["obsctl_operation_duration_ms"] > 0
+    _table, got = run("s3fs", level, S3fsLogCollector, FIXTURES / "s3fs/dbg/s3fs.log")
+    assert got["obsctl_operation_duration_ms"] > 0
+    assert ("obsctl_fs_ops" in got) == ("obsctl_fs_read_bytes" in got) == (level == "none")
+
+
+def test_generic_has_no_driver_source():
+    table = SourceTable("generic", lambda: "none")
+    assert {table.owner(q) for q in ("fs_ops", "fs_latency", "fs_bytes", "fs_errors")} == {None}
+    sidecar = SourceTable("rclone", lambda: "none", driver_log=False)
+    assert sidecar.owner("fs_ops") is None
+
+
+def _rclone_log_level():
+    from obsctl.config import build_mount_spec
+    from obsctl.drivers.rclone import RcloneDriver
+
+    driver = RcloneDriver()
+    driver.listen = False
+    plan = driver.plan(build_mount_spec({"source": "s3://bucket", "mountpoint": "/mnt/x", "impl": "rclone"}), None)
+    return plan.argv[plan.argv.index("--log-level") + 1]
+
+
+def test_rclone_debug_log_only_when_the_kernel_cannot_give_everything(monkeypatch):
+    from obsctl.collectors.fuse_trace import detect_support
+
+    monkeypatch.setenv("OBSCTL_FUSE_TRACE", "off")
+    assert _rclone_log_level() == "DEBUG"
+    monkeypatch.delenv("OBSCTL_FUSE_TRACE")
+    expected = "INFO" if detect_support().level == "paired" else "DEBUG"
+    assert _rclone_log_level() == expected
