@@ -38,6 +38,9 @@ LATENCY_BUCKETS_MS: tuple[float, ...] = (
     5000, 10000, 30000,
 )
 
+#: How many requesting processes :meth:`Instruments.count_requesters` keeps.
+MAX_REQUESTERS = 256
+
 #: OpenTelemetry instrument name -> (kind, unit, description). The name as
 #: Prometheus shows it is in the comment. Kept in one table so docs, views and
 #: tests read the same list.
@@ -129,6 +132,12 @@ class Instruments:
     latency_sum_ms: dict[str, float] = field(default_factory=dict)
     #: Local cumulative errors by ``error_type``.
     errors_by_type: dict[str, int] = field(default_factory=dict)
+    #: Local cumulative FUSE requests by requesting process ("comm[pid]"),
+    #: from the kernel source only (collectors.fuse_trace); None until it
+    #: counts one. Never an OTel attribute (a pid would be unbounded
+    #: cardinality): ``obsctl top`` shows the busiest. Bounded to
+    #: :data:`MAX_REQUESTERS` entries (the smallest are dropped).
+    requesters: dict[str, int] | None = None
     _gauges: dict[str, Callable[[CallbackOptions], Iterable[Observation]]] = field(
         default_factory=dict, repr=False)
     _live_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -161,17 +170,41 @@ class Instruments:
         labels = {"opcode": opcode, **self.attrs.base()}
         self.fs_ops.add(n, labels)
         self._count("obsctl_fs_ops", n)
-        timed = latency_ms is not None and latency_ms >= 0
-        if timed:
-            self.fs_latency_ms.record(latency_ms, labels)
         with self._live_lock:
             self.ops_by_opcode[opcode] = self.ops_by_opcode.get(opcode, 0) + n
-            if timed:
-                buckets = self.latency_buckets.get(opcode)
-                if buckets is None:
-                    buckets = self.latency_buckets[opcode] = [0] * (len(LATENCY_BUCKETS_MS) + 1)
-                buckets[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
-                self.latency_sum_ms[opcode] = self.latency_sum_ms.get(opcode, 0.0) + latency_ms
+        if latency_ms is not None:
+            self.record_fs_latency(opcode, latency_ms, labels)
+
+    def record_fs_latency(self, opcode: str, latency_ms: float,
+                          labels: dict[str, str] | None = None) -> None:
+        """Record one FUSE operation's latency (ms) without counting the
+        operation (a source that counts in bulk, as collectors.fuse_trace does,
+        calls :meth:`record_fs_op` with ``n`` once per chunk and this once per
+        paired request). ``labels`` may be passed pre-built (hot path); a
+        negative value (clock skew) is dropped."""
+        if latency_ms < 0:
+            return
+        self.fs_latency_ms.record(latency_ms, labels or {"opcode": opcode, **self.attrs.base()})
+        with self._live_lock:
+            buckets = self.latency_buckets.get(opcode)
+            if buckets is None:
+                buckets = self.latency_buckets[opcode] = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+            buckets[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
+            self.latency_sum_ms[opcode] = self.latency_sum_ms.get(opcode, 0.0) + latency_ms
+
+    def count_requesters(self, tally: dict[str, int]) -> None:
+        """Add ``{"comm[pid]": requests}`` (one chunk of kernel send events)
+        to :attr:`requesters`, keeping at most :data:`MAX_REQUESTERS`."""
+        if not tally:
+            return
+        with self._live_lock:
+            if self.requesters is None:
+                self.requesters = {}
+            for who, n in tally.items():
+                self.requesters[who] = self.requesters.get(who, 0) + n
+            if len(self.requesters) > MAX_REQUESTERS:
+                keep = sorted(self.requesters.items(), key=lambda kv: kv[1], reverse=True)[:MAX_REQUESTERS // 2]
+                self.requesters = dict(keep)
 
     def record_request(self, method: str, duration_ms: float | None) -> None:
         """Record one object-store request (``method`` = GET, PUT, HEAD ...)."""
@@ -239,7 +272,8 @@ class Instruments:
              "latency_buckets": {opcode: [int] * (len(bounds) + 1)},  # last: +Inf
              "latency_sum_ms": {opcode: float},
              "errors_by_type": {error_type: int},
-             "waiting": int | None}  # /sys/fs/fuse/connections/N/waiting now
+             "waiting": int | None,  # /sys/fs/fuse/connections/N/waiting now
+             "requesters": {"comm[pid]": int} | None}  # kernel source only
 
         Every count is cumulative since the supervisor started (across driver
         restarts); ``waiting`` is the gauge of collectors.fuse_conn, None when
@@ -250,6 +284,7 @@ class Instruments:
             buckets = {op: list(b) for op, b in self.latency_buckets.items()}
             sums = dict(self.latency_sum_ms)
             errors = dict(self.errors_by_type)
+            requesters = None if self.requesters is None else dict(self.requesters)
         waiting = self.gauge_value("obsctl_fuse_requests_waiting")
         return {
             "time": time.time(),
@@ -263,6 +298,7 @@ class Instruments:
             "latency_sum_ms": sums,
             "errors_by_type": errors,
             "waiting": None if waiting is None else int(waiting),
+            "requesters": requesters,
         }
 
     def observable_counter(

@@ -30,6 +30,10 @@ UNPAIRED = KernelSupport("unpaired", "test", "/nonexistent")
 #: Opcodes of the capture, counted with grep -o '(FUSE_[A-Z]*)' | sort | uniq -c.
 OPS = {"create": 1, "flush": 1, "getattr": 6, "getxattr": 73, "lookup": 3, "open": 3, "opendir": 1,
        "read": 4, "readdir": 2, "release": 3, "releasedir": 1, "setattr": 1, "unlink": 1, "write": 74}
+#: Send events by task, counted with
+#: grep fuse_request_send | sed -E 's/^ *(.+)-([0-9]+) +\[.*/\1[\2]/' | sort | uniq -c.
+REQUESTERS = {"capture.sh[20325]": 2, "cat[20324]": 5, "cat[20338]": 7, "cat[20345]": 1, "chmod[20343]": 2,
+              "head[20325]": 148, "ls[20347]": 5, "rm[20346]": 2, "stat[20322]": 2}
 #: 6 bytes of "hello\n" + 300000 bytes.
 READ_BYTES = 300006
 WRITE_BYTES = 300000
@@ -225,3 +229,20 @@ def test_unprivileged_obsctl_gets_one_warning_and_no_failure():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("none no permission"), proc.stdout
     assert proc.stderr.count("kernel FUSE events unavailable") == 1, proc.stderr
+
+
+def test_requesters_are_the_tasks_of_send_events():
+    """The task of each send line (comm-tid before the CPU field) is counted,
+    for ``obsctl top``; counts from grep over the capture."""
+    _reader, col = collector(PAIRED)
+    col.feed_chunk((FIXTURES / "bindfs-6.18.txt").read_bytes())
+    requesters = col.instruments.requesters
+    assert requesters is not None and sum(requesters.values()) == sum(OPS.values())
+    assert requesters == REQUESTERS
+
+
+def test_no_requesters_without_send_events():
+    _reader, col = collector(PAIRED)
+    col.feed_chunk(b"          bindfs-20272   [001] .....   871.731424: fuse_request_end: "
+                   b"connection 61 req 4 len 120 error 0\n")
+    assert col.instruments.requesters is None

@@ -122,6 +122,8 @@ NOT_FAILURES = frozenset({
 _LINE = re.compile(
     rb" (\d+)\.(\d{6}): fuse_request_(?:send: connection (\d+) req (\d+) opcode \d+ \((\w+)\) len (\d+)"
     rb"|end: connection (\d+) req (\d+) len (\d+) error (-?\d+))")
+#: The requesting task ("comm-pid" before the CPU field) of a send line.
+_SEND_TASK = re.compile(rb"^ *(.+?)-(\d+) +\[\d+\] [^\n]*?fuse_request_send", re.M)
 #: Counting mode: only send lines, only the opcode name.
 _SEND_OPCODE = re.compile(rb"fuse_request_send: connection \d+ req \d+ opcode \d+ \((\w+)\)")
 #: errno names that are a failure for some opcodes only (unpaired mode cannot tell).
@@ -490,7 +492,7 @@ class FuseTraceCollector(PollingCollector):
         ops: dict[str, int] = {}
         errors: dict[str, int] = {}
         read_bytes = write_bytes = 0
-        record = self.instruments.fs_latency_ms.record
+        record = self.instruments.record_fs_latency
         labels = self._labels
         for m in _LINE.finditer(data):
             self.events += 1
@@ -524,7 +526,7 @@ class FuseTraceCollector(PollingCollector):
             attrs = labels.get(opcode)
             if attrs is None:
                 attrs = labels[opcode] = {"opcode": opcode, **self.instruments.attrs.base()}
-            record((int(m.group(1)) * 1_000_000 + int(m.group(2)) - t_send) / 1000.0, attrs)
+            record(opcode, (int(m.group(1)) * 1_000_000 + int(m.group(2)) - t_send) / 1000.0, attrs)
             if error < 0:
                 label = errno_label(error)
                 if is_failure(opcode, label):
@@ -534,6 +536,11 @@ class FuseTraceCollector(PollingCollector):
             elif opcode == "write":
                 write_bytes += send_len - WRITE_OVERHEAD
         ins = self.instruments
+        tasks: dict[str, int] = {}
+        for t in _SEND_TASK.finditer(data):
+            who = f"{t.group(1).decode(errors='replace')}[{t.group(2).decode()}]"
+            tasks[who] = tasks.get(who, 0) + 1
+        ins.count_requesters(tasks)
         for opcode, n in ops.items():
             ins.record_fs_op(opcode, n=n)
         for label, n in errors.items():
