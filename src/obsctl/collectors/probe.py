@@ -15,6 +15,14 @@ Recorded as the observable gauge ``obsctl_mount_up`` {bucket, impl,
 mountpoint}: 1 when :attr:`MountProbe.health` is ``ok``, 0 for ``stale``,
 ``missing``, ``hung`` or a failed probe. Nothing is reported before the
 first poll.
+
+:class:`MountProbe` is the one owner of "is the mount up": the gauge and the
+``health`` of the state file (``obsctl status``) both read
+:attr:`MountProbe.health`. Besides its own polls, the supervisor reports the
+phases in which the mount cannot serve, the moment they begin, through
+:meth:`MountProbe.mark` (``down`` once the driver has exited, through the
+restart backoff and the restart's ready wait, ``stopping`` during shutdown),
+so the gauge says 0 from the next collection on, whatever the phase.
 """
 
 from __future__ import annotations
@@ -44,8 +52,9 @@ class MountProbe(PollingCollector):
         stat: the stat function (tests pass one that raises or blocks).
 
     Attributes:
-        health: ``ok`` | ``stale`` | ``missing`` | ``hung`` | ``error``, or
-            None before the first poll.
+        health: ``ok`` | ``stale`` | ``missing`` | ``hung`` | ``error`` from
+            a poll, ``down`` | ``stopping`` (or any other word) from
+            :meth:`mark`, or None before the first poll.
     """
 
     def __init__(
@@ -67,7 +76,16 @@ class MountProbe(PollingCollector):
 
     @property
     def up(self) -> bool:
+        """True when :attr:`health` is ``ok`` (the gauge's 1)."""
         return self.health == "ok"
+
+    def mark(self, health: str) -> None:
+        """Set :attr:`health` without probing: the supervisor knows the mount cannot serve (``down``, ``stopping``).
+
+        The value stays until the next :meth:`poll`, which the supervisor
+        runs only once the mount is ready again.
+        """
+        self.health = health
 
     def poll(self) -> None:
         """Probe once, waiting at most ``timeout`` seconds; never raises."""

@@ -1,0 +1,203 @@
+"""Lifecycle pieces without root or FUSE: a small script stands in for the driver,
+an injected mount table for /proc/self/mountinfo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from obsctl import statefile
+from obsctl.config import build_mount_spec
+from obsctl.drivers.generic import GenericDriver
+from obsctl.logpump import LogPump
+from obsctl.procutil import describe_exit, holders, pid_running, same_process, start_time
+from obsctl.readiness import Interrupted, MountError, ReadyWait
+from obsctl.unmount import MountpointError, preflight, stop_process
+
+
+def spawn(tmp_path: Path, code: str, mountpoint: Path | None = None, timeout: float = 5.0,
+          mountinfo: Path | None = None):
+    """A python -c CODE "driver" run like the supervisor runs one, with its ReadyWait."""
+    mp = mountpoint or tmp_path / "mnt"
+    mp.mkdir(exist_ok=True)
+    spec = build_mount_spec({"source": "label", "mountpoint": str(mp), "impl": "generic",
+                             "command": [sys.executable, "-c", code], "ready_timeout_seconds": timeout})
+    driver = GenericDriver()
+    plan = driver.plan(spec, None)
+    proc = subprocess.Popen(plan.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    pump = LogPump(proc.stdout, driver, [])
+    pump.start()
+    stop = threading.Event()
+    kw = {"mountinfo_path": str(mountinfo)} if mountinfo else {"mountinfo_path": str(tmp_path / "empty")}
+    if not mountinfo:
+        (tmp_path / "empty").write_text("")
+    return ReadyWait(spec, driver, plan, proc, pump, stop, **kw), proc, stop
+
+
+def test_ready_when_the_mount_table_shows_it(tmp_path):
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    (mp / "file").write_text("x")
+    table = tmp_path / "mountinfo"
+    table.write_text(f"36 35 0:63 / {mp} rw,nosuid,nodev - fuse.bindfs src rw,user_id=0\n")
+    wait, proc, _stop = spawn(tmp_path, "import time; time.sleep(30)", mp, mountinfo=table)
+    try:
+        t0 = time.monotonic()
+        wait.wait()
+        assert time.monotonic() - t0 < 2
+    finally:
+        stop_process(proc, exit_wait=0, term_wait=1)
+
+
+def test_early_exit_is_reported_at_once_with_the_drivers_error(tmp_path):
+    wait, proc, _stop = spawn(tmp_path, "import sys; print('fuse: bad mount option'); sys.exit(3)", timeout=30)
+    t0 = time.monotonic()
+    with pytest.raises(MountError) as err:
+        wait.wait()
+    assert time.monotonic() - t0 < 2
+    assert "exited with status 3" in str(err.value) and "bad mount option" in str(err.value)
+
+
+def test_timeout_does_not_overshoot(tmp_path):
+    wait, proc, _stop = spawn(tmp_path, "import time; time.sleep(30)", timeout=0.5)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(MountError, match="ready timeout of 0.5 s"):
+            wait.wait()
+        assert time.monotonic() - t0 < 0.8
+    finally:
+        stop_process(proc, exit_wait=0, term_wait=1)
+
+
+def test_stop_request_ends_the_ready_wait_within_a_step(tmp_path):
+    wait, proc, stop = spawn(tmp_path, "import time; time.sleep(30)", timeout=60)
+    threading.Timer(0.3, stop.set).start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(Interrupted):
+            wait.wait()
+        assert time.monotonic() - t0 < 0.6
+    finally:
+        stop_process(proc, exit_wait=0, term_wait=1)
+
+
+def test_stop_request_ends_a_hung_root_check(tmp_path):
+    """The mount is in the table but its root never answers (a FIFO stands in for the blocked read)."""
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    table = tmp_path / "mountinfo"
+    table.write_text(f"36 35 0:63 / {mp} rw - fuse.x src rw\n")
+    wait, proc, stop = spawn(tmp_path, "import time; time.sleep(30)", mp, timeout=60, mountinfo=table)
+    gate = threading.Event()
+    import obsctl.readiness as readiness
+
+    real_scandir = readiness.os.scandir
+
+    def blocked(path):
+        gate.wait(10)
+        return real_scandir(path)
+
+    readiness.os.scandir = blocked
+    try:
+        threading.Timer(0.3, stop.set).start()
+        t0 = time.monotonic()
+        with pytest.raises(Interrupted):
+            wait.wait()
+        assert time.monotonic() - t0 < 0.6
+    finally:
+        readiness.os.scandir = real_scandir
+        gate.set()
+        stop_process(proc, exit_wait=0, term_wait=1)
+
+
+def test_stop_process_escalates_to_sigkill(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c",
+                             "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                             "print('ready', flush=True); time.sleep(30)"], stdout=subprocess.PIPE)
+    proc.stdout.readline()
+    t0 = time.monotonic()
+    stop_process(proc, exit_wait=0.1, term_wait=0.3)
+    assert proc.returncode == -signal.SIGKILL
+    assert time.monotonic() - t0 < 2
+    assert describe_exit(proc.returncode) == "was killed by SIGKILL"
+
+
+def test_holders_name_cwd_and_open_files(tmp_path):
+    inside = tmp_path / "m"
+    inside.mkdir()
+    (inside / "f").write_text("x")
+    by_cwd = subprocess.Popen(["sleep", "30"], cwd=inside)
+    by_fd = subprocess.Popen([sys.executable, "-c", f"f = open({str(inside / 'f')!r}); import time; time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 5
+        found = []
+        while time.monotonic() < deadline:
+            found = holders(str(inside))
+            if {h.pid for h in found} >= {by_cwd.pid, by_fd.pid}:
+                break
+            time.sleep(0.05)
+        by_pid = {h.pid: h for h in found}
+        assert by_pid[by_cwd.pid].how == "cwd" and by_pid[by_cwd.pid].comm == "sleep"
+        assert by_pid[by_fd.pid].how.startswith("fd ")
+        assert str(by_pid[by_cwd.pid]) == f"sleep[{by_cwd.pid}] (cwd)"
+        assert holders(str(tmp_path / "nothing-here")) == []
+    finally:
+        for p in (by_cwd, by_fd):
+            p.kill()
+            p.wait()
+
+
+def test_same_process_rejects_a_recycled_pid():
+    me = os.getpid()
+    assert pid_running(me) and same_process(me, start_time(me))
+    assert not same_process(me, (start_time(me) or 0) + 1)
+    assert not same_process(None, None) and not same_process(-1, None)
+
+
+def test_state_of_a_dead_writer_is_dead_and_never_ok(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    path = statefile.state_file_path(str(tmp_path), str(mp))
+    statefile.write_state(path, {"name": "n1", "mountpoint": str(mp), "state": "ready", "health": "ok",
+                                 "pid": dead.pid})
+    (st,) = statefile.read_states(str(tmp_path))
+    assert st["state"] == "dead" and st["health"] == "missing" and st["name"] == "n1"
+    assert st["state_file"] == path
+    assert statefile.state_for(str(tmp_path), str(mp) + "/")["pid"] == dead.pid
+    statefile.write_state(path, {"mountpoint": str(mp), "state": "ready", "health": "ok", "pid": os.getpid()})
+    assert statefile.read_states(str(tmp_path))[0]["health"] == "ok"
+    assert json.loads(Path(path).read_text())["state"] == "ready"
+    statefile.remove_state(path)
+    assert statefile.read_states(str(tmp_path)) == []
+
+
+def test_preflight_errors_are_usage_errors(tmp_path):
+    with pytest.raises(MountpointError, match="does not exist; create it first"):
+        preflight(str(tmp_path / "absent"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(MountpointError, match="not a directory"):
+        preflight(str(tmp_path / "file"))
+    with pytest.raises(MountpointError, match="already a mount point"):
+        preflight("/proc")
+    preflight(str(tmp_path))
+
+
+def test_cli_logging_prints_no_traceback(tmp_path):
+    code = ("import logging, threading, obsctl.cli as c; c._setup_logging('WARNING');\n"
+            "try:\n    1/0\nexcept Exception:\n    logging.getLogger('x').exception('export failed')\n"
+            "t = threading.Thread(target=lambda: 1/0, name='worker'); t.start(); t.join()\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert "Traceback" not in res.stderr, res.stderr
+    assert "export failed (ZeroDivisionError: division by zero)" in res.stderr
+    assert "thread worker failed: ZeroDivisionError" in res.stderr
