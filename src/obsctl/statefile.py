@@ -65,7 +65,8 @@ def remove_state(path: str) -> None:
 def current_health(mountpoint: str) -> str:
     """What a mount nobody supervises is now: ``orphaned``, ``stale`` or ``missing``."""
     try:
-        health = mounttable.probe_health_within(mountpoint, STATUS_PROBE_TIMEOUT)
+        # statvfs: FUSE_STATFS reaches the driver; a stat may come from the attribute cache.
+        health = mounttable.probe_health_within(mountpoint, STATUS_PROBE_TIMEOUT, stat=os.statvfs)
     except (OSError, ValueError):
         return "error"
     return "orphaned" if health == HEALTH_OK else health

@@ -1,7 +1,7 @@
 """Is the mount up and answering? ``obsctl_mount_up`` from a bounded stat.
 
 Source: :func:`obsctl.mounttable.probe_health`: the mount's line in
-/proc/self/mountinfo (``missing`` without one) and a ``stat(2)`` of the
+/proc/self/mountinfo (``missing`` without one) and a ``statvfs(2)`` of the
 mountpoint (``stale`` on ENOTCONN "Transport endpoint is not connected" /
 ECONNABORTED: the driver is gone but the kernel mount stays; real copies in
 tests/fixtures/mountinfo/stale.txt and stale_stat.txt). A stat on a hung
@@ -49,7 +49,10 @@ class MountProbe(PollingCollector):
         mountpoint: absolute path of the mount.
         timeout: seconds to wait for the stat.
         mountinfo_path: the mount table (tests pass a fixture file).
-        stat: the stat function (tests pass one that raises or blocks).
+        stat: the probe call (tests pass one that raises or blocks). Default
+            ``os.statvfs``: FUSE_STATFS always reaches the driver, where a
+            ``stat`` of the root can be answered from the kernel's attribute
+            cache (rclone: ``--attr-timeout`` 1 s) after the driver died.
 
     Attributes:
         health: ``ok`` | ``stale`` | ``missing`` | ``hung`` | ``error`` from
@@ -63,7 +66,7 @@ class MountProbe(PollingCollector):
         mountpoint: str,
         timeout: float = 2.0,
         mountinfo_path: str = mounttable.MOUNTINFO_PATH,
-        stat: Callable[[str], object] = os.stat,
+        stat: Callable[[str], object] = os.statvfs,
     ) -> None:
         super().__init__(instruments)
         self.mountpoint = mountpoint
