@@ -44,7 +44,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from obsctl import statefile
+from obsctl import mounttable, statefile
 from obsctl.config import MountSpec, TelemetryConfig
 from obsctl.credentials import Credentials
 from obsctl.drivers import Driver, LaunchPlan
@@ -139,10 +139,14 @@ class Supervisor:
         runtime_dir: where the state file lives (``/run/obsctl``).
         driver: the driver to run.
         poll_interval: seconds between collector polls and state-file writes.
+        mountinfo_path: the mount table (unit tests inject a file that a
+            stand-in driver and a stand-in fusermount3 edit).
     """
 
     def __init__(self, spec: MountSpec, telemetry: TelemetryConfig, credentials: Credentials | None,
-                 runtime_dir: str, driver: Driver, poll_interval: float = 2.0) -> None:
+                 runtime_dir: str, driver: Driver, poll_interval: float = 2.0,
+                 mountinfo_path: str = mounttable.MOUNTINFO_PATH) -> None:
+        self.mountinfo_path = mountinfo_path
         self.spec = spec
         self.telemetry_cfg = telemetry
         self.credentials = credentials
@@ -213,7 +217,8 @@ class Supervisor:
 
     def _wait_ready(self) -> None:
         assert self.proc is not None and self.plan is not None and self.pump is not None
-        ReadyWait(self.spec, self.driver, self.plan, self.proc, self.pump, self.stop_requested).wait()
+        ReadyWait(self.spec, self.driver, self.plan, self.proc, self.pump, self.stop_requested,
+                  mountinfo_path=self.mountinfo_path).wait()
 
     def _failure(self, what: str) -> str:
         last = self.pump.last_error() if self.pump else ""
@@ -233,6 +238,7 @@ class Supervisor:
             self.proc_io, self.probe, self.generic_polling = generic_collectors(
                 self.telemetry.instruments, self.spec.mountpoint, self._driver_pid)
             self.probe.timeout = PROBE_TIMEOUT
+            self.probe.mountinfo_path = self.mountinfo_path
         except BaseException as exc:  # reported by the main thread
             self._telemetry_error = exc
         finally:
@@ -352,7 +358,7 @@ class Supervisor:
             MountError: the mount did not come up (nothing is left mounted).
         """
         self._recover()
-        preflight(self.spec.mountpoint)
+        preflight(self.spec.mountpoint, self.mountinfo_path)
         spawned = time.time_ns()
         telemetry_thread: threading.Thread | None = None
         try:
@@ -362,13 +368,13 @@ class Supervisor:
             self._wait_ready()
         except Interrupted:
             self.state = "stopped"
-            abort(self.proc, self.spec.mountpoint)
+            abort(self.proc, self.spec.mountpoint, self.mountinfo_path)
             print(f"obsctl: stopped before the mount was ready; nothing is mounted at {self.spec.mountpoint}",
                   file=sys.stderr, flush=True)
             return 0
         except BaseException as exc:
             self.state = "failed"
-            abort(self.proc, self.spec.mountpoint)
+            abort(self.proc, self.spec.mountpoint, self.mountinfo_path)
             if telemetry_thread is not None and self._telemetry_ready.wait(FAILED_SPAN_WAIT) \
                     and self.telemetry is not None:
                 self._span("mount", spawned, {}, error=str(exc))
@@ -427,8 +433,8 @@ class Supervisor:
         died_ns = time.time_ns()
         self._set_health("down", "restarting" if self.restarts < self.spec.max_restarts else "failed")
         # A dead driver's mount answers ENOTCONN; nothing can be waiting on it: lazy at once.
-        if not unmount_once(self.spec.mountpoint):
-            unmount_once(self.spec.mountpoint, lazy=True)
+        if not unmount_once(self.spec.mountpoint, path=self.mountinfo_path):
+            unmount_once(self.spec.mountpoint, lazy=True, path=self.mountinfo_path)
         self.pump.join(1)
         reason = self._failure(f"{self.driver.name} {describe_exit(code)}")
         print(f"obsctl: {reason}", file=sys.stderr, flush=True)
@@ -447,13 +453,13 @@ class Supervisor:
             self._spawn()
             self._wait_ready()
         except Interrupted:
-            abort(self.proc, self.spec.mountpoint)
+            abort(self.proc, self.spec.mountpoint, self.mountinfo_path)
             return True
         except Exception as exc:  # MountError, or ConfigError from the driver's plan
             self._span("restart", started, {"obsctl.restart.count": self.restarts}, error=str(exc))
             print(f"obsctl: restart failed: {exc}", file=sys.stderr, flush=True)
             self.state = "failed"
-            abort(self.proc, self.spec.mountpoint)
+            abort(self.proc, self.spec.mountpoint, self.mountinfo_path)
             return False
         self._span("restart", started, {"obsctl.restart.count": self.restarts})
         self.state = "ready"
@@ -464,14 +470,14 @@ class Supervisor:
 
     def _stop_driver(self) -> None:
         """Unmount by the busy-mount policy of :func:`obsctl.unmount.unmount`, then stop the driver."""
-        result = unmount(self.spec.mountpoint, should_hurry=lambda: self.signals > 1)
+        result = unmount(self.spec.mountpoint, should_hurry=lambda: self.signals > 1, path=self.mountinfo_path)
         if result == FAILED:
             log.error("could not unmount %s", self.spec.mountpoint)
         # After a normal unmount the driver exits by itself; after a lazy
         # detach it would keep serving the holders: ask it to stop at once.
         stop_process(self.proc, exit_wait=0.0 if result == DETACHED else 1.0)
-        if not unmount_once(self.spec.mountpoint):
-            unmount_once(self.spec.mountpoint, lazy=True)
+        if not unmount_once(self.spec.mountpoint, path=self.mountinfo_path):
+            unmount_once(self.spec.mountpoint, lazy=True, path=self.mountinfo_path)
         if self.pump is not None:
             self.pump.join(1)
 

@@ -48,9 +48,9 @@ def _fusermount() -> str | None:
     return shutil.which("fusermount3") or shutil.which("fusermount")
 
 
-def _mounted(mountpoint: str) -> bool:
+def _mounted(mountpoint: str, path: str = mounttable.MOUNTINFO_PATH) -> bool:
     try:
-        return mounttable.find_mount(mountpoint) is not None
+        return mounttable.find_mount(mountpoint, path=path) is not None
     except (OSError, ValueError):
         return False
 
@@ -60,16 +60,19 @@ def _run(argv: list[str]) -> None:
                    stderr=subprocess.DEVNULL, check=False)
 
 
-def unmount_once(mountpoint: str, lazy: bool = False) -> bool:
-    """One ``fusermount3 -u [-z]`` (``umount [-l]`` without it); True when nothing is mounted afterwards."""
-    if not _mounted(mountpoint):
+def unmount_once(mountpoint: str, lazy: bool = False, path: str = mounttable.MOUNTINFO_PATH) -> bool:
+    """One ``fusermount3 -u [-z]`` (``umount [-l]`` without it); True when nothing is mounted afterwards.
+
+    ``path`` is the mount table to consult (tests inject one).
+    """
+    if not _mounted(mountpoint, path):
         return True
     fusermount = _fusermount()
     if fusermount:
         _run([fusermount, "-u", "-z", mountpoint] if lazy else [fusermount, "-u", mountpoint])
     else:
         _run(["umount", "-l", mountpoint] if lazy else ["umount", mountpoint])
-    return not _mounted(mountpoint)
+    return not _mounted(mountpoint, path)
 
 
 def warn(message: str) -> None:
@@ -80,7 +83,8 @@ def warn(message: str) -> None:
 UNMOUNTED, DETACHED, FAILED = "unmounted", "detached", "failed"
 
 
-def unmount(mountpoint: str, busy_wait: float = BUSY_WAIT, should_hurry: Any = None) -> str:
+def unmount(mountpoint: str, busy_wait: float = BUSY_WAIT, should_hurry: Any = None,
+            path: str = mounttable.MOUNTINFO_PATH) -> str:
     """Unmount ``mountpoint`` by the policy of this module (normal, busy retries, lazy detach).
 
     Args:
@@ -88,13 +92,14 @@ def unmount(mountpoint: str, busy_wait: float = BUSY_WAIT, should_hurry: Any = N
         busy_wait: seconds of normal-unmount retries while the mount is busy.
         should_hurry: optional callable; when it returns True the retries stop
             early (e.g. a second SIGTERM).
+        path: the mount table to consult (tests inject one).
 
     Returns:
         ``"unmounted"`` (a normal unmount, or nothing was mounted),
         ``"detached"`` (lazily, after the busy wait) or ``"failed"``
         (still mounted).
     """
-    if unmount_once(mountpoint):
+    if unmount_once(mountpoint, path=path):
         return UNMOUNTED
     held = holders(mountpoint)
     who = ", ".join(str(h) for h in held) if held else "no process found in /proc (a bind mount or another namespace?)"
@@ -102,9 +107,9 @@ def unmount(mountpoint: str, busy_wait: float = BUSY_WAIT, should_hurry: Any = N
     deadline = time.monotonic() + busy_wait
     while time.monotonic() < deadline and not (should_hurry and should_hurry()):
         time.sleep(RETRY_INTERVAL)
-        if unmount_once(mountpoint):
+        if unmount_once(mountpoint, path=path):
             return UNMOUNTED
-    if unmount_once(mountpoint, lazy=True):
+    if unmount_once(mountpoint, lazy=True, path=path):
         warn(f"{mountpoint} detached lazily; processes still using it get errors from now on")
         return DETACHED
     return FAILED
@@ -130,7 +135,7 @@ def stop_process(proc: subprocess.Popen[bytes] | None, exit_wait: float = EXIT_W
             continue
 
 
-def abort(proc: subprocess.Popen[bytes] | None, mountpoint: str) -> None:
+def abort(proc: subprocess.Popen[bytes] | None, mountpoint: str, path: str = mounttable.MOUNTINFO_PATH) -> None:
     """Stop a driver that never became ready, then clear its mount: bounded by about a second.
 
     The driver goes first (SIGTERM, SIGKILL 0.5 s later): a driver stuck in
@@ -138,8 +143,8 @@ def abort(proc: subprocess.Popen[bytes] | None, mountpoint: str) -> None:
     block; once it is gone the unmount of its mount cannot block.
     """
     stop_process(proc, exit_wait=0.0, term_wait=0.5)
-    if not unmount_once(mountpoint):
-        unmount_once(mountpoint, lazy=True)
+    if not unmount_once(mountpoint, path=path):
+        unmount_once(mountpoint, lazy=True, path=path)
 
 
 def kill_pid(pid: int, started: int | None, term_wait: float = TERM_WAIT) -> bool:
@@ -191,14 +196,14 @@ def recover_orphan(state: dict[str, Any], busy_wait: float = BUSY_WAIT) -> list[
     return done
 
 
-def preflight(mountpoint: str) -> None:
-    """Check the mountpoint before anything is spawned.
+def preflight(mountpoint: str, path: str = mounttable.MOUNTINFO_PATH) -> None:
+    """Check the mountpoint before anything is spawned (``path``: the mount table).
 
     Raises:
         MountpointError: missing, not a directory, a dead FUSE mount, or
             already a mount point (each with what to do about it).
     """
-    path = mountpoint
+    table, path = path, mountpoint
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -211,7 +216,7 @@ def preflight(mountpoint: str) -> None:
         raise MountpointError(f"mountpoint {path}: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise MountpointError(f"mountpoint {path} is not a directory; a FUSE mount needs an empty directory")
-    existing = mounttable.find_mount(path)
+    existing = mounttable.find_mount(mountpoint, path=table)
     if existing is not None:
         raise MountpointError(
             f"{path} is already a mount point ({existing.fstype} from {existing.source}); "

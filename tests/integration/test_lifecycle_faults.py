@@ -106,6 +106,24 @@ def test_mount_up_is_zero_from_driver_death_until_restarted(impl, bucket, s3_ser
 # -- 2. stops that wait for nothing --------------------------------------------
 
 
+def test_sigterm_during_restart_backoff_is_prompt(impl, bucket, s3_server, mountpoint, env, start_mount):
+    m = start_mount(s3_mount_args(bucket, mountpoint, impl, s3_server.endpoint), env)
+    m.wait_ready(30)
+    driver = entry(env, mountpoint)["driver_pid"]
+    os.kill(driver, signal.SIGKILL)
+    wait_for(lambda: entry(env, mountpoint)["state"] == "restarting", 5, what="state restarting")
+    sent = time.monotonic()
+    m.signal(signal.SIGTERM)  # inside the 1 s backoff before the first restart
+    rc = m.wait(30)
+    took = time.monotonic() - sent
+    assert rc == 0, m.output()
+    assert took < 3.0, f"obsctl took {took:.2f} s to stop during the backoff\n{m.output()}"
+    assert "restarted" not in m.stderr, m.output()
+    assert not is_mounted(mountpoint)
+    wait_for(lambda: not processes_mentioning(str(mountpoint)), 2, what="no driver left")
+    no_traceback(m)
+
+
 def test_sigterm_during_ready_wait_is_prompt(impl, black_hole, mountpoint, env, start_mount):
     m = start_mount(s3_mount_args("obsctl-hang", mountpoint, impl, black_hole, ready_timeout=60), env)
     time.sleep(2.5)  # the driver is up and waiting on the endpoint

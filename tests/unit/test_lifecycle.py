@@ -20,6 +20,7 @@ from obsctl.drivers.generic import GenericDriver
 from obsctl.logpump import LogPump
 from obsctl.procutil import describe_exit, holders, pid_running, same_process, start_time
 from obsctl.readiness import Interrupted, MountError, ReadyWait
+from obsctl.supervisor import FAILED_SPAN_WAIT
 from obsctl.unmount import MountpointError, preflight, stop_process
 
 
@@ -201,3 +202,154 @@ def test_cli_logging_prints_no_traceback(tmp_path):
     assert "Traceback" not in res.stderr, res.stderr
     assert "export failed (ZeroDivisionError: division by zero)" in res.stderr
     assert "thread worker failed: ZeroDivisionError" in res.stderr
+
+
+# -- the whole Supervisor, with a stand-in driver and a stand-in fusermount3 ------
+
+FAKE_DRIVER = r"""
+import os, signal, sys, time
+table, log, mp = os.environ["FAKE_MOUNTINFO"], os.environ["FAKE_LOG"], sys.argv[1]
+def note(text):
+    with open(log, "a") as fh:
+        fh.write(text + "\n")
+def present():
+    with open(table) as fh:
+        return any(line.split()[4] == mp for line in fh if line.strip())
+def bye(*_):
+    note("driver: SIGTERM")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, bye)
+time.sleep(float(os.environ.get("FAKE_DELAY", "0.1")))
+with open(table, "a") as fh:
+    fh.write(f"36 35 0:99 / {mp} rw - fuse.fake fake rw\n")
+note(f"driver {os.getpid()}: mounted")
+while present():
+    time.sleep(0.02)
+note("driver: exit after unmount")
+"""
+
+FAKE_FUSERMOUNT = r"""
+import os, sys
+table, log, mp = os.environ["FAKE_MOUNTINFO"], os.environ["FAKE_LOG"], sys.argv[-1]
+with open(table) as fh:
+    lines = [line for line in fh if line.strip() and line.split()[4] != mp]
+with open(table + ".tmp", "w") as fh:
+    fh.writelines(lines)
+os.replace(table + ".tmp", table)
+with open(log, "a") as fh:
+    fh.write("fusermount3 " + " ".join(sys.argv[1:-1]) + "\n")
+"""
+
+
+@pytest.fixture
+def fake_host(tmp_path, monkeypatch):
+    """A mount table file, a fusermount3 on PATH that edits it, and a log of what happened, in order."""
+    table, log, bin_dir = tmp_path / "mountinfo", tmp_path / "events.log", tmp_path / "bin"
+    table.write_text("")
+    log.write_text("")
+    bin_dir.mkdir()
+    tool = bin_dir / "fusermount3"
+    tool.write_text(f"#!{sys.executable}\n{FAKE_FUSERMOUNT}")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_MOUNTINFO", str(table))
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    return table, log
+
+
+def make_supervisor(tmp_path, table, **spec):
+    from obsctl.config import TelemetryConfig
+    from obsctl.supervisor import Supervisor
+
+    mp = tmp_path / "mnt"
+    mp.mkdir(exist_ok=True)
+    data = {"source": "fake", "mountpoint": str(mp), "impl": "generic", "ready_timeout_seconds": 5,
+            "command": [sys.executable, "-c", FAKE_DRIVER, str(mp)], **spec}
+    return Supervisor(build_mount_spec(data), TelemetryConfig(), None, str(tmp_path / "run"), GenericDriver(),
+                      poll_interval=0.2, mountinfo_path=str(table))
+
+
+def run_in_thread(sup):
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(code=sup.run()), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+def test_supervisor_crash_restart_with_backoff_and_sigterm_order(tmp_path, fake_host):
+    table, log = fake_host
+    sup = make_supervisor(tmp_path, table, max_restarts=2)
+    thread, result = run_in_thread(sup)
+    wait_for(lambda: sup.state == "ready" and sup.probe is not None and sup.probe.health == "ok"
+             and Path(sup.state_path).exists())
+    first = sup.proc.pid
+    state = json.loads(Path(sup.state_path).read_text())
+    assert state["health"] == "ok" and state["driver_pid"] == first
+
+    os.kill(first, signal.SIGKILL)  # crash: its mount line stays, like a dead FUSE mount
+    wait_for(lambda: sup.probe.health == "down", 1.0)
+    died = time.monotonic()
+    assert json.loads(Path(sup.state_path).read_text())["health"] == "down"
+    wait_for(lambda: sup.restarts == 1 and sup.state == "ready")
+    assert time.monotonic() - died >= 0.9, "restarted before the 1 s backoff"
+    assert sup.proc.pid != first and sup.probe.health == "ok"
+
+    sup.request_stop()
+    thread.join(10)
+    assert result["code"] == 0
+    events = log.read_text().splitlines()
+    # SIGTERM order: unmount first, then the driver exits by itself; nothing is left mounted
+    assert events[-2:] == ["fusermount3 -u", "driver: exit after unmount"], events
+    assert table.read_text() == ""
+    assert not Path(sup.state_path).exists()
+
+
+def test_supervisor_gives_up_when_restarts_are_spent(tmp_path, fake_host):
+    table, log = fake_host
+    sup = make_supervisor(tmp_path, table, max_restarts=0)
+    thread, result = run_in_thread(sup)
+    wait_for(lambda: sup.state == "ready")
+    os.kill(sup.proc.pid, signal.SIGKILL)
+    thread.join(10)
+    assert result["code"] == 1 and table.read_text() == ""
+
+
+def test_supervisor_stop_during_ready_wait(tmp_path, fake_host, monkeypatch):
+    table, log = fake_host
+    monkeypatch.setenv("FAKE_DELAY", "30")  # never mounts
+    sup = make_supervisor(tmp_path, table, ready_timeout_seconds=60)
+    thread, result = run_in_thread(sup)
+    wait_for(lambda: sup.proc is not None)
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    sup.request_stop()
+    thread.join(10)
+    assert time.monotonic() - t0 < 1.0
+    assert result["code"] == 0 and sup.proc.returncode is not None
+
+
+def test_supervisor_early_exit_fails_without_waiting(tmp_path, fake_host):
+    table, _log = fake_host
+    sup = make_supervisor(tmp_path, table, command=[sys.executable, "-c", "print('no such option'); exit(2)"])
+    t0 = time.monotonic()
+    with pytest.raises(MountError, match="no such option"):
+        sup.run()
+    assert time.monotonic() - t0 < FAILED_SPAN_WAIT + 1.5
+
+
+def test_supervisor_missing_binary_fails_at_once(tmp_path, fake_host):
+    table, _log = fake_host
+    sup = make_supervisor(tmp_path, table, command=[str(tmp_path / "no-such-driver")])
+    t0 = time.monotonic()
+    with pytest.raises(MountError, match="not found"):
+        sup.run()
+    assert time.monotonic() - t0 < 0.5
