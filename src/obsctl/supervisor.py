@@ -462,8 +462,8 @@ class Supervisor:
             abort(self.proc, self.spec.mountpoint, self.mountinfo_path)
             return False
         self._span("restart", started, {"obsctl.restart.count": self.restarts})
+        self._poll_collectors()  # health from a real probe again
         self.state = "ready"
-        self._poll_collectors()
         self._write_state()
         print(f"obsctl: restarted {self.driver.name} (driver pid {self.proc.pid})", file=sys.stderr, flush=True)
         return True

@@ -241,6 +241,9 @@ with open(log, "a") as fh:
 """
 
 
+_RUNNING: list = []
+
+
 @pytest.fixture
 def fake_host(tmp_path, monkeypatch):
     """A mount table file, a fusermount3 on PATH that edits it, and a log of what happened, in order."""
@@ -254,7 +257,11 @@ def fake_host(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_MOUNTINFO", str(table))
     monkeypatch.setenv("FAKE_LOG", str(log))
-    return table, log
+    yield table, log
+    while _RUNNING:  # a failed test must not leave a supervisor running into the next one
+        sup, thread = _RUNNING.pop()
+        sup.request_stop()
+        thread.join(10)
 
 
 def make_supervisor(tmp_path, table, **spec):
@@ -273,6 +280,7 @@ def run_in_thread(sup):
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(code=sup.run()), daemon=True)
     thread.start()
+    _RUNNING.append((sup, thread))
     return thread, result
 
 
@@ -298,7 +306,7 @@ def test_supervisor_crash_restart_with_backoff_and_sigterm_order(tmp_path, fake_
     os.kill(first, signal.SIGKILL)  # crash: its mount line stays, like a dead FUSE mount
     wait_for(lambda: sup.probe.health == "down", 1.0)
     died = time.monotonic()
-    assert json.loads(Path(sup.state_path).read_text())["health"] == "down"
+    wait_for(lambda: json.loads(Path(sup.state_path).read_text())["health"] == "down", 0.5)
     wait_for(lambda: sup.restarts == 1 and sup.state == "ready")
     assert time.monotonic() - died >= 0.9, "restarted before the 1 s backoff"
     assert sup.proc.pid != first and sup.probe.health == "ok"
