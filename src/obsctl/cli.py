@@ -275,7 +275,9 @@ def cmd_unmount(args: argparse.Namespace) -> int:
                 if mounted else "; nothing is mounted there")
         print(f"obsctl: no obsctl mount at {target}{hint}", file=sys.stderr)
         return EXIT_FAILED
-    if state.get("state") == "observing":
+    if "observing" in (state.get("state"), state.get("last_state")):
+        if state.get("state") == "dead":
+            statefile.remove_state(str(state["state_file"]))
         print(f"obsctl: {target} is only observed by obsctl sidecar (pid {state['pid']}); "
               "unmount it with what started it", file=sys.stderr)
         return EXIT_FAILED

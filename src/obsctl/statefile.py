@@ -37,12 +37,12 @@ log = logging.getLogger("obsctl")
 #: Seconds ``obsctl status`` waits for a stat of a dead writer's mountpoint.
 STATUS_PROBE_TIMEOUT = 1.0
 
-#: The health values a live writer reports, and :func:`read_states` adds for a dead one.
+#: The one health value that means "mounted and answering" (``obsctl_mount_up`` 1).
 HEALTH_OK = "ok"
 
 
 def state_file_path(runtime_dir: str, mountpoint: str) -> str:
-    """``RUNTIME_DIR/mounts/<mountpoint with / as ->.json`` (``-`` in a name escaped as ``\\x2d``, like systemd-escape)."""
+    """``RUNTIME_DIR/mounts/<mountpoint, / as ->.json`` (``-`` escaped as ``\\x2d``, like systemd-escape)."""
     name = os.path.normpath(mountpoint).strip("/").replace("-", "\\x2d").replace("/", "-") or "-"
     return os.path.join(runtime_dir, "mounts", name + ".json")
 
@@ -75,8 +75,9 @@ def current_health(mountpoint: str) -> str:
 def read_states(runtime_dir: str) -> list[dict[str, Any]]:
     """Every state file under ``RUNTIME_DIR/mounts``, sorted by file name.
 
-    A state whose writer ``pid`` no longer runs gets ``state = "dead"`` and
-    ``health`` = :func:`current_health` of its mountpoint, so a mount whose
+    A state whose writer ``pid`` no longer runs gets ``state = "dead"``
+    (``last_state``: what it wrote; ``observing`` means a side-car, whose
+    mount obsctl did not start and never recovers) and ``health`` = :func:`current_health` of its mountpoint, so a mount whose
     supervisor was killed never shows ``ok``. Each entry carries
     ``state_file`` (its path). Unreadable or malformed files are skipped.
     """
@@ -99,6 +100,7 @@ def read_states(runtime_dir: str) -> list[dict[str, Any]]:
             continue
         state["state_file"] = path
         if not isinstance(state.get("pid"), int) or not pid_running(state["pid"]):
+            state["last_state"] = state.get("state")
             state["state"] = "dead"
             state["health"] = current_health(str(state.get("mountpoint") or ""))
         states.append(state)

@@ -340,6 +340,9 @@ class Supervisor:
         state = statefile.state_for(self.runtime_dir, self.spec.mountpoint)
         if state is None:
             return
+        if state.get("state") == "dead" and state.get("last_state") == "observing":
+            statefile.remove_state(str(state["state_file"]))  # a dead side-car's: not ours to recover
+            return
         if state.get("state") != "dead":
             raise MountpointError(
                 f"{self.spec.mountpoint} is already run by obsctl (pid {state.get('pid')}, state "
@@ -347,7 +350,8 @@ class Supervisor:
         try:
             done = recover_orphan(state)
         except RuntimeError as exc:
-            raise MountError(f"could not recover the mount a dead obsctl (pid {state.get('pid')}) left: {exc}") from None
+            raise MountError(
+                f"could not recover the mount a dead obsctl (pid {state.get('pid')}) left: {exc}") from None
         warn(f"recovered {self.spec.mountpoint} from a dead obsctl (pid {state.get('pid')}): {', '.join(done)}")
 
     def run(self) -> int:

@@ -361,3 +361,58 @@ def test_supervisor_missing_binary_fails_at_once(tmp_path, fake_host):
     with pytest.raises(MountError, match="not found"):
         sup.run()
     assert time.monotonic() - t0 < 0.5
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_recover_orphan_stops_only_the_recorded_driver(tmp_path):
+    from obsctl.unmount import recover_orphan
+
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    driver = subprocess.Popen(["sleep", "30"])
+    stranger = subprocess.Popen(["sleep", "30"])
+    try:
+        path = statefile.state_file_path(str(tmp_path), str(mp))
+        for pid, started in ((stranger.pid, (start_time(stranger.pid) or 0) + 1), (driver.pid, start_time(driver.pid))):
+            statefile.write_state(path, {"mountpoint": str(mp), "state": "ready", "pid": _dead_pid(),
+                                         "driver_pid": pid, "driver_start": started})
+            (state,) = statefile.read_states(str(tmp_path))
+            assert state["state"] == "dead" and state["health"] == "missing"
+            done = recover_orphan(state)
+            assert "removed its state file" in done and not Path(path).exists()
+        assert stranger.poll() is None, "a process with another start time (a recycled pid) was signalled"
+        assert driver.wait(5) == -signal.SIGTERM
+    finally:
+        for p in (driver, stranger):
+            p.kill()
+            p.wait()
+
+
+def test_next_mount_forgets_a_dead_sidecar_state_without_touching_anything(tmp_path, fake_host):
+    table, log = fake_host
+    sup = make_supervisor(tmp_path, table)
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        statefile.write_state(sup.state_path, {"mountpoint": sup.spec.mountpoint, "state": "observing",
+                                               "pid": _dead_pid(), "driver_pid": bystander.pid,
+                                               "driver_start": start_time(bystander.pid)})
+        sup._recover()
+        assert not Path(sup.state_path).exists()
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_next_mount_refuses_a_mountpoint_a_live_obsctl_runs(tmp_path, fake_host):
+    table, _log = fake_host
+    sup = make_supervisor(tmp_path, table)
+    statefile.write_state(sup.state_path, {"mountpoint": sup.spec.mountpoint, "state": "ready", "pid": os.getpid()})
+    with pytest.raises(MountpointError, match="already run by obsctl"):
+        sup.run()
+    assert sup.proc is None
