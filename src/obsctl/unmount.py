@@ -170,9 +170,12 @@ def kill_pid(pid: int, started: int | None, term_wait: float = TERM_WAIT) -> boo
 def recover_orphan(state: dict[str, Any], busy_wait: float = BUSY_WAIT) -> list[str]:
     """Clean up after a mount whose supervisor died (``state`` from :func:`obsctl.statefile.read_states`).
 
-    Stops the driver it recorded (only if it is still that very process),
-    unmounts what is left at its mountpoint by the policy above, and
-    removes the state file. Returns what was done, one phrase per action.
+    A driver it recorded that still runs (checked by pid and start time, so
+    a recycled pid is never signalled) is still serving: its mount is
+    unmounted by the policy above, then the driver is stopped. Without a
+    driver the mount is dead: it is detached at once (the busy warning still
+    names who holds it). Then the state file is removed. Returns what was
+    done, one phrase per action.
 
     Raises:
         RuntimeError: something is still mounted afterwards.
@@ -183,11 +186,16 @@ def recover_orphan(state: dict[str, Any], busy_wait: float = BUSY_WAIT) -> list[
     done = []
     driver_pid, driver_start = state.get("driver_pid"), state.get("driver_start")
     if isinstance(driver_pid, int) and same_process(driver_pid, driver_start):
-        unmount_once(mountpoint)  # a normal unmount first: the driver then exits by itself
+        # An orphaned driver still serves: the busy policy applies, then it is stopped.
+        if _mounted(mountpoint):
+            if unmount(mountpoint, busy_wait) == FAILED:
+                raise RuntimeError(f"{mountpoint} is still mounted; try: fusermount3 -u -z {mountpoint}")
+            done.append(f"unmounted {mountpoint}")
         kill_pid(driver_pid, driver_start)
         done.append(f"stopped its driver (pid {driver_pid})")
-    if _mounted(mountpoint):
-        if unmount(mountpoint, busy_wait) == FAILED:
+    elif _mounted(mountpoint):
+        # The driver is gone: the mount is dead and nobody's I/O can finish; no wait.
+        if unmount(mountpoint, busy_wait=0.0) == FAILED:
             raise RuntimeError(f"{mountpoint} is still mounted; try: fusermount3 -u -z {mountpoint}")
         done.append(f"unmounted {mountpoint}")
     if state.get("state_file"):
