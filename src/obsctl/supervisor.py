@@ -14,9 +14,10 @@ The lifecycle (DESIGN section 1; what happens on each fault: docs/operations.md)
    driver's start;
 3. ready (:mod:`obsctl.readiness`), then sd_notify READY=1 and a ``mount``
    span; the first metric export follows about a second later;
-4. steady state: the driver is watched every :data:`WATCH_INTERVAL` s,
-   collectors are polled and the state file (:mod:`obsctl.statefile`)
-   rewritten every ``poll_interval`` s. A driver that dies: the mount's
+4. steady state: the main thread watches the driver every
+   :data:`WATCH_INTERVAL` s; a poller thread polls the collectors and
+   rewrites the state file (:mod:`obsctl.statefile`) every ``poll_interval``
+   s, so a collector blocked on a hung driver never delays a stop. A driver that dies: the mount's
    health (:class:`obsctl.collectors.probe.MountProbe`, the one owner of
    ``obsctl_mount_up``) becomes ``down`` at once and stays so through the
    unmount of the dead mount, the backoff and the restart's ready wait;
@@ -175,6 +176,10 @@ class Supervisor:
         self.ready_at: float | None = None
         self.state_path = state_file_path(runtime_dir, spec.mountpoint)
         self._first_export: threading.Timer | None = None
+        self._poll_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._poller_stop = threading.Event()
+        self._poller: threading.Thread | None = None
 
     # -- signals ---------------------------------------------------------
     def request_stop(self, *_args: Any) -> None:
@@ -256,12 +261,44 @@ class Supervisor:
     def _driver_pid(self) -> int | None:
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
-    def _poll_collectors(self) -> None:
-        for collector in self.polling:
-            try:
-                collector.poll()
-            except Exception:
-                log.debug("collector %s failed", type(collector).__name__, exc_info=True)
+    def _poll_collectors(self, wait: float | None = None) -> bool:
+        """Poll every collector once (one poller at a time); False when another poll held the lock past ``wait`` s.
+
+        The state file is rewritten as soon as the probe's health changed,
+        so ``obsctl status`` does not lag the gauge behind slower collectors.
+        """
+        if not self._poll_lock.acquire(timeout=-1 if wait is None else wait):
+            return False
+        try:
+            for collector in self.polling:
+                before = getattr(self.probe, "health", None)
+                try:
+                    collector.poll()
+                except Exception:
+                    log.debug("collector %s failed", type(collector).__name__, exc_info=True)
+                if collector is self.probe and self.probe.health != before:
+                    self._write_state()
+        finally:
+            self._poll_lock.release()
+        return True
+
+    def _poll_loop(self) -> None:
+        """The collector poller thread: every ``poll_interval`` s while ready, poll and write the state file.
+
+        Polls run off the main thread, so a collector blocked on a hung
+        driver (the probe's 0.8 s, rclone rc's 1 s per request) never delays
+        the driver watch or a stop.
+        """
+        while not self._poller_stop.wait(self.poll_interval):
+            if self.state == "ready":
+                self._poll_collectors()
+                if self.state == "ready":
+                    self._write_state()
+
+    def _stop_poller(self) -> None:
+        self._poller_stop.set()
+        if self._poller is not None:
+            self._poller.join(2.0)
 
     def _span(self, name: str, start_ns: int, attributes: dict[str, Any], error: str | None = None) -> None:
         if self.telemetry is None:
@@ -327,7 +364,8 @@ class Supervisor:
         }
 
     def _write_state(self) -> None:
-        statefile.write_state(self.state_path, self.status())
+        with self._state_lock:
+            statefile.write_state(self.state_path, self.status())
 
     # -- main --------------------------------------------------------------
     def _recover(self) -> None:
@@ -411,18 +449,14 @@ class Supervisor:
         return self._supervise()
 
     def _supervise(self) -> int:
-        next_poll = time.monotonic() + self.poll_interval
         exit_code = 0
+        self._poller = threading.Thread(target=self._poll_loop, name="collector-poll", daemon=True)
+        self._poller.start()
         while not self.stop_requested.wait(WATCH_INTERVAL):
             if self.proc is not None and self.proc.poll() is not None:
                 if not self._handle_driver_exit():
                     exit_code = 1
                     break
-                next_poll = time.monotonic()
-            if time.monotonic() >= next_poll and not self.stop_requested.is_set():
-                self._poll_collectors()
-                self._write_state()
-                next_poll = time.monotonic() + self.poll_interval
         return self._shutdown(exit_code)
 
     def _handle_driver_exit(self) -> bool:
@@ -466,7 +500,9 @@ class Supervisor:
             abort(self.proc, self.spec.mountpoint, self.mountinfo_path)
             return False
         self._span("restart", started, {"obsctl.restart.count": self.restarts})
-        self._poll_collectors()  # health from a real probe again
+        # health from a real probe again; a poll stuck on the old driver is not waited for
+        # (the poller's next round then sets it)
+        self._poll_collectors(wait=0.5)
         self.state = "ready"
         self._write_state()
         print(f"obsctl: restarted {self.driver.name} (driver pid {self.proc.pid})", file=sys.stderr, flush=True)
@@ -491,7 +527,9 @@ class Supervisor:
             self._first_export.cancel()
         sd_notify("STOPPING=1")
         self._set_health("stopping", "stopping" if exit_code == 0 else "failed")
+        self._poller_stop.set()
         self._stop_driver()
+        self._stop_poller()  # a poll blocked on the old driver ends once the driver is gone
         # Every log line is in now (the pump hit EOF): the counters are final.
         for collector in self.polling:
             if collector is not self.proc_io and collector is not self.probe:

@@ -36,7 +36,9 @@ def scrape_up(port: int) -> float | None:
 
 
 def entry(env, mountpoint: Path) -> dict | None:
-    found = [e for e in status_json(env) if os.path.realpath(str(e.get("mountpoint"))) == str(mountpoint)]
+    """This mount's ``obsctl status --json`` entry. No realpath: an lstat of a
+    hung mount's root would block the test in the kernel."""
+    found = [e for e in status_json(env) if os.path.normpath(str(e.get("mountpoint"))) == str(mountpoint)]
     return found[0] if found else None
 
 
@@ -100,6 +102,35 @@ def test_mount_up_is_zero_from_driver_death_until_restarted(impl, bucket, s3_ser
     st = entry(env, mountpoint)
     assert st["health"] == "ok" and st["state"] == "ready" and st["restarts"] == 1, st
     assert m.stop(30) == 0, m.output()
+    no_traceback(m)
+
+
+def test_mount_up_is_zero_while_the_driver_hangs_and_stop_is_bounded(impl, bucket, s3_server, mountpoint, env,
+                                                                     otlp, telemetry_toml, start_mount):
+    port = free_port()
+    tel = telemetry_toml(export_interval_seconds=30, bind_address=f"127.0.0.1:{port}")
+    m = start_mount(s3_mount_args(bucket, mountpoint, impl, s3_server.endpoint, tel), env)
+    m.wait_ready(30)
+    wait_for(lambda: scrape_up(port) == 1.0, 10, 0.1, "obsctl_mount_up == 1")
+    driver = entry(env, mountpoint)["driver_pid"]
+    os.kill(driver, signal.SIGSTOP)  # alive, answers nothing
+    try:
+        stopped = time.monotonic()
+        # one poll (2 s) + the probe's 0.8 s bound + a scrape
+        wait_for(lambda: scrape_up(port) == 0.0, 4.5, 0.1, "obsctl_mount_up == 0 under a hung driver")
+        hung_after = time.monotonic() - stopped
+        assert entry(env, mountpoint)["health"] == "hung"
+        sent = time.monotonic()
+        m.signal(signal.SIGTERM)
+        rc = m.wait(30)
+        took = time.monotonic() - sent
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(driver, signal.SIGCONT)
+    assert rc == 0, m.output()
+    assert took < 6, f"stop with a hung driver took {took:.2f} s (gauge 0 after {hung_after:.2f} s)\n{m.output()}"
+    assert not is_mounted(mountpoint)
+    assert not pid_alive(driver)
     no_traceback(m)
 
 

@@ -75,6 +75,8 @@ class MountProbe(PollingCollector):
         self.stat = stat
         self.health: str | None = None
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._epoch = 0  # bumped by mark(); a poll that started before a mark is dropped
         instruments.observable_gauge("obsctl_mount_up", self._observe)
 
     @property
@@ -88,12 +90,19 @@ class MountProbe(PollingCollector):
         The value stays until the next :meth:`poll`, which the supervisor
         runs only once the mount is ready again.
         """
-        self.health = health
+        with self._lock:
+            self._epoch += 1
+            self.health = health
 
     def poll(self) -> None:
-        """Probe once, waiting at most ``timeout`` seconds; never raises."""
+        """Probe once, waiting at most ``timeout`` seconds; never raises.
+
+        A :meth:`mark` made while this poll ran wins: the poll's result,
+        which may predate it, is dropped.
+        """
+        epoch = self._epoch
         if self._thread is not None and self._thread.is_alive():
-            self.health = "hung"
+            self._set(epoch, "hung")
             return
         result: list[str] = []
 
@@ -110,10 +119,15 @@ class MountProbe(PollingCollector):
         thread.start()
         thread.join(self.timeout)
         if thread.is_alive():
-            self.health = "hung"
+            self._set(epoch, "hung")
         else:
-            self.health = result[0] if result else "error"
+            self._set(epoch, result[0] if result else "error")
             self._thread = None
+
+    def _set(self, epoch: int, health: str) -> None:
+        with self._lock:
+            if epoch == self._epoch:
+                self.health = health
 
     def _observe(self, _options: CallbackOptions) -> Iterable[Observation]:
         if self.health is None:
