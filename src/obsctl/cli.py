@@ -7,8 +7,11 @@
     obsctl sidecar --pid PID --mountpoint P [--impl X] [--rc-url URL]
     obsctl systemd install|uninstall|check ...
 
-Exit status: 0 success; 1 the mount failed or a command could not do its
-job; 2 bad usage or an invalid config file (nothing was started).
+Exit status: 0 success (also a mount stopped by SIGTERM before it was
+ready); 1 the mount failed or a command could not do its job; 2 bad usage,
+an invalid config file or an unusable mountpoint (missing, not a directory,
+already mounted, already run by a live obsctl): nothing was started.
+What happens on each fault: docs/operations.md.
 
 Only the standard library, msgspec and obsctl's light modules are imported
 before the driver is spawned; the OpenTelemetry SDK comes later.
