@@ -416,3 +416,21 @@ def test_next_mount_refuses_a_mountpoint_a_live_obsctl_runs(tmp_path, fake_host)
     with pytest.raises(MountpointError, match="already run by obsctl"):
         sup.run()
     assert sup.proc is None
+
+
+def test_driver_gets_sigterm_when_its_supervisor_is_killed():
+    """PR_SET_PDEATHSIG: kill -9 of the spawning process ends the "driver" (here: sleep)."""
+    code = ("import os, subprocess, sys, time\n"
+            "from obsctl.supervisor import _die_with_parent\n"
+            "p = subprocess.Popen(['sleep', '30'], preexec_fn=_die_with_parent(os.getpid()), start_new_session=True)\n"
+            "print(p.pid, flush=True)\n"
+            "time.sleep(30)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    assert pid_running(child)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 3
+    while pid_running(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not pid_running(child), "the driver outlived its killed supervisor"
