@@ -8,8 +8,11 @@
     obsctl sidecar --pid PID --mountpoint P [--impl X] [--rc-url URL]
     obsctl systemd install|uninstall|check ...
 
-Exit status: 0 success; 1 the mount failed or a command could not do its
-job; 2 bad usage or an invalid config file (nothing was started).
+Exit status: 0 success (also a mount stopped by SIGTERM before it was
+ready); 1 the mount failed or a command could not do its job; 2 bad usage,
+an invalid config file or an unusable mountpoint (missing, not a directory,
+already mounted, already run by a live obsctl): nothing was started.
+What happens on each fault: docs/operations.md.
 
 Only the standard library, msgspec and obsctl's light modules are imported
 before the driver is spawned; the OpenTelemetry SDK comes later.
@@ -236,47 +239,39 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
 
 
 def read_states(directory: str | None = None) -> list[dict[str, Any]]:
-    """Every state file under RUNTIME_DIR/mounts, with ``state`` set to
-    ``dead`` when its supervisor pid no longer runs."""
-    from obsctl.supervisor import pid_running
+    """Every mount's state (:func:`obsctl.statefile.read_states` of ``directory`` or the runtime dir).
 
-    base = os.path.join(directory or runtime_dir(), "mounts")
-    states = []
-    try:
-        names = sorted(os.listdir(base))
-    except FileNotFoundError:
-        return []
-    for name in names:
-        if not name.endswith(".json"):
-            continue
-        try:
-            with open(os.path.join(base, name), encoding="utf-8") as handle:
-                state = json.load(handle)
-        except (OSError, ValueError):
-            continue
-        if not isinstance(state.get("pid"), int) or not pid_running(state["pid"]):
-            state["state"] = "dead"
-        states.append(state)
-    return states
+    Raises:
+        OSError: the state directory exists but cannot be listed.
+    """
+    from obsctl.statefile import read_states as _read
+
+    return _read(directory or runtime_dir(), strict=True)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """``obsctl status [--json]``."""
-    states = read_states()
+    try:
+        states = read_states()
+    except OSError as exc:
+        print(f"obsctl: cannot read the mount states in {runtime_dir()}/mounts: {exc.strerror or exc} "
+              "(set OBSCTL_RUNTIME_DIR to obsctl's runtime directory)", file=sys.stderr)
+        return EXIT_FAILED
     if args.json:
         print(json.dumps(states, indent=2))
         return EXIT_OK
     if not states:
         print("no mounts run by obsctl on this host")
         return EXIT_OK
-    header = ("MOUNTPOINT", "SOURCE", "IMPL", "STATE", "PID", "DRIVER", "READ", "WRITTEN", "ERRORS", "LAST EXPORT")
+    header = ("NAME", "MOUNTPOINT", "SOURCE", "IMPL", "STATE", "HEALTH", "PID", "DRIVER", "READ", "WRITTEN",
+              "ERRORS", "LAST EXPORT")
     rows = [header]
     for s in states:
         export = s.get("last_export") or {}
         when = export.get("time")
         last = f"{export.get('result', 'none')}" + (f" {time.strftime('%H:%M:%S', time.localtime(when))}" if when else "")
-        rows.append((s.get("mountpoint", ""), s.get("source", ""), s.get("impl", ""), s.get("state", ""),
-                     str(s.get("pid", "")), str(s.get("driver_pid") or "-"), _human(s.get("read_bytes", 0)),
+        rows.append((s.get("name") or "-", s.get("mountpoint", ""), s.get("source", ""), s.get("impl", ""),
+                     s.get("state", ""), s.get("health") or "-", str(s.get("pid", "")), str(s.get("driver_pid") or "-"), _human(s.get("read_bytes", 0)),
                      _human(s.get("write_bytes", 0)), str(s.get("errors", 0)), last))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for row in rows:
@@ -293,24 +288,41 @@ def _human(n: float) -> str:
 
 
 def cmd_unmount(args: argparse.Namespace) -> int:
-    """``obsctl unmount MOUNTPOINT``: SIGTERM to the supervisor, wait for it to finish."""
-    from obsctl import mounttable
+    """``obsctl unmount MOUNTPOINT``: stop the obsctl mount there.
 
-    from obsctl.supervisor import pid_running
+    A live supervisor gets SIGTERM and is waited for (``--timeout``). A mount
+    whose supervisor is dead (killed, crashed) is recovered here: its driver,
+    if still the recorded process, is stopped, what is left mounted is
+    unmounted (busy: retried, then detached lazily) and its state file is
+    removed. Exit 0 when nothing is mounted there afterwards, 1 otherwise.
+    """
+    from obsctl import mounttable, statefile
+    from obsctl.procutil import pid_running
+    from obsctl.unmount import recover_orphan
 
     target = os.path.normpath(os.path.abspath(args.mountpoint))
-    match = [s for s in read_states() if s.get("mountpoint") == target and s.get("state") != "dead"]
-    if not match:
+    state = statefile.state_for(runtime_dir(), target)
+    if state is None:
         mounted = mounttable.find_mount(target)
         hint = (f"; it is a {mounted.fstype} mount obsctl did not start: use fusermount3 -u {target}"
                 if mounted else "; nothing is mounted there")
         print(f"obsctl: no obsctl mount at {target}{hint}", file=sys.stderr)
         return EXIT_FAILED
-    if match[0].get("state") == "observing":
-        print(f"obsctl: {target} is only observed by obsctl sidecar (pid {match[0]['pid']}); "
+    if "observing" in (state.get("state"), state.get("last_state")):
+        if state.get("state") == "dead":
+            statefile.remove_state(str(state["state_file"]))
+        print(f"obsctl: {target} is only observed by obsctl sidecar (pid {state['pid']}); "
               "unmount it with what started it", file=sys.stderr)
         return EXIT_FAILED
-    pid = int(match[0]["pid"])
+    if state.get("state") == "dead":
+        try:
+            done = recover_orphan(state)
+        except RuntimeError as exc:
+            print(f"obsctl: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"obsctl: recovered {target} left by a dead obsctl (pid {state.get('pid')}): {', '.join(done)}")
+        return EXIT_OK
+    pid = int(state["pid"])
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -342,6 +354,49 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _OneLineFormatter(logging.Formatter):
+    """Log records as one line: an exception becomes ``(ExcType: message)``, never a traceback.
+
+    Tracebacks are for debugging: with OBSCTL_LOG_LEVEL=DEBUG they are kept.
+    """
+
+    def __init__(self, fmt: str, keep_tracebacks: bool) -> None:
+        super().__init__(fmt)
+        self.keep_tracebacks = keep_tracebacks
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info and not self.keep_tracebacks:
+            exc = record.exc_info[1]
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = None
+        return super().format(record)
+
+
+def _setup_logging(level: str) -> None:
+    """stderr logging at ``level``; no traceback from any thread unless DEBUG.
+
+    Exceptions that escape a background thread (an exporter's, a server's)
+    are logged as one line too, through ``threading.excepthook``.
+    """
+    import threading
+
+    debug = level == "DEBUG"
+    handler = logging.StreamHandler()
+    handler.setFormatter(_OneLineFormatter("obsctl: %(levelname)s: %(name)s: %(message)s", debug))
+    logging.basicConfig(level=level if level in logging.getLevelNamesMapping() else "WARNING",
+                        handlers=[handler])
+    if not debug:
+        def _thread_error(hook_args: Any) -> None:
+            if hook_args.exc_type is SystemExit:
+                return
+            thread = hook_args.thread.name if hook_args.thread else "?"
+            logging.getLogger("obsctl").warning("thread %s failed: %s: %s", thread,
+                                                hook_args.exc_type.__name__, hook_args.exc_value)
+
+        threading.excepthook = _thread_error
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``obsctl`` console script. Returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -349,8 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--" in argv:
         cut = argv.index("--")
         argv, command = argv[:cut], argv[cut + 1:]
-    logging.basicConfig(level=os.environ.get("OBSCTL_LOG_LEVEL", "WARNING").upper(),
-                        format="obsctl: %(levelname)s: %(name)s: %(message)s")
+    _setup_logging(os.environ.get("OBSCTL_LOG_LEVEL", "WARNING").upper())
     args = _parser().parse_args(argv)
     if command and args.command not in ("mount", "systemd"):
         print("obsctl: a command after -- is only for obsctl mount --impl generic", file=sys.stderr)

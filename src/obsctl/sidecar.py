@@ -22,7 +22,6 @@ mount`` so ``obsctl status`` lists the mount with state ``observing``.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -32,9 +31,10 @@ from typing import Any
 
 from obsctl import mounttable
 from obsctl.config import ConfigError, TelemetryConfig
-from obsctl.fileutil import atomic_write
+from obsctl.procutil import pid_running
 from obsctl.sources import kernel_source
-from obsctl.supervisor import generic_collectors, pid_running, state_file_path
+from obsctl.statefile import remove_state, state_file_path, write_state
+from obsctl.supervisor import generic_collectors
 
 
 class Sidecar:
@@ -114,10 +114,7 @@ class Sidecar:
                 break
         for collector in collectors:
             collector.close()
-        try:
-            os.unlink(self.state_path)
-        except OSError:
-            pass
+        remove_state(self.state_path)
         self.telemetry.shutdown()
         return code
 
@@ -126,6 +123,7 @@ class Sidecar:
         state: dict[str, Any] = {
             "name": None, "mountpoint": self.mountpoint, "source": self.source, "bucket": self.bucket,
             "impl": self.impl, "state": "observing", "pid": os.getpid(), "driver_pid": self._pid(),
+            "driver_start": None,
             "started_at": self.started_at, "health": self.probe.health,
             "read_bytes": int(totals.get("obsctl_fs_read_bytes", 0)),
             "write_bytes": int(totals.get("obsctl_fs_write_bytes", 0)),
@@ -136,5 +134,4 @@ class Sidecar:
             "live": self.telemetry.instruments.live(),
             "sources": self.sources.as_dict(),
         }
-        os.makedirs(os.path.dirname(self.state_path), mode=0o750, exist_ok=True)
-        atomic_write(self.state_path, json.dumps(state, indent=1) + "\n", 0o640)
+        write_state(self.state_path, state)

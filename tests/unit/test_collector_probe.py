@@ -94,3 +94,28 @@ def test_unreadable_mount_table():
     probe.poll()
     assert probe.health == "error"
     assert observed(reader) == [(attrs.with_mountpoint(), 0)]
+
+
+def test_mark_wins_over_a_poll_that_started_before_it(tmp_path):
+    """The supervisor marks the mount down while a poll (from before the driver died) is running:
+    the poll's ``ok`` must not overwrite ``down``; the next poll probes again."""
+    reader, ins, _attrs = make(str(tmp_path))
+    table = tmp_path / "mountinfo"
+    table.write_text(f"36 35 0:63 / {tmp_path} rw - fuse.rclone r:b rw\n")
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_ok(path):
+        entered.set()
+        release.wait(5)
+
+    probe = MountProbe(ins, str(tmp_path), timeout=5, mountinfo_path=str(table), stat=slow_ok)
+    poller = threading.Thread(target=probe.poll)
+    poller.start()
+    assert entered.wait(5)
+    probe.mark("down")
+    release.set()
+    poller.join(5)
+    assert probe.health == "down" and [v for _l, v in observed(reader)] == [0]
+    probe.stat = stat_ok
+    probe.poll()
+    assert probe.health == "ok" and [v for _l, v in observed(reader)] == [1]

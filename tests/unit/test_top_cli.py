@@ -101,7 +101,7 @@ def test_dead_supervisor_and_no_mounts(tmp_path, capsys):
     write(tmp_path, dead)
     assert top.run(once=True, wait=0.2, runtime_dir=str(tmp_path)) == 0
     row = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("cap-rclone")][0]
-    assert row[3] == "dead/ok" and row[4] == "-"
+    assert row[3] == "dead/missing" and row[4] == "-"  # a dead supervisor never shows ok
 
 
 def test_cli_rejects_bad_intervals(capsys):

@@ -1,7 +1,7 @@
 """Is the mount up and answering? ``obsctl_mount_up`` from a bounded stat.
 
 Source: :func:`obsctl.mounttable.probe_health`: the mount's line in
-/proc/self/mountinfo (``missing`` without one) and a ``stat(2)`` of the
+/proc/self/mountinfo (``missing`` without one) and a ``statvfs(2)`` of the
 mountpoint (``stale`` on ENOTCONN "Transport endpoint is not connected" /
 ECONNABORTED: the driver is gone but the kernel mount stays; real copies in
 tests/fixtures/mountinfo/stale.txt and stale_stat.txt). A stat on a hung
@@ -15,6 +15,14 @@ Recorded as the observable gauge ``obsctl_mount_up`` {bucket, impl,
 mountpoint}: 1 when :attr:`MountProbe.health` is ``ok``, 0 for ``stale``,
 ``missing``, ``hung`` or a failed probe. Nothing is reported before the
 first poll.
+
+:class:`MountProbe` is the one owner of "is the mount up": the gauge and the
+``health`` of the state file (``obsctl status``) both read
+:attr:`MountProbe.health`. Besides its own polls, the supervisor reports the
+phases in which the mount cannot serve, the moment they begin, through
+:meth:`MountProbe.mark` (``down`` once the driver has exited, through the
+restart backoff and the restart's ready wait, ``stopping`` during shutdown),
+so the gauge says 0 from the next collection on, whatever the phase.
 """
 
 from __future__ import annotations
@@ -41,11 +49,15 @@ class MountProbe(PollingCollector):
         mountpoint: absolute path of the mount.
         timeout: seconds to wait for the stat.
         mountinfo_path: the mount table (tests pass a fixture file).
-        stat: the stat function (tests pass one that raises or blocks).
+        stat: the probe call (tests pass one that raises or blocks). Default
+            ``os.statvfs``: FUSE_STATFS always reaches the driver, where a
+            ``stat`` of the root can be answered from the kernel's attribute
+            cache (rclone: ``--attr-timeout`` 1 s) after the driver died.
 
     Attributes:
-        health: ``ok`` | ``stale`` | ``missing`` | ``hung`` | ``error``, or
-            None before the first poll.
+        health: ``ok`` | ``stale`` | ``missing`` | ``hung`` | ``error`` from
+            a poll, ``down`` | ``stopping`` (or any other word) from
+            :meth:`mark`, or None before the first poll.
     """
 
     def __init__(
@@ -54,7 +66,7 @@ class MountProbe(PollingCollector):
         mountpoint: str,
         timeout: float = 2.0,
         mountinfo_path: str = mounttable.MOUNTINFO_PATH,
-        stat: Callable[[str], object] = os.stat,
+        stat: Callable[[str], object] = os.statvfs,
     ) -> None:
         super().__init__(instruments)
         self.mountpoint = mountpoint
@@ -63,16 +75,34 @@ class MountProbe(PollingCollector):
         self.stat = stat
         self.health: str | None = None
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._epoch = 0  # bumped by mark(); a poll that started before a mark is dropped
         instruments.observable_gauge("obsctl_mount_up", self._observe)
 
     @property
     def up(self) -> bool:
+        """True when :attr:`health` is ``ok`` (the gauge's 1)."""
         return self.health == "ok"
 
+    def mark(self, health: str) -> None:
+        """Set :attr:`health` without probing: the supervisor knows the mount cannot serve (``down``, ``stopping``).
+
+        The value stays until the next :meth:`poll`, which the supervisor
+        runs only once the mount is ready again.
+        """
+        with self._lock:
+            self._epoch += 1
+            self.health = health
+
     def poll(self) -> None:
-        """Probe once, waiting at most ``timeout`` seconds; never raises."""
+        """Probe once, waiting at most ``timeout`` seconds; never raises.
+
+        A :meth:`mark` made while this poll ran wins: the poll's result,
+        which may predate it, is dropped.
+        """
+        epoch = self._epoch
         if self._thread is not None and self._thread.is_alive():
-            self.health = "hung"
+            self._set(epoch, "hung")
             return
         result: list[str] = []
 
@@ -89,10 +119,15 @@ class MountProbe(PollingCollector):
         thread.start()
         thread.join(self.timeout)
         if thread.is_alive():
-            self.health = "hung"
+            self._set(epoch, "hung")
         else:
-            self.health = result[0] if result else "error"
+            self._set(epoch, result[0] if result else "error")
             self._thread = None
+
+    def _set(self, epoch: int, health: str) -> None:
+        with self._lock:
+            if epoch == self._epoch:
+                self.health = health
 
     def _observe(self, _options: CallbackOptions) -> Iterable[Observation]:
         if self.health is None:
