@@ -112,7 +112,7 @@ def test_metric_reaches_prometheus_through_the_collector(stack):
     query = urllib.parse.quote(f'obsctl_fs_read_bytes_total{{bucket="{bucket}"}}')
 
     def found():
-        _, body = _get(f"http://127.0.0.1:9090/api/v1/query?query={query}")
+        body = _get(f"http://127.0.0.1:9090/api/v1/query?query={query}")[1]
         return json.loads(body)["data"]["result"]
 
     result = _wait(found, "obsctl_fs_read_bytes_total in Prometheus")
@@ -138,5 +138,5 @@ def test_trace_reaches_tempo(stack):
             start_time_unix_nano=now - 10**8, end_time_unix_nano=now)])])])
     with grpc.insecure_channel("127.0.0.1:4317") as channel:
         tsg.TraceServiceStub(channel).Export(request, timeout=10)
-    status, _ = _wait(lambda: _get(f"http://127.0.0.1:3200/api/traces/{trace_id.hex()}"), "the trace in Tempo")
+    status = _wait(lambda: _get(f"http://127.0.0.1:3200/api/traces/{trace_id.hex()}"), "the trace in Tempo")[0]
     assert status == 200
