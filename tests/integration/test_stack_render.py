@@ -68,8 +68,20 @@ def compose_binary() -> Path | None:
     return path if path.exists() else None
 
 
-def run_role(tmp: Path, extra: dict, *, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the role on localhost with ``extra`` as extra vars (a JSON file).
+def community_docker_path() -> str | None:
+    """A directory holding ansible_collections/community/docker (needed to
+    load tasks/absent.yml and tasks/deploy.yml): this venv's, or the one
+    scripts/molecule-all installs (PyPI package ``ansible``)."""
+    for site in [*sys.path, *map(str, REPO.glob(".venv-molecule/lib/python3*/site-packages"))]:
+        if (Path(site) / "ansible_collections" / "community" / "docker").is_dir():
+            return site
+    return None
+
+
+def run_role(tmp: Path, extra: dict, *, check: bool = True,
+             collections: str | None = None) -> subprocess.CompletedProcess:
+    """Run the role on localhost with ``extra`` as extra vars (a JSON file);
+    ``collections`` is an extra ANSIBLE_COLLECTIONS_PATH entry.
 
     Returns the finished process (stdout and stderr together); with ``check``
     a failed run raises with its output."""
@@ -87,6 +99,8 @@ def run_role(tmp: Path, extra: dict, *, check: bool = True) -> subprocess.Comple
                ANSIBLE_LOCALHOST_WARNING="False", ANSIBLE_INVENTORY_UNPARSED_WARNING="False",
                ANSIBLE_RETRY_FILES_ENABLED="False", ANSIBLE_STDOUT_CALLBACK="default",
                ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-tmp"), ANSIBLE_REMOTE_TEMP=str(tmp / "ansible-tmp"))
+    if collections:
+        env["ANSIBLE_COLLECTIONS_PATH"] = collections
     proc = subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", "localhost,", "-e", f"@{extra_file}",
          "-e", f"ansible_python_interpreter={sys.executable}", str(playbook)],
@@ -405,3 +419,33 @@ def test_missing_images_fail_in_preflight_with_a_real_docker(tmp_path):
         pytest.skip(f"images present here, nothing is missing: {present}")
     out = _expect_images_failure(tmp_path, docker)
     assert "This host has Docker without them" in out
+
+
+def test_state_absent_removes_files_and_keeps_the_data_unless_asked(tmp_path, pack):
+    """Render, then state=absent: the configuration goes, the data directory
+    and the password file stay; with remove_volumes they go too. (No Docker
+    program: the compose project has nothing to remove.)"""
+    collections = community_docker_path()
+    if collections is None:
+        pytest.skip("community.docker is not installed (PyPI package ansible; scripts/molecule-all "
+                    "installs it in .venv-molecule): tasks/absent.yml needs it")
+    extra = {
+        "observability_stack_deploy": False,
+        "observability_stack_config_dir": str(tmp_path / "etc"),
+        "observability_stack_data_dir": str(tmp_path / "data"),
+        "observability_stack_grafana_admin_password_file": str(tmp_path / "data" / "pw"),
+        "observability_stack_unit_dir": str(tmp_path / "units"),
+        "observability_stack_docker_bin": str(tmp_path / "no-docker"),
+        "observability_stack__pack": str(pack),
+    }
+    run_role(tmp_path, extra)
+    assert (tmp_path / "etc" / "docker-compose.yml").is_file()
+    (tmp_path / "units").mkdir()
+    unit = tmp_path / "units" / "obsctl-observability-stack.service"
+    out = run_role(tmp_path, {**extra, "observability_stack_state": "absent"}, collections=collections).stdout
+    assert recap_changed(out) > 0
+    assert not (tmp_path / "etc").exists() and not unit.exists()
+    assert (tmp_path / "data" / "tempo").is_dir() and (tmp_path / "data" / "pw").is_file()
+    run_role(tmp_path, {**extra, "observability_stack_state": "absent",
+                        "observability_stack_remove_volumes": True}, collections=collections)
+    assert not (tmp_path / "data").exists()
