@@ -30,6 +30,7 @@ BIN = Path(sys.executable).parent
 
 pytestmark = [
     pytest.mark.no_fuse,
+    pytest.mark.ansible,
     pytest.mark.skipif(os.geteuid() != 0, reason="the role writes root-owned files: run as root"),
     pytest.mark.skipif(not (BIN / "ansible-playbook").exists(),
                        reason=f"no ansible-playbook in {BIN} (pip install -e '.[test]')"),

@@ -37,7 +37,7 @@ import pytest
 
 yaml = pytest.importorskip("yaml")
 
-pytestmark = pytest.mark.no_fuse
+pytestmark = [pytest.mark.no_fuse, pytest.mark.ansible]
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "roles" / "observability_stack"
