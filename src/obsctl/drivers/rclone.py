@@ -98,6 +98,8 @@ class RcloneDriver(Driver):
 
     name = "rclone"
     binary = "rclone"
+    install_hint = ("role obsctl.observability.fuse_driver (fuse_driver_distro_drivers: [rclone]) "
+                    "or apt-get install rclone")
     refused_options = REFUSED_OPTIONS
 
     def refuse_dash_option(self, option):
