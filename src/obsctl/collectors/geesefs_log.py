@@ -4,7 +4,10 @@ Source: geesefs core/goofys.go, ``StatPrinter`` (github.com/yandex-cloud/geesefs
 commit 6e2bbab). Every ``--print-stats`` interval it swaps its counters to
 zero and logs, through its ``main`` logger at info level::
 
-    2026/11/21 21:00:10.000000 main.INFO I/O: 12.30 read/s, 75.00 % hits, 0.00 write/s; metadata: 1.00 read/s, 0.00 write/s, 0.00 noop/s, 42 alive, 0.00 evict/s; 0.00 flush/s
+    2026/11/21 21:00:10.000000 main.INFO I/O: 12.30 read/s, 75.00 % hits, 0.00 write/s; metadata:
+    1.00 read/s, 0.00 write/s, 0.00 noop/s, 42 alive, 0.00 evict/s; 0.00 flush/s
+
+(one line, wrapped here)
 
 with the Go format ``"I/O: %.2f read/s, %.2f %% hits, %.2f write/s; metadata:
 %.2f read/s, %.2f write/s, %.2f noop/s, %v alive, %.2f evict/s; %.2f flush/s"``.

@@ -35,6 +35,8 @@ _OTHER_BACKENDS = (
     "smb", "storj", "sugarsync", "swift", "union", "uptobox", "webdav", "yandex", "zoho")
 _FORWARD_LEVELS = {"critical", "error", "warning", "notice"}
 _ERROR_LEVELS = {"critical", "error", "fatal"}
+
+
 def free_loopback_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (kernel-chosen)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
