@@ -7,8 +7,9 @@ Facts from mountpoint-s3's source (github.com/awslabs/mountpoint-s3, commit 5881
   ``--region``, ``--endpoint-url`` (+ ``--force-path-style`` for a non-AWS
   endpoint), ``--read-only``, ``--allow-other``, ``--otlp-endpoint``,
   ``--otlp-export-interval`` (seconds, >= 1).
-* credentials: the AWS CRT default chain, which reads AWS_ACCESS_KEY_ID,
-  AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN from the environment.
+* credentials: the AWS default chain; doc/CONFIGURATION.md names the
+  environment variables AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
+  (AWS_SESSION_TOKEN with them for temporary keys).
 * mount type: fuser mounts with ``FSName("mountpoint-s3")`` and no subtype
   (mountpoint-s3-fs/src/fuse/config.rs), so /proc/self/mountinfo shows type
   ``fuse`` with source ``mountpoint-s3``.
