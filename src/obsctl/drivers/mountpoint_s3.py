@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 
 from obsctl.drivers import Driver, LaunchPlan, OptionRule, long_flag, refuse_short_flag
-from obsctl.drivers.goofys import CMDLINE, SPEC
+from obsctl.drivers.goofys import SPEC
 
 _PROFILE = ('use credentials_from = "profile" with profile = "NAME" (--profile NAME): obsctl reads the profile '
             "and passes the keys in the driver's environment")
