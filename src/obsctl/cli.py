@@ -30,6 +30,7 @@ import time
 from typing import Any, Sequence
 
 from obsctl import __version__
+from obsctl.drivers import DRIVERS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -46,7 +47,7 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
     """The mount options shared by ``obsctl mount`` and ``obsctl systemd install``."""
     parser.add_argument("source", nargs="?", help="s3://BUCKET[/PREFIX] (generic: any label)")
     parser.add_argument("mountpoint", nargs="?", help="an existing empty directory")
-    parser.add_argument("--impl", choices=["rclone", "s3fs", "generic"], help="FUSE driver (default rclone)")
+    parser.add_argument("--impl", choices=list(DRIVERS), help="FUSE driver (default rclone)")
     parser.add_argument("--endpoint", help="S3 endpoint URL (default: AWS)")
     parser.add_argument("--region", help="S3 region")
     parser.add_argument("--profile", help="AWS shared-credentials profile (with --credentials-from profile)")
@@ -204,6 +205,11 @@ def cmd_mount(args: argparse.Namespace, command: list[str]) -> int:
         spec = _mount_spec(args, command)
         telemetry = _telemetry(args, spec.telemetry_config)
         driver = get_driver(spec.impl)
+        missing = driver.missing_binary(spec)
+        if missing:  # before credentials are read and before anything is started (docs/operations.md)
+            print(f"obsctl: mount failed: {missing}", file=sys.stderr)
+            print(f"obsctl: nothing is mounted at {spec.mountpoint}", file=sys.stderr)
+            return EXIT_FAILED
         creds = credentials.resolve(spec.credentials_from, spec.profile) if driver.needs_credentials else None
     except ConfigError as exc:
         print(f"obsctl: {exc}", file=sys.stderr)

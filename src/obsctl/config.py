@@ -31,9 +31,6 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-#: Drivers obsctl knows. goofys, geesefs and mountpoint-s3 come from release
-#: files on real hosts (roles/fuse_driver); the supervisor runs them the same way.
-IMPLS = ("rclone", "s3fs", "generic")
 
 #: Default OTLP/gRPC endpoint of the local collector (mode = "local").
 LOCAL_OTLP_ENDPOINT = "http://127.0.0.1:4317"
@@ -229,7 +226,8 @@ class MountSpec(_Strict):
     source: str
     mountpoint: str
     name: str | None = None
-    impl: Literal["rclone", "s3fs", "generic", "goofys", "geesefs", "mountpoint-s3"] = "rclone"
+    #: A key of :data:`obsctl.drivers.DRIVERS` (checked in ``__post_init__``).
+    impl: str = "rclone"
     endpoint: str | None = None
     region: str | None = None
     profile: str | None = None
@@ -244,10 +242,12 @@ class MountSpec(_Strict):
     max_restarts: Annotated[int, msgspec.Meta(ge=0, le=100)] = 3
 
     def __post_init__(self) -> None:
-        if self.impl not in IMPLS:
+        from obsctl.drivers import DRIVERS  # cheap; drivers import this module lazily
+
+        if self.impl not in DRIVERS:
             raise ValueError(
-                f"impl {self.impl}: obsctl has no driver module for {self.impl} yet (roles/fuse_driver installs "
-                f"the binary); supervise it with impl = \"generic\" and its foreground command line")
+                f"impl {self.impl!r} is not a driver obsctl knows: use one of {', '.join(DRIVERS)} "
+                "(or impl = \"generic\" with the daemon's foreground command line)")
         _check_endpoint(self.endpoint)
         if not self.mountpoint:
             raise ValueError("mountpoint is empty")

@@ -163,6 +163,7 @@ class Supervisor:
         self.driver = driver
         # Mode none opens no port at all, not even rclone's loopback rc API.
         self.driver.listen = telemetry.exports_metrics
+        self.driver.telemetry = telemetry
         self.poll_interval = poll_interval
         self.bucket = spec.bucket_and_prefix()[0]
         self.stop_requested = threading.Event()
@@ -216,9 +217,8 @@ class Supervisor:
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                 close_fds=True, preexec_fn=_die_with_parent(os.getpid()))
         except FileNotFoundError:
-            raise MountError(
-                f"{self.plan.argv[0]}: not found; install the {self.driver.name} driver "
-                "(roles/fuse_driver, or apt-get install rclone s3fs)") from None
+            raise MountError(self.driver.missing_binary(self.spec)
+                             or f"{self.plan.argv[0]}: not found") from None
         except PermissionError:
             raise MountError(f"{self.plan.argv[0]}: permission denied (not executable)") from None
         self.driver_start = start_time(self.proc.pid)

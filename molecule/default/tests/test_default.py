@@ -103,4 +103,4 @@ def test_no_secret_in_files_argv_or_journal(host):
 def test_release_drivers():
     pytest.skip("goofys, geesefs and mountpoint-s3 come from release downloads (github.com, "
                 "s3.amazonaws.com) that this machine cannot reach; the tasks exist and are "
-                "checked for syntax, their sha256 pins are in roles/fuse_driver/defaults/main.yml")
+                "checked for syntax; their sha256 is the operator's to pin (docs/drivers.md)")

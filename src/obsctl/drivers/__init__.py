@@ -13,6 +13,7 @@ before the OpenTelemetry SDK is imported.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from obsctl.redact import redact  # noqa: F401  (re-exported: drivers redact wit
 
 if TYPE_CHECKING:  # pragma: no cover
     from obsctl.collectors import LogCollector, PollingCollector
-    from obsctl.config import MountSpec
+    from obsctl.config import MountSpec, TelemetryConfig
     from obsctl.credentials import Credentials
     from obsctl.instruments import Instruments
 
@@ -98,10 +99,16 @@ class LaunchPlan:
 
 
 class Driver:
-    """Base driver. Subclasses set ``name`` and ``binary`` and override the hooks."""
+    """Base driver. Subclasses set ``name``, ``binary`` and ``install_hint`` and override the hooks."""
 
     name = ""
     binary = ""
+    #: What installs :attr:`binary`: the role variable (roles/fuse_driver/defaults/main.yml).
+    install_hint = ""
+    #: The telemetry configuration of the mount (set by the supervisor before
+    #: :meth:`plan`; None for a plan built without one). Drivers with their own
+    #: exporter point it at the configured endpoint (mountpoint-s3).
+    telemetry: "TelemetryConfig | None" = None
     #: True when the driver takes S3 credentials.
     needs_credentials = True
     #: False: open no listening socket (telemetry mode none). The supervisor sets it.
@@ -148,6 +155,25 @@ class Driver:
                     + "; pass credentials with credentials_from (--credentials-from env|stdin|profile|systemd)")
         if problems:
             raise ConfigError(f"{self.name} option(s) refused:\n    " + "\n    ".join(problems))
+
+    def missing_binary(self, spec: "MountSpec") -> str | None:
+        """Why the driver's program cannot be run, or None when it is on PATH.
+
+        Checked before anything is started (``obsctl mount`` exits 1 with this
+        message, docs/operations.md). The program is :attr:`binary`, or the
+        first word of the generic driver's command.
+
+        Returns:
+            ``"goofys: not found on PATH (...); install it with role
+            obsctl.observability.fuse_driver: fuse_driver_release_drivers: [goofys]"``
+            or None.
+        """
+        program = self.binary or (spec.command[0] if spec.command else "")
+        if not program or shutil.which(program, path=os.environ.get("PATH")):
+            return None
+        where = os.environ.get("PATH", "")
+        hint = f"; install it with {self.install_hint}" if self.install_hint else ""
+        return f"{program}: not found on PATH ({where}), the {self.name} driver cannot start{hint}"
 
     def plan(self, spec: "MountSpec", creds: "Credentials | None") -> LaunchPlan:
         """Build argv and environment. Raises :class:`obsctl.config.ConfigError` on bad options."""
@@ -212,15 +238,53 @@ def split_option(option: str) -> tuple[str, str | None]:
     return key.strip(), (value if sep else None)
 
 
+def long_flag(option: str) -> str:
+    """A ``-o`` option as a long command-line flag: ``"stat-cache-ttl=1m"`` and
+    ``"--stat-cache-ttl=1m"`` -> ``"--stat-cache-ttl=1m"``; ``"cheap"`` -> ``"--cheap"``.
+
+    The name is kept as written (goofys has ``debug_fuse`` with an underscore);
+    Go's flag package and clap both take ``--name=value`` for every long flag.
+    """
+    return "--" + option.strip().lstrip("-")
+
+
+def refuse_short_flag(impl: str, option: str) -> str | None:
+    """The reason a single-dash option (``-f``, ``-d``) is refused, or None.
+
+    Short flags would bypass the check by name (``-o`` / ``-l`` are other
+    options' short forms); obsctl asks for the long form, which the tables check.
+    """
+    if option.startswith("-") and not option.startswith("--"):
+        return f"write the long form (--flag=value or flag=value): {impl} short flags are not checked by name"
+    return None
+
+
 def get_driver(impl: str) -> Driver:
-    """The driver object for ``impl``. Raises KeyError for an unknown name."""
-    if impl == "rclone":
-        from obsctl.drivers.rclone import RcloneDriver
-        return RcloneDriver()
-    if impl == "s3fs":
-        from obsctl.drivers.s3fs import S3fsDriver
-        return S3fsDriver()
-    if impl == "generic":
-        from obsctl.drivers.generic import GenericDriver
-        return GenericDriver()
-    raise KeyError(impl)
+    """A new driver object for ``impl`` (a key of :data:`DRIVERS`).
+
+    Raises:
+        KeyError: ``impl`` is not a driver obsctl knows.
+    """
+    return DRIVERS[impl]()
+
+
+# The registry: one line per driver. config.py's validation, the CLI's --impl
+# choices and docs/drivers.md use it (tests/unit/test_driver_registry.py
+# checks that they agree). Imported last: the driver modules import the base
+# classes above. None of them imports the OpenTelemetry SDK.
+from obsctl.drivers.generic import GenericDriver  # noqa: E402
+from obsctl.drivers.geesefs import GeesefsDriver  # noqa: E402
+from obsctl.drivers.goofys import GoofysDriver  # noqa: E402
+from obsctl.drivers.mountpoint_s3 import MountpointS3Driver  # noqa: E402
+from obsctl.drivers.rclone import RcloneDriver  # noqa: E402
+from obsctl.drivers.s3fs import S3fsDriver  # noqa: E402
+
+#: Driver name (``impl`` in a mount spec, ``--impl`` on the command line) -> class.
+DRIVERS: dict[str, type[Driver]] = {
+    "rclone": RcloneDriver,
+    "s3fs": S3fsDriver,
+    "goofys": GoofysDriver,
+    "geesefs": GeesefsDriver,
+    "mountpoint-s3": MountpointS3Driver,
+    "generic": GenericDriver,
+}

@@ -35,6 +35,8 @@ _OTHER_BACKENDS = (
     "smb", "storj", "sugarsync", "swift", "union", "uptobox", "webdav", "yandex", "zoho")
 _FORWARD_LEVELS = {"critical", "error", "warning", "notice"}
 _ERROR_LEVELS = {"critical", "error", "fatal"}
+
+
 def free_loopback_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (kernel-chosen)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -98,6 +100,8 @@ class RcloneDriver(Driver):
 
     name = "rclone"
     binary = "rclone"
+    install_hint = ("role obsctl.observability.fuse_driver (fuse_driver_distro_drivers: [rclone]) "
+                    "or apt-get install rclone")
     refused_options = REFUSED_OPTIONS
 
     def refuse_dash_option(self, option):

@@ -52,6 +52,8 @@ class S3fsDriver(Driver):
 
     name = "s3fs"
     binary = "s3fs"
+    install_hint = ("role obsctl.observability.fuse_driver (fuse_driver_distro_drivers: [s3fs]) "
+                    "or apt-get install s3fs")
     refused_options = REFUSED_OPTIONS
 
     def option_items(self, options):
