@@ -191,6 +191,21 @@ class Driver:
             env.pop("AWS_CA_BUNDLE", None)
         return env
 
+    @staticmethod
+    def aws_env(env: dict[str, str], creds: "Credentials | None") -> list[str]:
+        """Put ``creds`` into ``env`` as the AWS SDK variables every S3 driver
+        reads (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN
+        when there is one); returns the secret values to redact from the
+        driver's log (empty without credentials: the driver uses its profile
+        or instance role)."""
+        if creds is None:
+            return []
+        env["AWS_ACCESS_KEY_ID"] = creds.access_key_id
+        env["AWS_SECRET_ACCESS_KEY"] = creds.secret_access_key
+        if creds.session_token:
+            env["AWS_SESSION_TOKEN"] = creds.session_token
+        return list(creds.secrets())
+
     def forward(self, line: str) -> str | None:
         """The line to copy to obsctl's stderr (journal), or None to drop it."""
         return line

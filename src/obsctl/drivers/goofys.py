@@ -83,13 +83,7 @@ class GoofysDriver(Driver):
         bucket, prefix = spec.bucket_and_prefix()
         self.check_options(spec.options)
         env = self.base_env(spec)
-        hidden: list[str] = []
-        if creds is not None:
-            env["AWS_ACCESS_KEY_ID"] = creds.access_key_id
-            env["AWS_SECRET_ACCESS_KEY"] = creds.secret_access_key
-            if creds.session_token:
-                env["AWS_SESSION_TOKEN"] = creds.session_token
-            hidden += creds.secrets()
+        hidden = self.aws_env(env, creds)
         argv = [self.binary, "-f"]
         if spec.endpoint:
             argv.append(f"--endpoint={spec.endpoint}")
