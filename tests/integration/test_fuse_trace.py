@@ -270,7 +270,7 @@ def test_rclone_kernel_counts_agree_with_log_counts(s3_server, bucket, mountpoin
 
 
 def test_rclone_runs_without_debug_log_when_the_kernel_feeds(s3_server, bucket, mountpoint, env, otlp,
-                                                            telemetry_toml, start_mount):
+                                                             telemetry_toml, start_mount):
     require_driver("rclone")
     tel = telemetry_toml(export_interval_seconds=1)
     m = start_mount(s3_mount_args(bucket, mountpoint, "rclone", s3_server.endpoint, tel), env)

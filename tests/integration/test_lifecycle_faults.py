@@ -281,7 +281,7 @@ def test_supervisor_kill9_then_unmount_recovers(busy, impl, bucket, s3_server, m
 
 
 def test_supervisor_and_driver_kill9_dead_mount_recovered_by_next_mount(impl, bucket, s3_server, mountpoint,
-                                                                         env, start_mount):
+                                                                        env, start_mount):
     m = start_mount(s3_mount_args(bucket, mountpoint, impl, s3_server.endpoint), env)
     m.wait_ready(30)
     driver = entry(env, mountpoint)["driver_pid"]
