@@ -136,7 +136,7 @@ def run_variant(mp: str, work, on: bool, nice: int = 0) -> dict:
     out: dict = {"seconds": seconds}
     if child is not None:
         time.sleep(0.5)
-        stdout, _ = child.communicate("", timeout=60)
+        stdout, _stderr = child.communicate("", timeout=60)
         stats = json.loads(stdout.strip().splitlines()[-1])
         ops = stats["ops"] or 1
         out.update(stats, events_per_s=stats["events"] / seconds, cpu_per_100k=stats["cpu_s"] * 100_000 / ops)
@@ -148,7 +148,7 @@ def bench_driver(name: str, mp: str, workloads: dict, runs: int, nice: int = 0) 
     for wname, work in workloads.items():
         rows = {"off": [], "on": []}
         work()  # warm-up (directories, caches, moto), not counted
-        for _ in range(runs):
+        for _run in range(runs):
             for variant in ("off", "on"):
                 rows[variant].append(run_variant(mp, work, variant == "on", nice))
         off = statistics.median(r["seconds"] for r in rows["off"])
@@ -205,11 +205,11 @@ def bench_rclone_log(endpoint: str, bucket: str, keys: tuple[str, str], work_dir
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         logged = [0]
 
-        def drain(stream=proc.stdout, counter=logged):
+        def drain(stream, counter):
             for chunk in iter(lambda: stream.read(65536), b""):
                 counter[0] += len(chunk)
 
-        reader = threading.Thread(target=drain, daemon=True)
+        reader = threading.Thread(target=drain, args=(proc.stdout, logged), daemon=True)
         reader.start()
         wait_mounted(mp)
         cpu0 = proc_cpu(proc.pid)
@@ -231,7 +231,7 @@ def bench_rclone_log(endpoint: str, bucket: str, keys: tuple[str, str], work_dir
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     ap.add_argument("--collector", help=argparse.SUPPRESS)
     ap.add_argument("--files", type=int, default=1500)
     ap.add_argument("--workers", type=int, default=2)
@@ -263,7 +263,7 @@ def main() -> int:
         os.makedirs(src)
         os.makedirs(mp)
         with open(os.path.join(src, "read.bin"), "wb") as fh:
-            for _ in range(args.read_mib):
+            for _mib in range(args.read_mib):
                 fh.write(os.urandom(1 << 20))
         procs.append(subprocess.Popen(["bindfs", "-f", src, mp]))
         wait_mounted(mp)

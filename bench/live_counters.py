@@ -70,7 +70,7 @@ def state_write(opcodes: int, repeat: int = 2000) -> tuple[float, int]:
         for ms in (0.07, 0.3, 2, 40, 600):
             ins.record_fs_op(op, ms)
     start = time.perf_counter()
-    for _ in range(repeat):
+    for _rep in range(repeat):
         text = json.dumps(ins.live(), indent=1)
     return (time.perf_counter() - start) / repeat * 1e6, len(text)
 
@@ -83,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     live_us, bare_us, write_us = [], [], []
     size = 0
-    for _ in range(args.runs):
+    for _run in range(args.runs):
         bare_us.append(bare_otel(args.ops))
         live_us.append(with_live(args.ops))
         us, size = state_write(args.opcodes)

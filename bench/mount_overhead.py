@@ -677,8 +677,9 @@ def print_report(meta: dict[str, Any], variants: list[Variant], summary: dict[st
                       cell(v.name, "ready_s", ".3f"), cell(v.name, "unmount_s", ".3f"),
                       cell(v.name, "mib_s", ".0f"),
                       cell(v.name, "obsctl_hwm_mib", ".1f") if v.kind == "obsctl" else "",
-                      "/".join(cell(v.name, k, ".1f", False) for k in ("obsctl_anon_mib", "obsctl_file_mib",
-                                                                     "obsctl_pss_mib")) if v.kind == "obsctl" else "",
+                      "/".join(cell(v.name, k, ".1f", False)
+                               for k in ("obsctl_anon_mib", "obsctl_file_mib", "obsctl_pss_mib"))
+                      if v.kind == "obsctl" else "",
                       cell(v.name, "driver_hwm_mib", ".0f"),
                       cell(v.name, "obsctl_cpu_read_s", ".2f", False) if v.kind == "obsctl" else "",
                       cell(v.name, "driver_cpu_read_s", ".2f", False)))

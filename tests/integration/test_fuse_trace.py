@@ -192,7 +192,7 @@ def test_s3fs_kernel_numbers(s3_server, bucket, mountpoint, env, otlp, telemetry
     before = ops(otlp, **attrs)
     moved = workload(mountpoint, "data-b.bin", 200_000)
     opens = 3  # new.bin (create counts as create), data-b.bin, + the reopen below
-    for _ in range(2):
+    for _open in range(2):
         with open(mountpoint / "hello.txt", "rb") as fh:
             fh.read()
     wait_until(lambda: all(ops(otlp, **attrs).get(op, 0) > before.get(op, 0) for op in OPCODES), 20,
@@ -249,7 +249,7 @@ def test_rclone_kernel_counts_agree_with_log_counts(s3_server, bucket, mountpoin
     try:
         # under rclone's --streaming-upload-cutoff (100 KiB): one PutObject (see test_mount.py)
         workload(mountpoint, "data-b.bin", 50_000)
-        for _ in range(5):
+        for _stat in range(5):
             os.stat(mountpoint / "hello.txt")
             with open(mountpoint / "hello.txt", "rb") as fh:
                 fh.read()
@@ -270,7 +270,7 @@ def test_rclone_kernel_counts_agree_with_log_counts(s3_server, bucket, mountpoin
 
 
 def test_rclone_runs_without_debug_log_when_the_kernel_feeds(s3_server, bucket, mountpoint, env, otlp,
-                                                            telemetry_toml, start_mount):
+                                                             telemetry_toml, start_mount):
     require_driver("rclone")
     tel = telemetry_toml(export_interval_seconds=1)
     m = start_mount(s3_mount_args(bucket, mountpoint, "rclone", s3_server.endpoint, tel), env)

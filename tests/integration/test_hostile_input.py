@@ -28,7 +28,7 @@ def _threads(pid: int) -> int:
 
 @pytest.mark.parametrize("impl_name,option,words", [(i, o, w) for i, cases in REFUSED.items() for o, w in cases])
 def test_refused_option_mounts_nothing_and_names_the_option(impl_name, option, words, bucket, s3_server,
-                                                           mountpoint, env):
+                                                            mountpoint, env):
     require_driver(impl_name)
     impl = impl_name
     # attached -oVALUE: the value may start with a dash
@@ -44,7 +44,7 @@ def test_refused_option_mounts_nothing_and_names_the_option(impl_name, option, w
 
 
 def test_prometheus_endpoint_bounded_under_idle_half_open_connections(bucket, s3_server, mountpoint, env,
-                                                                    telemetry_toml, start_mount):
+                                                                      telemetry_toml, start_mount):
     port = free_port()
     tel = telemetry_toml(export_interval_seconds=5, bind_address=f"127.0.0.1:{port}")
     m = start_mount(s3_mount_args(bucket, mountpoint, "rclone", s3_server.endpoint, tel), env)
@@ -112,7 +112,7 @@ def test_where_the_secret_really_is(source, bucket, s3_server, mountpoint, runti
 
 
 def test_unreachable_collector_logs_one_line_not_three_per_interval(bucket, s3_server, mountpoint, env, tmp_path,
-                                                                   start_mount):
+                                                                    start_mount):
     """A real obsctl mount exporting every 1 s to a loopback port where nothing
     listens: after 8 intervals its stderr holds one export failure line with
     the reason, none of the exporter's per-attempt lines."""

@@ -44,10 +44,10 @@ def rss_kib(pid: int) -> int:
 
 def slope_per_min(samples: list[tuple[float, int]]) -> float:
     n = len(samples)
-    mean_t = sum(t for t, _ in samples) / n
-    mean_v = sum(v for _, v in samples) / n
+    mean_t = sum(t for t, _v in samples) / n
+    mean_v = sum(v for _t, v in samples) / n
     cov = sum((t - mean_t) * (v - mean_v) for t, v in samples)
-    var = sum((t - mean_t) ** 2 for t, _ in samples)
+    var = sum((t - mean_t) ** 2 for t, _v in samples)
     return cov / var * 60.0
 
 
@@ -69,7 +69,7 @@ def test_compressed_soak(bucket, s3_server, mountpoint, env, otlp, tmp_path, sta
     m = start_mount(s3_mount_args(bucket, mountpoint, "rclone", s3_server.endpoint, tel, "--cache-mode", "writes"), env)
     m.wait_ready(30)
     rng = random.Random(7)
-    payloads = [rng.randbytes(rng.choice((1024, 65536, 300000))) for _ in range(8)]
+    payloads = [rng.randbytes(rng.choice((1024, 65536, 300000))) for _i in range(8)]
     started = time.monotonic()
     samples: list[tuple[float, int]] = []
     next_sample = next_flap = started
@@ -129,5 +129,5 @@ def test_compressed_soak(bucket, s3_server, mountpoint, env, otlp, tmp_path, sta
     steady = [s for s in samples if s[0] >= SECONDS / 2]
     slope = slope_per_min(steady)
     print(f"soak: {ops} ops in {SECONDS:.0f} s, restarts 1, RSS {samples[0][1]} -> {samples[-1][1]} KiB, "
-          f"max {max(v for _, v in samples)} KiB, steady slope {slope:+.1f} KiB/min over {len(steady)} samples")
+          f"max {max(v for _t, v in samples)} KiB, steady slope {slope:+.1f} KiB/min over {len(steady)} samples")
     assert slope < MAX_RSS_SLOPE_KIB_PER_MIN, (slope, steady)

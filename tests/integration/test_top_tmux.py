@@ -181,7 +181,7 @@ def test_top_once_and_json_without_terminal(two_mounts):
     rows: list[dict] = []
     while time.monotonic() < deadline:
         res = subprocess.run([*command, "--json"], env=env, capture_output=True, text=True, timeout=30,
-                             stdin=subprocess.DEVNULL)
+                             stdin=subprocess.DEVNULL, check=False)
         assert res.returncode == 0, res.stderr
         rows = json.loads(res.stdout)
         rclone = [r for r in rows if r["name"] == "top-rclone"]
@@ -207,7 +207,7 @@ def test_top_once_and_json_without_terminal(two_mounts):
     assert bindfs["driver_read_mib_s"] is not None and bindfs["driver_read_mib_s"] > 0, bindfs
 
     res = subprocess.run([*command, "--once"], env=env, capture_output=True, text=True, timeout=30,
-                         stdin=subprocess.DEVNULL)
+                         stdin=subprocess.DEVNULL, check=False)
     assert res.returncode == 0, res.stderr
     assert "\x1b" not in res.stdout, repr(res.stdout)
     assert _row(res.stdout, "top-bindfs"), res.stdout

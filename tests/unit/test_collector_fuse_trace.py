@@ -72,7 +72,7 @@ def test_latency_is_end_minus_send_in_ms():
     col.feed_chunk(b"  stat-1 [000] ...1.   10.000100: fuse_request_send: connection 40 req 4 opcode 3 "
                    b"(FUSE_GETATTR) len 56 \n"
                    b"  bindfs-2 [001] .....   10.002600: fuse_request_end: connection 40 req 4 len 120 error 0\n")
-    _ops, lat, *_ = summary(reader)
+    _ops, lat, *_rest = summary(reader)
     assert lat == {"getattr": (1, pytest.approx(2.5))}
 
 
@@ -99,7 +99,7 @@ def test_req_0_seen_at_run_time_switches_to_unpaired():
     reader, col = collector(PAIRED)
     col.feed_chunk((FIXTURES / "bindfs-6.12-unpaired.txt").read_bytes())
     assert col.support.level == "unpaired"
-    ops, lat, errors, *_ = summary(reader)
+    ops, lat, errors, *_rest = summary(reader)
     assert ops == OPS and lat == {} and errors == {"eacces": 1}
 
 
@@ -117,7 +117,7 @@ def test_unknown_lines_are_tolerated():
                    b"x-1 [000] ...1. 1.000000: fuse_request_send: connection 40 req 2 opcode 99 (99) len 40\n"
                    b"x-1 [000] ...1. 1.000000: other_event: connection 40 req 2\n"
                    b"y-2 [000] ..... 1.000010: fuse_request_end: connection 40 req 2 len 16 error -999\n")
-    ops, _lat, errors, *_ = summary(reader)
+    ops, _lat, errors, *_rest = summary(reader)
     assert ops == {"99": 1} and errors == {"errno_999": 1}
 
 
@@ -165,7 +165,7 @@ def test_detect_support(tmp_path, monkeypatch):
 def test_unavailable_kernel_warns_once(caplog, monkeypatch):
     monkeypatch.setattr(fuse_trace, "_warned", False)
     none = KernelSupport("none", "no tracepoints", "/nonexistent")
-    for _ in range(3):
+    for _i in range(3):
         reader, col = collector(none)
         col.poll()
         col.close()

@@ -433,7 +433,7 @@ class FuseTraceCollector(PollingCollector):
 
     def _drain(self) -> bool:
         """Read trace_pipe until it is empty (non-blocking). False when it failed for good."""
-        for _ in range(256):
+        for _read in range(256):
             try:
                 data = os.read(self._fd, CHUNK)
             except BlockingIOError:
