@@ -499,7 +499,7 @@ LABELS = {
     "telemetry_config": "telemetry configuration (telemetry_config)",
     "fuse_mounts": "mounts (fuse_mounts)",
     "observability_stack": "local observability stack (observability_stack)",
-    "": "this host (localhost.yml)",
+    "": "installer record (localhost.yml)",
 }
 TASK = re.compile(r"^(TASK|RUNNING HANDLER) \[(?:(?P<role>[\w.]+) : )?(?P<task>.*?)\] \**$")
 RESULT = re.compile(r"^(?P<status>ok|changed|skipping|fatal|failed): \[[^\]]*\](?P<rest>.*)$")
@@ -513,6 +513,10 @@ def flush():
     if group is None:
         return
     c = state["counts"]
+    if not c or (group == "" and not (c.get("changed") or c.get("failed"))):
+        # include_role lines, facts: nothing to report
+        state["group"], state["counts"], state["would"] = None, {}, []
+        return
     if c.get("failed"):
         status = "failed"
     elif c.get("changed"):
