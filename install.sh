@@ -311,6 +311,7 @@ EOF
     fi
 
     # -- package sources ------------------------------------------------------------------
+    say "obsctl installer $VERSION$([ "$dry_run" = 1 ] && echo ': dry run (changes nothing)')$([ "$uninstall" = 1 ] && echo ': uninstall')"
     local run
     run="$(mktemp -d /tmp/obsctl-install.XXXXXX)"
     # shellcheck disable=SC2064 # expand now: the path is fixed
@@ -360,7 +361,7 @@ PY
         : >"$log"
         chmod 0600 "$log"
     fi
-    say "obsctl installer $VERSION: $([ "$dry_run" = 1 ] && echo 'dry run (changes nothing), ')full log in $log"
+    say "    full log in $log"
 
     # -- bootstrap: ansible in its own venv --------------------------------------------------
     if [ "$dry_run" = 1 ] && [ "$venv_ready" = 0 ]; then
@@ -396,7 +397,7 @@ PY
         digest="$(cd "$src" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)"
         local wheel_dir="$INSTALLER_HOME/wheels/$digest"
         [ "$dry_run" = 0 ] || wheel_dir="$run/wheels/$digest"
-        wheel="$(find "$wheel_dir" -name 'obsctl-*.whl' 2>/dev/null | head -1)"
+        wheel="$(find "$wheel_dir" -name 'obsctl-*.whl' 2>/dev/null | head -1 || true)"
         if [ -n "$wheel" ]; then
             step "obsctl package from $here" ok "$(basename "$wheel")"
         else
@@ -484,6 +485,9 @@ PY
     local -a ansible_args=(-i "localhost," -e "@$vars" "$playbook")
     [ "$dry_run" = 0 ] || ansible_args+=(--check --diff)
     local summary="$run/summary.json"
+    # An empty configuration: an ansible.cfg in the current directory or
+    # ~/.ansible.cfg of the operator does not change what the installer does.
+    : >"$run/ansible.cfg"
     local filter
     filter="$(cat <<'PY'
 """Read ansible-playbook's output (default callback): copy every line to the
@@ -597,9 +601,10 @@ PY
             ANSIBLE_PIPELINING=1 ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0 ANSIBLE_RETRY_FILES_ENABLED=0 \
             ANSIBLE_STDOUT_CALLBACK=ansible.builtin.default ANSIBLE_DISPLAY_SKIPPED_HOSTS=1 \
             ANSIBLE_LOCALHOST_WARNING=0 ANSIBLE_INVENTORY_UNPARSED_WARNING=0 ANSIBLE_DEPRECATION_WARNINGS=0 \
-            ANSIBLE_LOG_PATH=/dev/null ANSIBLE_CONFIG=/dev/null \
-            "$venv/bin/ansible-playbook" "${ansible_args[@]}" 2>&1 </dev/null || rc=$?
+            ANSIBLE_CONFIG="$run/ansible.cfg" \
+            "$venv/bin/ansible-playbook" "${ansible_args[@]}" 2>&1 </dev/null || echo "$?" >"$run/ansible.rc"
     } | "$venv/bin/python" -c "$filter" "$log" "$((step_no + 1))" "$dry_run" "$summary" || rc=$?
+    if [ -s "$run/ansible.rc" ]; then rc="$(cat "$run/ansible.rc")"; fi
     step_no=$(($("$venv/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["next_step"])' "$summary") - 1))
     local changed
     changed="$("$venv/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["changed"])' "$summary")"
