@@ -497,13 +497,14 @@ import re
 import sys
 
 log_path, first, dry, summary_path = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
+listing, own_label = sys.argv[5], sys.argv[6]
 LABELS = {
     "fuse_driver": "FUSE and the drivers (fuse_driver)",
     "obsctl": "obsctl and its units (obsctl)",
     "telemetry_config": "telemetry configuration (telemetry_config)",
     "fuse_mounts": "mounts (fuse_mounts)",
     "observability_stack": "local observability stack (observability_stack)",
-    "": "installer record (localhost.yml)",
+    "": own_label,
 }
 TASK = re.compile(r"^(TASK|RUNNING HANDLER) \[(?:(?P<role>[\w.]+) : )?(?P<task>.*?)\] \**$")
 RESULT = re.compile(r"^(?P<status>ok|changed|skipping|fatal|failed): \[[^\]]*\](?P<rest>.*)$")
@@ -530,9 +531,9 @@ def flush():
     else:
         status = "skipped"
     print(f"{state['step']:2d}. {LABELS.get(group, group):<50} {status}", flush=True)
-    if dry:
+    if listing:
         for task in state["would"]:
-            print(f"      would change: {task}", flush=True)
+            print(f"      {listing}: {task}", flush=True)
     state["step"] += 1
     state["group"], state["counts"], state["would"] = None, {}, []
 
@@ -593,6 +594,13 @@ with open(summary_path, "w", encoding="utf-8") as f:
                "failed": state["failed"], "messages": state["messages"]}, f)
 PY
 )"
+    # Under each step: the changed tasks of a dry run, what an uninstall removed.
+    local listing="" own_label="installer record (localhost.yml)"
+    if [ "$dry_run" = 1 ]; then listing="would change"; fi
+    if [ "$uninstall" = 1 ]; then
+        own_label="files and units (localhost_uninstall.yml)"
+        [ "$dry_run" = 1 ] || listing="removed"
+    fi
     local rc=0
     {
         printf '=== ansible-playbook %s (%s)\n' "${ansible_args[*]}" "$(date -u +%FT%TZ)"
@@ -603,7 +611,8 @@ PY
             ANSIBLE_LOCALHOST_WARNING=0 ANSIBLE_INVENTORY_UNPARSED_WARNING=0 ANSIBLE_DEPRECATION_WARNINGS=0 \
             ANSIBLE_CONFIG="$run/ansible.cfg" \
             "$venv/bin/ansible-playbook" "${ansible_args[@]}" 2>&1 </dev/null || echo "$?" >"$run/ansible.rc"
-    } | "$venv/bin/python" -c "$filter" "$log" "$((step_no + 1))" "$dry_run" "$summary" || rc=$?
+    } | "$venv/bin/python" -c "$filter" "$log" "$((step_no + 1))" "$dry_run" "$summary" \
+        "$listing" "$own_label" || rc=$?
     if [ -s "$run/ansible.rc" ]; then rc="$(cat "$run/ansible.rc")"; fi
     step_no=$(($("$venv/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["next_step"])' "$summary") - 1))
     local changed
