@@ -48,6 +48,7 @@ INSTALL = REPO / "install.sh"
 IMAGE = os.environ.get("OBSCTL_IMAGE", "obsctl-systemd:bookworm")
 CACHE = REPO / ".cache" / "installer"
 SRC = "/src/obsctl"
+HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 #: What a container run may change besides the installer's own work: the
 #: bind-mounted caches (pip, apt archives) and temporary files.
 PRUNE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/cache", "/var/cache/apt", "/src", "/mnt")
@@ -246,6 +247,10 @@ class Container:
             "-v", f"{CACHE / 'pip'}:/cache/pip",
             "-v", f"{CACHE / 'apt'}:/var/cache/apt/archives",
         ]
+        if os.path.isfile(HOST_CA_BUNDLE):
+            # This machine reaches PyPI through a TLS proxy whose CA is in the
+            # host's bundle; a real host behind it has the same bundle.
+            argv += ["-v", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
         if systemd:
             argv += ["--cgroupns=host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
                      "--tmpfs", "/run", "--tmpfs", "/run/lock", IMAGE]
