@@ -257,9 +257,17 @@ class Container:
         else:
             argv += ["--entrypoint", "/bin/sleep", IMAGE, "infinity"]
         subprocess.run(argv, check=True, capture_output=True, timeout=60)
-        if systemd:
-            out = self.sh("systemctl is-system-running --wait", timeout=120).stdout.strip()
-            assert out in ("running", "degraded"), out
+
+    def wait_booted(self, timeout: float = 120) -> None:
+        """Until systemd says running (or degraded)."""
+        deadline = time.monotonic() + timeout
+        out = ""
+        while time.monotonic() < deadline:
+            out = self.sh("systemctl is-system-running --wait 2>&1", timeout=timeout).stdout.strip()
+            if out in ("running", "degraded"):
+                return
+            time.sleep(1)
+        raise AssertionError(f"{self.name}: systemd did not come up: {out}")
 
     def exec(self, argv: list[str], env_names: Iterable[str] = (), env: dict[str, str] | None = None,
              timeout: float = 1200, tty: bool = False, input_text: str | None = None
@@ -318,6 +326,8 @@ def container(docker_image, request):
     def make(tag: str, systemd: bool = True) -> Container:
         c = Container(tag, systemd=systemd)
         made.append(c)
+        if systemd:
+            c.wait_booted()
         return c
 
     yield make
