@@ -391,11 +391,11 @@ def test_none_mode_second_run_and_uninstall(container, s3_auth_server, s3_key):
         first = c.exec(args, env_names=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), env=s3_key)
     assert first.returncode == 0, first.stdout + first.stderr
     steps = _steps(first.stdout)
-    assert [n for n, _, _ in steps] == list(range(1, len(steps) + 1)), first.stdout
-    labels = [label for _, label, _ in steps]
+    assert [step[0] for step in steps] == list(range(1, len(steps) + 1)), first.stdout
+    labels = [step[1] for step in steps]
     for role in ("fuse_driver", "obsctl", "telemetry_config", "fuse_mounts"):
         assert any(f"({role})" in label for label in labels), first.stdout
-    assert all(status != "failed" for _, _, status in steps), first.stdout
+    assert all(step[2] != "failed" for step in steps), first.stdout
     assert "full log in /var/log/obsctl-install.log" in first.stdout
     assert "obsctl status" in first.stdout and "ready" in first.stdout, first.stdout
     listing = c.sh("ls /mnt/data").stdout.split()
@@ -410,7 +410,7 @@ def test_none_mode_second_run_and_uninstall(container, s3_auth_server, s3_key):
         second = c.exec(args, env_names=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), env=s3_key)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "No change: this host was already as asked." in second.stdout, second.stdout
-    assert all(status in ("ok", "skipped") for _, _, status in _steps(second.stdout)), second.stdout
+    assert all(step[2] in ("ok", "skipped") for step in _steps(second.stdout)), second.stdout
     _assert_no_secret(secret, c, watch, second.stdout, second.stderr)
 
     gone = c.exec([f"{SRC}/install.sh", "--uninstall", "--yes"], env=s3_key)
@@ -468,7 +468,7 @@ def _pty_run(argv: list[str], answers: list[tuple[str, str]], timeout: float = 1
     pending = list(answers)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1.0)
+        ready = select.select([fd], [], [], 1.0)[0]
         if ready:
             try:
                 chunk = os.read(fd, 4096)
@@ -480,9 +480,9 @@ def _pty_run(argv: list[str], answers: list[tuple[str, str]], timeout: float = 1
             while pending and re.search(pending[0][0], out.decode(errors="replace").rsplit("\n", 1)[-1]):
                 os.write(fd, pending.pop(0)[1].encode() + b"\r")
                 time.sleep(0.2)
-    _, status = os.waitpid(pid, 0)
+    status = os.waitpid(pid, 0)[1]
     os.close(fd)
-    assert not pending, f"prompts not seen: {[p for p, _ in pending]}\n{out.decode(errors='replace')}"
+    assert not pending, f"prompts not seen: {[prompt[0] for prompt in pending]}\n{out.decode(errors='replace')}"
     return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
 
 
