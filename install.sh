@@ -298,7 +298,7 @@ EOF
         say "  - every listener on 127.0.0.1 only: OTLP in on 127.0.0.1:4317 (gRPC) and :4318 (HTTP),"
         say "    Grafana reachable through an SSH tunnel; nothing is exposed to the network;"
         say "  - cost: the four images on disk plus their data volumes, and the memory of four"
-        say "    long-running services (figures: docs/install.md)."
+        say "    long-running services (figures: the observability_stack role's documentation)."
         if [ "$assume_yes" = 0 ]; then
             [ "$tty" = 1 ] || missing "confirmation of the local stack" "pass --yes to accept"
             local yn=""
