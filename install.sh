@@ -364,10 +364,18 @@ PY
     say "    full log in $log"
 
     # -- bootstrap: ansible in its own venv --------------------------------------------------
-    if [ "$dry_run" = 1 ] && [ "$venv_ready" = 0 ]; then
-        # A dry run leaves no venv behind: it builds one in its temporary directory.
-        venv="$run/venv"
-        export PIP_CACHE_DIR="${PIP_CACHE_DIR:-$run/pip-cache}"
+    if [ "$dry_run" = 1 ]; then
+        # A dry run writes nothing outside its temporary directory: no venv
+        # left behind, no ~/.ansible, not even apt's planner log of a
+        # simulated install (Dir::Log::Planner).
+        if [ "$venv_ready" = 0 ]; then
+            venv="$run/venv"
+            export PIP_CACHE_DIR="${PIP_CACHE_DIR:-$run/pip-cache}"
+        fi
+        export HOME="$run/home"
+        mkdir -p "$HOME"
+        printf 'Dir::Log::Planner "%s";\n' "$run/eipp.log.xz" >"$run/apt.conf"
+        export APT_CONFIG="$run/apt.conf"
     fi
     if [ "$venv_ready" = 1 ] && [ "$venv" = "$INSTALLER_HOME/venv" ]; then
         step "installer venv ($venv)" ok
