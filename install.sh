@@ -9,8 +9,9 @@
 #   sudo ./install.sh --uninstall
 #   ./install.sh --help                    # every flag and exit code
 #
-# The whole script is the function main, called on the last line: a
-# truncated download defines nothing and runs nothing. See docs/install.md.
+# The whole script is the function main, called on the last line, which then
+# exits: a truncated download defines nothing and runs nothing, and a file
+# changed while it runs is never read again. See docs/install.md.
 
 main() {
     set -euo pipefail
@@ -496,6 +497,7 @@ PY
     # An empty configuration: an ansible.cfg in the current directory or
     # ~/.ansible.cfg of the operator does not change what the installer does.
     : >"$run/ansible.cfg"
+    mkdir -p "$run/home"
     local filter
     filter="$(cat <<'PY'
 """Read ansible-playbook's output (default callback): copy every line to the
@@ -613,7 +615,7 @@ PY
     {
         printf '=== ansible-playbook %s (%s)\n' "${ansible_args[*]}" "$(date -u +%FT%TZ)"
         ANSIBLE_COLLECTIONS_PATH="$run/collections" \
-            ANSIBLE_HOME="$run/ansible" ANSIBLE_LOCAL_TEMP="$run/ansible/tmp" ANSIBLE_REMOTE_TEMP="$run/ansible/tmp" \
+            HOME="$run/home" ANSIBLE_HOME="$run/ansible" ANSIBLE_LOCAL_TEMP="$run/ansible/tmp" ANSIBLE_REMOTE_TEMP="$run/ansible/tmp" \
             ANSIBLE_PIPELINING=1 ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0 ANSIBLE_RETRY_FILES_ENABLED=0 \
             ANSIBLE_STDOUT_CALLBACK=ansible.builtin.default ANSIBLE_DISPLAY_SKIPPED_HOSTS=1 \
             ANSIBLE_LOCALHOST_WARNING=0 ANSIBLE_INVENTORY_UNPARSED_WARNING=0 ANSIBLE_DEPRECATION_WARNINGS=0 \
@@ -676,4 +678,4 @@ PY
     fi
 }
 
-main "$@"
+main "$@"; exit
