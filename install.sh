@@ -32,7 +32,6 @@ main() {
     # -- output ------------------------------------------------------------------
     local step_no=0
     say() { printf '%s\n' "$*"; }
-    warn() { printf 'install.sh: %s\n' "$*" >&2; }
     die() {
         local code="$1"
         shift
