@@ -427,7 +427,7 @@ PY
         "otlp_protocol=$otlp_protocol" "service_name=$service_name" "node_config=$node_config"
         "stack_images=$stack_images" "impl=$impl" "endpoint=$endpoint" "region=$region"
         "credentials=$with_credentials" "session_token=$([ -n "${AWS_SESSION_TOKEN:-}" ] && echo 1 || echo 0)"
-        "systemd=$has_systemd" "state_file=$INSTALLER_HOME/state.json" "installer_home=$INSTALLER_HOME"
+        "systemd=$has_systemd" "state_file=$INSTALLER_HOME/state.json" "installer_home=$INSTALLER_HOME" "tmp=$run/ansible/tmp"
     )
     for a in ${attributes[@]+"${attributes[@]}"}; do var_args+=("attribute=$a"); done
     for i in "${!mount_srcs[@]}"; do var_args+=("mount=${mount_names[$i]} ${mount_srcs[$i]} ${mount_paths[$i]}"); done
@@ -443,6 +443,10 @@ one = {k: v for k, v in pairs if k not in ("attribute", "mount")}
 env = "{{{{ lookup('ansible.builtin.env', '{}') }}}}".format
 data = {
     "ansible_python_interpreter": "/usr/bin/python3",
+    # Already root (install.sh checked): no sudo, and the modules' temporary
+    # files in the installer's temporary directory, not in ~root/.ansible.
+    "ansible_become": False,
+    "ansible_remote_tmp": one["tmp"],
     "telemetry_config_mode": one["mode"],
     "localhost_installer_state_file": one["state_file"],
     "localhost_installer_home": one["installer_home"],
