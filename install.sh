@@ -391,7 +391,7 @@ PY
         { python3 -m venv "$venv" && "$venv/bin/pip" install -q "$VENV_REQUIREMENT"; } >>"$log" 2>&1 \
             || { step "installer venv ($venv)" failed; die "$E_BOOTSTRAP" "could not install $VENV_REQUIREMENT into $venv; see $log"; }
         printf '%s\n' "$VENV_REQUIREMENT" >"$venv/.obsctl-requirement"
-        step "installer venv ($venv)" changed "$("$venv/bin/ansible-playbook" --version | head -1)"
+        step "installer venv ($venv)" changed "ansible-core $("$venv/bin/python" -c 'from ansible.release import __version__; print(__version__)')"
     fi
 
     # -- obsctl from this directory -------------------------------------------------------------
