@@ -378,6 +378,7 @@ def _assert_no_secret(secret: str, c: Container, watch: CmdlineWatch, *texts: st
     assert c.files_containing(secret) == []
 
 
+@pytest.mark.container
 def test_none_mode_second_run_and_uninstall(container, s3_auth_server, s3_key):
     """Mode none: a real S3 mount, obsctl status ready; a second run changes
     nothing; --uninstall removes every file the installer created."""
@@ -445,6 +446,7 @@ def test_none_mode_second_run_and_uninstall(container, s3_auth_server, s3_key):
         assert path not in after, f"{path} left after --uninstall"
 
 
+@pytest.mark.container
 def test_dry_run_changes_nothing(container, s3_auth_server, s3_key):
     """--dry-run on a fresh container: prints what would change, and the file
     system (caches and temporary files aside) and the units are unchanged."""
@@ -492,6 +494,7 @@ def _pty_run(argv: list[str], answers: list[tuple[str, str]], timeout: float = 1
     return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
 
 
+@pytest.mark.container
 def test_remote_prompts_on_a_terminal_equal_the_flags(container, s3_auth_server, otlp, s3_key):
     """--enable-telemetry answered on a pseudo-terminal (endpoint, labels, key
     not echoed) mounts and exports to the real OTLP receiver; the same
@@ -535,6 +538,7 @@ def test_remote_prompts_on_a_terminal_equal_the_flags(container, s3_auth_server,
     _assert_no_secret(secret, c, watch, again.stdout, again.stderr)
 
 
+@pytest.mark.container
 def test_local_mode_stops_at_missing_images(container, s3_key):
     """Local mode without the stack's images stops in the observability_stack
     role's preflight with its message and exit code 9, before any other role."""
@@ -548,6 +552,7 @@ def test_local_mode_stops_at_missing_images(container, s3_key):
     assert c.sh("test -e /etc/obsctl || test -e /opt/obsctl").returncode != 0
 
 
+@pytest.mark.container
 def test_without_systemd_mounts_run_in_the_background(container, s3_auth_server, s3_key):
     """No systemd as PID 1: the mount runs under `obsctl mount` in the
     background, and install.sh says it will not survive a reboot."""
