@@ -19,7 +19,9 @@ main() {
 
     local -r VERSION=0.1.0
     local -r INSTALLER_HOME=/opt/obsctl-installer
-    local -r VENV_REQUIREMENT='ansible>=12,<13'
+    # ansible 12 (ansible-core 2.19 + community.docker, ansible.posix); tomlkit
+    # for the collection's TOML filters, which run in this (the controller's) Python.
+    local -ra VENV_REQUIREMENTS=('ansible>=12,<13' 'tomlkit>=0.11.7,<0.16')
     local -r DEFAULT_LOG=/var/log/obsctl-install.log
     local -r OBSCTL_BIN=/opt/obsctl/bin/obsctl
     # Exit codes (docs/install.md).
@@ -318,7 +320,7 @@ EOF
     trap "rm -rf '$run'" EXIT
     local venv="$INSTALLER_HOME/venv"
     local venv_ready=0
-    if [ -x "$venv/bin/ansible-playbook" ] && [ "$(cat "$venv/.obsctl-requirement" 2>/dev/null)" = "$VENV_REQUIREMENT" ]; then
+    if [ -x "$venv/bin/ansible-playbook" ] && [ "$(cat "$venv/.obsctl-requirement" 2>/dev/null)" = "${VENV_REQUIREMENTS[*]}" ]; then
         venv_ready=1
     fi
     if [ "$venv_ready" = 0 ] || [ "$uninstall" = 0 ]; then
@@ -388,9 +390,9 @@ PY
                 || die "$E_BOOTSTRAP" "apt-get install python3-venv failed; see $log"
         fi
         mkdir -p "$(dirname "$venv")"
-        { python3 -m venv "$venv" && "$venv/bin/pip" install -q "$VENV_REQUIREMENT"; } >>"$log" 2>&1 \
-            || { step "installer venv ($venv)" failed; die "$E_BOOTSTRAP" "could not install $VENV_REQUIREMENT into $venv; see $log"; }
-        printf '%s\n' "$VENV_REQUIREMENT" >"$venv/.obsctl-requirement"
+        { python3 -m venv "$venv" && "$venv/bin/pip" install -q "${VENV_REQUIREMENTS[@]}"; } >>"$log" 2>&1 \
+            || { step "installer venv ($venv)" failed; die "$E_BOOTSTRAP" "could not install ${VENV_REQUIREMENTS[*]} into $venv; see $log"; }
+        printf '%s\n' "${VENV_REQUIREMENTS[*]}" >"$venv/.obsctl-requirement"
         step "installer venv ($venv)" changed "ansible-core $("$venv/bin/python" -c 'from ansible.release import __version__; print(__version__)')"
     fi
 

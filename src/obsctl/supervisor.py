@@ -451,11 +451,13 @@ class Supervisor:
         self.state = "ready"
         ready_s = self.ready_at - spawned / 1e9
         self._span("mount", spawned, {"obsctl.mount.ready_seconds": ready_s})
+        # The state file says "ready" before systemd and the terminal hear it,
+        # so `obsctl status` right after READY=1 already lists the mount.
+        self._poll_collectors()
+        self._write_state()
         sd_notify(f"READY=1\nSTATUS=mounted {self.spec.source} on {self.spec.mountpoint}")
         print(f"obsctl: mounted {self.spec.source} on {self.spec.mountpoint} "
               f"({self.driver.name}, driver pid {self.proc.pid}) in {ready_s:.2f} s", file=sys.stderr, flush=True)
-        self._poll_collectors()
-        self._write_state()
         self._first_export = threading.Timer(1.0, self.telemetry.flush)
         self._first_export.daemon = True
         self._first_export.start()

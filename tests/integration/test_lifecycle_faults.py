@@ -209,7 +209,9 @@ def test_missing_driver_binary_fails_at_once(impl, bucket, s3_server, mountpoint
     rc = m.wait(30)
     took = m.exited_at - m.started_at
     assert rc == 1, m.output()
-    assert re.search(rf"{impl}: not found; install", m.stderr), m.output()
+    # the message names the program and how to install it (the role variable)
+    assert re.search(rf"{impl}: not found on PATH .*install it with role obsctl\.observability\.fuse_driver "
+                     rf"\(fuse_driver_distro_drivers: \[{impl}\]\)", m.stderr), m.output()
     assert took < 3.0, f"took {took:.2f} s to report a missing binary\n{m.output()}"
     no_traceback(m)
 
