@@ -246,3 +246,14 @@ def test_no_requesters_without_send_events():
     col.feed_chunk(b"          bindfs-20272   [001] .....   871.731424: fuse_request_end: "
                    b"connection 61 req 4 len 120 error 0\n")
     assert col.instruments.requesters is None
+
+
+@pytest.mark.parametrize("opcode, name, failure", [
+    ("lookup", "enoent", False), ("open", "enoent", True), ("getattr", "enoent", True),
+    ("getxattr", "enodata", False), ("getxattr", "enotsup", False), ("listxattr", "enotsup", False),
+    ("read", "enotsup", True), ("flush", "enosys", False), ("write", "eio", True), ("open", "eacces", True),
+])
+def test_one_rule_for_protocol_answers(opcode, name, failure):
+    """The rule the kernel collector and rclone's log collector share (obsctl.collectors)."""
+    from obsctl.collectors import is_failure
+    assert is_failure(opcode, name) is failure

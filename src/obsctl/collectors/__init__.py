@@ -48,3 +48,28 @@ class PollingCollector:
 
     def close(self) -> None:
         """Release what the collector holds (sessions, files). Default: nothing."""
+
+
+#: (opcode label or "*", errno name): answers that are the FUSE protocol
+#: working, not a failure, for every source of FUSE errors (the kernel's
+#: fuse_request_end, rclone's log): ENOENT of LOOKUP (every stat of a missing
+#: name and every create starts with one), ENODATA / ERANGE of GETXATTR /
+#: LISTXATTR (no such attribute / size probe: the kernel asks
+#: ``security.capability`` before every write), ENOTSUP of the xattr opcodes
+#: (a daemon without extended attributes: ``ls -l`` asks for
+#: ``security.selinux`` and ignores the answer) and ENOSYS of any opcode (the
+#: daemon does not implement it; the kernel stops sending it).
+NOT_FAILURES = frozenset({
+    ("lookup", "enoent"),
+    ("getxattr", "enodata"), ("listxattr", "enodata"),
+    ("getxattr", "erange"), ("listxattr", "erange"),
+    ("getxattr", "enotsup"), ("listxattr", "enotsup"),
+    ("setxattr", "enotsup"), ("removexattr", "enotsup"),
+    ("*", "enosys"),
+})
+
+
+def is_failure(opcode: str, error_name: str) -> bool:
+    """False for the protocol answers of :data:`NOT_FAILURES` (``opcode``: the
+    lower-case label, ``error_name``: the lower-case errno name)."""
+    return (opcode, error_name) not in NOT_FAILURES and ("*", error_name) not in NOT_FAILURES

@@ -77,7 +77,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from obsctl import mounttable
-from obsctl.collectors import PollingCollector
+from obsctl.collectors import NOT_FAILURES, PollingCollector, is_failure
 from obsctl.instruments import Instruments
 
 log = logging.getLogger(__name__)
@@ -109,13 +109,6 @@ OPCODES: dict[str, str] = {
     "FUSE_BATCH_FORGET": "forget",
 }
 
-#: (opcode label or "*", errno name) answers that are not failures (module doc).
-NOT_FAILURES = frozenset({
-    ("lookup", "enoent"),
-    ("getxattr", "enodata"), ("listxattr", "enodata"),
-    ("getxattr", "erange"), ("listxattr", "erange"),
-    ("*", "enosys"),
-})
 
 #: One regex for both events. Groups: ts, event, connection, req, then
 #: opcode name + len (send) or len + error (end).
@@ -146,11 +139,6 @@ def errno_label(error: int) -> str:
     """``-13`` -> ``eacces``; an unknown number -> ``errno_N``."""
     name = errno.errorcode.get(-error)
     return name.lower() if name else f"errno_{-error}"
-
-
-def is_failure(opcode: str, error_name: str) -> bool:
-    """False for the protocol answers of :data:`NOT_FAILURES`."""
-    return (opcode, error_name) not in NOT_FAILURES and ("*", error_name) not in NOT_FAILURES
 
 
 @dataclass(frozen=True)

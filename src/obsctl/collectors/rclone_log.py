@@ -73,7 +73,7 @@ import logging
 from collections import deque
 from datetime import datetime
 
-from obsctl.collectors import LogCollector
+from obsctl.collectors import LogCollector, is_failure
 from obsctl.instruments import Instruments
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,8 @@ class RcloneLogCollector(LogCollector):
         if started is not None and when is not None:
             latency = elapsed_ms(started, when)
         ins = self.instruments
-        ins.record_fs_op(OPCODES.get(op, op.lower()), latency)
+        opcode = OPCODES.get(op, op.lower())
+        ins.record_fs_op(opcode, latency)
         if op == "Read":
             ins.add_read_bytes(_int_after(msg, "read="))
         elif op == "Write":
@@ -287,7 +288,7 @@ class RcloneLogCollector(LogCollector):
             err = msg[i + 4:]
             if err != "<nil>":
                 name = error_type(err)
-                if not (name == "enoent" and op == "Lookup"):
+                if is_failure(opcode, name):
                     ins.add_error(name)
 
     def _push(self, key: tuple[str, str, str], when: tuple[float, float] | None) -> None:
