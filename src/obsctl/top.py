@@ -170,17 +170,24 @@ def _run(read: Callable[[], list[dict[str, Any]]], once: bool, as_json: bool, in
 
     from rich.live import Live
 
-    def stop(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt  # leave Live's screen like Ctrl-C does
+    # Ctrl-C (SIGINT) and SIGTERM only set a flag, checked every 50 ms: no
+    # KeyboardInterrupt can then land in the middle of a redraw or of Live's
+    # screen restore and end the process by the signal instead of exit 0.
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     console = _console()
     tracker = Tracker()
-    try:
-        with Live(render(tracker.update(read()), time.time(), interval), console=console,
-                  auto_refresh=False, screen=console.is_terminal, transient=False) as live:
-            while True:
-                time.sleep(interval)
+    with Live(render(tracker.update(read()), time.time(), interval), console=console,
+              auto_refresh=False, screen=console.is_terminal, transient=False) as live:
+        while not stopping:
+            deadline = time.monotonic() + interval
+            while not stopping and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not stopping:
                 live.update(render(tracker.update(read()), time.time(), interval), refresh=True)
-    except KeyboardInterrupt:
-        return 0
+    return 0
