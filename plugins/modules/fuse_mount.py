@@ -32,8 +32,13 @@ description:
   - Every file is written atomically (temporary file and rename). When the
     mount does not come up, what this run changed is rolled back and the
     module fails with the last log lines of the unit.
-  - The unit template C(obsctl-mount@.service) must be installed, see the
-    C(obsctl.observability.obsctl) role.
+  - The module is thin. It runs C(obsctl systemd apply --json) on the target
+    with the request on stdin (secrets never in the command line), so the rules
+    that validate a mount are those of the program that runs it (C(obsctl
+    mount)), and C(obsctl systemd install) converges a mount the same way.
+  - C(obsctl) and the unit template C(obsctl-mount@.service) must be
+    installed, see the C(obsctl.observability.obsctl) role. In check mode on a
+    host without C(obsctl) yet, the module predicts a change and warns.
 author:
   - obsctl.observability contributors (@obsctl)
 options:
@@ -61,11 +66,13 @@ options:
     aliases: [mountpoint]
   impl:
     description:
-      - The FUSE driver that C(obsctl) runs.
+      - The FUSE driver that C(obsctl) runs, one of V(rclone), V(s3fs),
+        V(goofys), V(geesefs), V(mountpoint-s3) and V(generic) (the drivers of
+        C(obsctl mount --impl); a test keeps this list equal to obsctl's
+        registry). An unknown driver is refused with obsctl's own message.
       - V(goofys), V(geesefs) and V(mountpoint-s3) come from release files,
         see the C(obsctl.observability.fuse_driver) role.
     type: str
-    choices: [rclone, s3fs, goofys, geesefs, mountpoint-s3, generic]
     default: rclone
   endpoint:
     description:
@@ -145,6 +152,20 @@ options:
       - Telemetry configuration file for this mount, when it is not the
         default C(/etc/obsctl/telemetry.toml).
     type: path
+  health_timer:
+    description:
+      - The health-check timer C(obsctl-mount@NAME.timer) (installed by the
+        C(obsctl.observability.obsctl) role), which remounts a stale mount.
+      - V(true) enables it (and starts it with O(state=mounted) or
+        O(state=remounted)); V(false) stops and disables it; omitted leaves it
+        as it is. O(state=absent) always stops and disables it.
+    type: bool
+  obsctl_path:
+    description:
+      - Path of the C(obsctl) program on the target. By default C(obsctl) on
+        E(PATH), else C(/opt/obsctl/bin/obsctl) (where the obsctl role
+        installs it).
+    type: path
   state:
     description:
       - V(mounted) writes the spec and credential, enables the unit and makes
@@ -180,8 +201,7 @@ seealso:
   - module: ansible.posix.mount
 requirements:
   - systemd with C(systemd-creds) (systemd 250 or later)
-  - the C(obsctl) program and the C(obsctl-mount@.service) unit template
-  - the Python library C(tomlkit) on the target (Debian C(python3-tomlkit), installed by the obsctl role)
+  - the C(obsctl) program and the C(obsctl-mount@.service) unit template (role C(obsctl.observability.obsctl))
 """
 
 EXAMPLES = r"""
@@ -316,12 +336,14 @@ rolled_back:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.obsctl.observability.plugins.module_utils._fuse import (
-    IMPLS,
-    STATES,
-    FuseError,
-    Manager,
+from ansible_collections.obsctl.observability.plugins.module_utils._obsctl import (
+    find_obsctl,
+    not_installed_message,
+    run_json,
 )
+
+#: Options that are not part of obsctl's request.
+_LOCAL_OPTIONS = ("obsctl_path",)
 
 
 def argument_spec():
@@ -329,7 +351,7 @@ def argument_spec():
         name=dict(type="str", required=True),
         src=dict(type="str"),
         path=dict(type="path", aliases=["mountpoint"]),
-        impl=dict(type="str", choices=list(IMPLS), default="rclone"),
+        impl=dict(type="str", default="rclone"),
         endpoint=dict(type="str"),
         region=dict(type="str"),
         profile=dict(type="str"),
@@ -349,7 +371,9 @@ def argument_spec():
         allow_other=dict(type="bool", default=False),
         ready_timeout=dict(type="int", default=30),
         telemetry_config=dict(type="path"),
-        state=dict(type="str", choices=list(STATES), default="mounted"),
+        health_timer=dict(type="bool"),
+        obsctl_path=dict(type="path"),
+        state=dict(type="str", choices=["mounted", "unmounted", "present", "absent", "remounted"], default="mounted"),
     )
 
 
@@ -363,22 +387,30 @@ def main():
         ],
         supports_check_mode=True,
     )
-    # Commands get a clean, predictable environment (no pager, C messages).
-    module.run_command_environ_update = dict(LANG="C", LC_ALL="C", SYSTEMD_PAGER="", SYSTEMD_COLORS="0")
-    manager = Manager(
-        module.params,
-        run=module.run_command,
-        check_mode=module.check_mode,
-        warn=module.warn,
-    )
-    try:
-        result = manager.run_state()
-    except FuseError as exc:
-        module.fail_json(msg=exc.msg, actions=manager.actions, changed=manager.changed, **exc.details)
-    except (IOError, OSError) as exc:
-        module.fail_json(msg="%s" % exc, actions=manager.actions, changed=manager.changed)
+    obsctl = find_obsctl(module)
+    if obsctl is None:
+        if not module.check_mode:
+            module.fail_json(msg=not_installed_message(module))
+        # A fresh host in a check-mode run before the obsctl role installed it:
+        # predict a change instead of failing (the rules are obsctl's: not checked here).
+        module.warn("%s; check mode predicts a change without validating the mount" % not_installed_message(module))
+        module.exit_json(changed=True, name=module.params["name"], state=module.params["state"],
+                         unit="obsctl-mount@%s.service" % module.params["name"], actions=[])
+    request = dict((key, value) for key, value in module.params.items()
+                   if key not in _LOCAL_OPTIONS and value is not None)
+    argv = [obsctl, "systemd", "apply", "--json"]
+    if module.check_mode:
+        argv.append("--check")
     if module._diff:
-        result["diff"] = manager.diff
+        argv.append("--diff")
+    rc, result = run_json(module, argv, request)
+    for warning in result.pop("warnings", None) or []:
+        module.warn(warning)
+    if rc != 0 or result.get("failed"):
+        result.pop("failed", None)
+        result.pop("invalid", None)
+        msg = result.pop("msg", None) or "obsctl systemd apply failed (rc=%d)" % rc
+        module.fail_json(msg=msg, rc=rc, **result)
     module.exit_json(**result)
 
 

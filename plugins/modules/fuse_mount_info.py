@@ -21,7 +21,9 @@ description:
   - Mounts configured in C(/etc/obsctl/mounts/*.toml) that are not mounted are
     listed too, with O(ignore_missing=false) (the default), with health
     V(missing).
-  - Changes nothing.
+  - Changes nothing. The list is C(obsctl status --all --json) on the target
+    (the view of the same engine the C(obsctl.observability.fuse_mount) module
+    drives), so C(obsctl) must be installed (role C(obsctl.observability.obsctl)).
 author:
   - obsctl.observability contributors (@obsctl)
 options:
@@ -36,6 +38,11 @@ options:
         the mountpoint). A mount that does not answer in time is V(stale).
     type: float
     default: 5.0
+  obsctl_path:
+    description:
+      - Path of the C(obsctl) program on the target. By default C(obsctl) on
+        E(PATH), else C(/opt/obsctl/bin/obsctl).
+    type: path
   ignore_missing:
     description:
       - Leave out the mounts configured in C(/etc/obsctl/mounts) that are not
@@ -134,7 +141,11 @@ mounts:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.obsctl.observability.plugins.module_utils._fuse import fuse_mount_info
+from ansible_collections.obsctl.observability.plugins.module_utils._obsctl import (
+    find_obsctl,
+    not_installed_message,
+    run_json,
+)
 
 
 def main():
@@ -143,16 +154,20 @@ def main():
             mountinfo_path=dict(type="path", default="/proc/self/mountinfo"),
             stat_timeout=dict(type="float", default=5.0),
             ignore_missing=dict(type="bool", default=False),
+            obsctl_path=dict(type="path"),
         ),
         supports_check_mode=True,
     )
-    try:
-        mounts = fuse_mount_info(
-            mountinfo_path=module.params["mountinfo_path"],
-            stat_timeout=module.params["stat_timeout"],
-        )
-    except (IOError, OSError, ValueError) as exc:
-        module.fail_json(msg="cannot read the mount table %s: %s" % (module.params["mountinfo_path"], exc))
+    obsctl = find_obsctl(module)
+    if obsctl is None:
+        module.fail_json(msg=not_installed_message(module))
+    if module.params["stat_timeout"] <= 0:
+        module.fail_json(msg="stat_timeout must be a number of seconds greater than 0")
+    argv = [obsctl, "status", "--all", "--json", "--stat-timeout", str(module.params["stat_timeout"]),
+            "--mountinfo", module.params["mountinfo_path"]]
+    rc, mounts = run_json(module, argv)
+    if rc != 0 or not isinstance(mounts, list):
+        module.fail_json(msg="obsctl status --all failed (rc=%d)" % rc, rc=rc)
     if module.params["ignore_missing"]:
         mounts = [entry for entry in mounts if entry["health"] != "missing"]
     module.exit_json(changed=False, mounts=mounts)

@@ -6,7 +6,7 @@
     obsctl top [--once] [--json] [--interval S] [--wait S]
     obsctl config check PATH
     obsctl sidecar --pid PID --mountpoint P [--impl X] [--rc-url URL]
-    obsctl systemd install|uninstall|check ...
+    obsctl systemd install|uninstall|apply|check ...
 
 Exit status: 0 success (also a mount stopped by SIGTERM before it was
 ready); 1 the mount failed or a command could not do its job; 2 bad usage,
@@ -30,7 +30,7 @@ import time
 from typing import Any, Sequence
 
 from obsctl import __version__
-from obsctl.drivers import DRIVERS
+from obsctl.mountargs import add_mount_arguments, mount_spec_from_args
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -41,29 +41,6 @@ DEFAULT_RUNTIME_DIR = "/run/obsctl"
 def runtime_dir() -> str:
     """``$OBSCTL_RUNTIME_DIR`` or /run/obsctl."""
     return os.environ.get("OBSCTL_RUNTIME_DIR", DEFAULT_RUNTIME_DIR)
-
-
-def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
-    """The mount options shared by ``obsctl mount`` and ``obsctl systemd install``."""
-    parser.add_argument("source", nargs="?", help="s3://BUCKET[/PREFIX] (generic: any label)")
-    parser.add_argument("mountpoint", nargs="?", help="an existing empty directory")
-    parser.add_argument("--impl", choices=list(DRIVERS), help="FUSE driver (default rclone)")
-    parser.add_argument("--endpoint", help="S3 endpoint URL (default: AWS)")
-    parser.add_argument("--region", help="S3 region")
-    parser.add_argument("--profile", help="AWS shared-credentials profile (with --credentials-from profile)")
-    parser.add_argument("--credentials-from", choices=["env", "stdin", "profile", "systemd"],
-                        help="where the S3 credentials come from (default env)")
-    parser.add_argument("--otel-endpoint", help="export metrics and spans to this OTLP endpoint (mode remote)")
-    parser.add_argument("--otel-protocol", choices=["grpc", "http/protobuf"], help="OTLP protocol (default grpc)")
-    parser.add_argument("--telemetry-config", help="telemetry TOML (default /etc/obsctl/telemetry.toml if present)")
-    parser.add_argument("--config", help="mount spec TOML; command-line values override it")
-    parser.add_argument("-o", dest="options", action="append", metavar="OPTION",
-                        help="driver option (repeatable; comma lists allowed): ro, allow_other, key=value")
-    parser.add_argument("--read-only", action="store_true", default=None, help="mount read-only")
-    parser.add_argument("--allow-other", action="store_true", default=None, help="let other users use the mount")
-    parser.add_argument("--cache-mode", choices=["off", "minimal", "writes", "full"], help="rclone VFS cache mode")
-    parser.add_argument("--ready-timeout", type=float, help="seconds to wait for the mount (default 30)")
-    parser.add_argument("--name", help="mount name (labels, status)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="every mount this host's obsctl runs")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--all", action="store_true",
+                        help="every FUSE mount on the host (obsctl's or not) and configured obsctl mounts "
+                             "that are missing: driver, pid, unit, health, waiting requests")
+    status.add_argument("--stat-timeout", type=_positive_seconds, default=5.0,
+                        help="--all: seconds a mount has to answer the health probe (default 5)")
+    status.add_argument("--mountinfo", default="/proc/self/mountinfo", help=argparse.SUPPRESS)
 
     systemd = sub.add_parser("systemd", help="run mounts as systemd units without Ansible")
     systemd_sub = systemd.add_subparsers(dest="systemd_command", required=True, metavar="SUBCOMMAND")
@@ -114,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     add_mount_arguments(install)
     uninstall = systemd_sub.add_parser("uninstall", help="stop, disable and remove obsctl-mount@NAME")
     uninstall.add_argument("--name", required=True, help="the mount name given to install")
+    apply = systemd_sub.add_parser(
+        "apply", help="converge one mount to a desired state given as JSON on stdin (the fuse_mount module's call)",
+        description="Read one request object (name, state, src, path, impl, credentials, ...: obsctl.engine.Request) "
+                    "as JSON on stdin, converge, print the result as JSON. Secrets go on stdin, never in argv.")
+    apply.add_argument("--json", action="store_true", required=True, help="JSON in, JSON out (required)")
+    apply.add_argument("--check", action="store_true", help="check mode: compute the changes, make none")
+    apply.add_argument("--diff", action="store_true", help="include the before/after texts (secrets redacted)")
     check_mount = systemd_sub.add_parser(
         "check", help="health-check obsctl-mount@NAME; restart it when its mount is stale or missing")
     check_mount.add_argument("--name", required=True, help="the mount name")
@@ -134,42 +124,6 @@ def _positive_seconds(text: str) -> float:
     if not 0 < value < float("inf"):  # also false for nan
         raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds greater than 0")
     return value
-
-
-def _split_options(values: Sequence[str] | None) -> list[str]:
-    out: list[str] = []
-    for value in values or []:
-        out += [v.strip() for v in value.split(",") if v.strip()]
-    return out
-
-
-def _mount_spec(args: argparse.Namespace, command: list[str]) -> Any:
-    from obsctl.config import ConfigError, build_mount_spec, load_mount_spec
-
-    options = _split_options(args.options)
-    read_only = args.read_only or ("ro" in options) or None
-    allow_other = args.allow_other or ("allow_other" in options) or None
-    options = [o for o in options if o not in ("ro", "rw", "allow_other")]
-    overrides = {
-        "source": args.source, "mountpoint": args.mountpoint, "impl": args.impl,
-        "endpoint": args.endpoint, "region": args.region, "profile": args.profile,
-        "credentials_from": args.credentials_from, "read_only": read_only,
-        "allow_other": allow_other, "cache_mode": args.cache_mode,
-        "ready_timeout_seconds": args.ready_timeout, "name": args.name,
-        "telemetry_config": args.telemetry_config,
-    }
-    if command:
-        overrides["command"] = command
-    if args.config:
-        spec = load_mount_spec(args.config, overrides)
-        if options:
-            spec = spec.model_copy(update={"options": [*spec.options, *options]})
-        return spec
-    if not args.source or not args.mountpoint:
-        raise ConfigError("mount needs SOURCE and MOUNTPOINT (or --config MOUNT.toml)")
-    data = {k: v for k, v in overrides.items() if v is not None}
-    data["options"] = options
-    return build_mount_spec(data)
 
 
 def _telemetry(args: argparse.Namespace, path: str | None) -> Any:
@@ -202,7 +156,7 @@ def cmd_mount(args: argparse.Namespace, command: list[str]) -> int:
     from obsctl.supervisor import MountError, Supervisor
 
     try:
-        spec = _mount_spec(args, command)
+        spec = mount_spec_from_args(args, command)
         telemetry = _telemetry(args, spec.telemetry_config)
         driver = get_driver(spec.impl)
         missing = driver.missing_binary(spec)
@@ -255,8 +209,34 @@ def read_states(directory: str | None = None) -> list[dict[str, Any]]:
     return _read(directory or runtime_dir(), strict=True)
 
 
+def cmd_status_all(args: argparse.Namespace) -> int:
+    """``obsctl status --all [--json]``: :func:`obsctl.inventory.fuse_mount_info`."""
+    from obsctl import inventory
+
+    try:
+        mounts = inventory.fuse_mount_info(mountinfo_path=args.mountinfo, stat_timeout=args.stat_timeout)
+    except (OSError, ValueError) as exc:
+        print(f"obsctl: cannot read the mount table {args.mountinfo}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(mounts, indent=2))
+        return EXIT_OK
+    if not mounts:
+        print("no FUSE mounts on this host")
+        return EXIT_OK
+    keys = ("name", "mountpoint", "source", "driver", "health", "pid", "unit", "waiting")
+    rows = [tuple(k.upper() for k in keys)]
+    rows += [tuple("-" if m[k] is None else str(m[k]) for k in keys) for m in mounts]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(keys))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """``obsctl status [--json]``."""
+    if args.all:
+        return cmd_status_all(args)
     try:
         states = read_states()
     except OSError as exc:
@@ -439,6 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from obsctl import systemd_units
         if args.systemd_command == "install":
             return systemd_units.cmd_install(args, command)
+        if args.systemd_command == "apply":
+            return systemd_units.cmd_apply(args)
         if args.systemd_command == "check":
             return systemd_units.check(args.name)
         return systemd_units.cmd_uninstall(args)

@@ -51,18 +51,24 @@ class ConfigError(ValueError):
     """A config file or command line that cannot be used; ``str()`` says why and how to fix it."""
 
 
-def _check_endpoint(value: str | None) -> str | None:
+def _check_endpoint(value: str | None, key: str = "otlp_endpoint",
+                    example: str = "http://127.0.0.1:4317") -> str | None:
+    """``value`` when it is an http(s) URL with a host (and a valid port, if any).
+
+    Raises:
+        ValueError: it is not; the message names ``key`` and gives ``example``.
+    """
     if value is None:
         return None
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(
-            f"{value!r} is not an http:// or https:// URL with a host "
-            "(example: http://127.0.0.1:4317)")
+            f"{key} {value!r} is not an http:// or https:// URL with a host "
+            f"(example: {example})")
     try:
         parts.port
     except ValueError as exc:
-        raise ValueError(f"{value!r} has an invalid port: {exc}") from None
+        raise ValueError(f"{key} {value!r} has an invalid port: {exc}") from None
     return value
 
 
@@ -248,7 +254,7 @@ class MountSpec(_Strict):
             raise ValueError(
                 f"impl {self.impl!r} is not a driver obsctl knows: use one of {', '.join(DRIVERS)} "
                 "(or impl = \"generic\" with the daemon's foreground command line)")
-        _check_endpoint(self.endpoint)
+        _check_endpoint(self.endpoint, "endpoint", "http://127.0.0.1:9000")
         if not self.mountpoint:
             raise ValueError("mountpoint is empty")
         self.mountpoint = os.path.normpath(os.path.abspath(self.mountpoint))

@@ -1,66 +1,40 @@
-"""obsctl.systemd_units: the files `obsctl systemd install` writes, with a fake systemctl."""
+"""``obsctl systemd install | uninstall | apply``: the command-line face of the engine
+(obsctl.engine), against the engine's fake host (engine_fake_system)."""
 
 from __future__ import annotations
 
 import argparse
-import subprocess
+import io
+import json
 import tomllib
 from pathlib import Path
 
 import pytest
 
+from engine_fake_system import FakeSystem
+from obsctl import engine
 from obsctl import systemd_units as su
 from obsctl import tomlio
 from obsctl.cli import _parser
-from obsctl.config import parse_telemetry
-
-
-class FakeSystem:
-    """Records commands; systemd-creds "encrypts" by writing a marker file."""
-
-    def __init__(self, fail_start: bool = False):
-        self.calls: list[list[str]] = []
-        self.fail_start = fail_start
-        self.active: set[str] = set()
-        self.enabled: set[str] = set()
-
-    def __call__(self, argv, input=None, check=False):
-        argv = list(argv)
-        self.calls.append(argv)
-        out, rc = b"", 0
-        if argv[:2] == ["systemd-creds", "encrypt"]:
-            Path(argv[-1]).write_bytes(b"ENCRYPTED:" + str(len(input)).encode())
-        elif argv[:2] == ["systemd-creds", "decrypt"]:
-            rc = 1
-        elif argv[:2] == ["systemctl", "show"]:
-            unit = argv[2]
-            out = (f"LoadState=loaded\nActiveState={'active' if unit in self.active else 'inactive'}\n"
-                   f"SubState=x\nUnitFileState={'enabled' if unit in self.enabled else 'disabled'}\n").encode()
-        elif argv[:2] == ["systemctl", "enable"]:
-            self.enabled.update(argv[2:])
-        elif argv[:2] == ["systemctl", "disable"]:
-            self.enabled.difference_update(argv[2:])
-        elif argv[:2] in (["systemctl", "start"], ["systemctl", "restart"]):
-            if self.fail_start and argv[2].endswith(".service"):
-                rc = 1
-            else:
-                self.active.add(argv[2])
-        elif argv[:2] == ["systemctl", "stop"]:
-            self.active.discard(argv[2])
-        proc = subprocess.CompletedProcess(argv, rc, out, b"boom" if rc else b"")
-        if check and rc:
-            raise su.InstallError(f"{argv} failed")
-        return proc
+from obsctl.config import ConfigError, parse_telemetry
 
 
 @pytest.fixture
-def root(tmp_path):
-    (tmp_path / "run/systemd/system").mkdir(parents=True)
-    return tmp_path
+def host(tmp_path):
+    return FakeSystem(tmp_path / "root")
 
 
 def _args(*argv: str) -> argparse.Namespace:
     return _parser().parse_args(["systemd", "install", *argv])
+
+
+def _apply(host, req, check=False):
+    return engine.Engine(req, run=host, check_mode=check, root=host.root, mountinfo_path=host.mountinfo,
+                         sleep=lambda _s: None, stat_fn=host.stat, settle_seconds=0).apply()
+
+
+def _install(host, tmp_path, *extra):
+    return su.request_from_args(_args("--name", "data", *extra, "s3://bucket/p", str(tmp_path / "mnt/data")), [])
 
 
 def test_templates_ship_with_the_package():
@@ -81,25 +55,23 @@ def test_telemetry_file_passes_config_check(mode):
 def test_unit_templates_render():
     service = su.render("obsctl-mount@.service.j2", obsctl_bin="/opt/obsctl/bin/obsctl")
     assert "Type=notify" in service and "ExecStart=/opt/obsctl/bin/obsctl mount" in service
-    assert su.MANAGED_BY in service
+    assert engine.MANAGED_BY in service
     timer = su.render("obsctl-mount@.timer.j2")
     assert "OnUnitActiveSec=5min" in timer and "Unit=obsctl-mount-check@%i.service" in timer
     check = su.render("obsctl-mount-check@.service.j2", obsctl_venv_python="/opt/obsctl/bin/python")
     assert "ExecStart=/opt/obsctl/bin/python -m obsctl.systemd_units check %i" in check
 
 
-def test_install_writes_everything_and_starts(root, monkeypatch):
+def test_install_writes_everything_and_starts(host, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKID")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret")
-    spec, creds, telemetry = su.plan_install(
-        _args("--name", "data", "--endpoint", "http://127.0.0.1:9000", "--otel-endpoint",
-              "http://127.0.0.1:4317", "s3://bucket/p", "/mnt/data"), [])
-    assert spec["credentials_from"] == "systemd" and creds.secret_access_key == "very-secret"
-    fake = FakeSystem()
-    su.install("data", spec, creds, telemetry, root=root, run=fake, out=lambda _m: None)
-    layout = su.Layout("data", root)
+    req = _install(host, tmp_path, "--endpoint", "http://127.0.0.1:9000", "--otel-endpoint", "http://127.0.0.1:4317")
+    assert req.credentials.secret_access_key == "very-secret" and req.install_units and req.health_timer
+    result = _apply(host, req)
+    layout = engine.Layout("data", host.root)
     text = layout.spec.read_text()
     assert 'source = "s3://bucket/p"' in text and "very-secret" not in text
+    assert 'credentials_from = "systemd"' in text
     assert (layout.spec.stat().st_mode & 0o777) == 0o640
     assert (layout.credential.stat().st_mode & 0o777) == 0o600
     assert (layout.credential.parent.stat().st_mode & 0o777) == 0o700
@@ -107,59 +79,74 @@ def test_install_writes_everything_and_starts(root, monkeypatch):
     assert 'telemetry_config = "/etc/obsctl/telemetry.d/data.toml"' in text
     assert parse_telemetry(tomllib.loads(layout.telemetry.read_text())).mode == "remote"
     for unit in ("obsctl-mount@.service", "obsctl-mount@.timer", "obsctl-mount-check@.service"):
-        assert (layout.unit_dir / unit).is_file()
-    assert ["systemctl", "enable", "obsctl-mount@data.service", "obsctl-mount@data.timer"] in fake.calls
-    assert "obsctl-mount@data.service" in fake.active and "obsctl-mount@data.timer" in fake.active
-    encrypt = [c for c in fake.calls if c[:2] == ["systemd-creds", "encrypt"]]
-    assert encrypt and all("very-secret" not in " ".join(c) for c in fake.calls)
+        assert (layout.unit_dir / unit).read_text().startswith("# ")
+    assert host.unit("data") == {"enabled": True, "active": "active", "sub": "running"}
+    assert host.timers["obsctl-mount@data.timer"]["enabled"] and host.timers["obsctl-mount@data.timer"]["active"] == "active"
+    assert result["mount"]["health"] == "ok"
+    assert all("very-secret" not in " ".join(c) for c in host.calls)
+    assert _apply(host, req)["changed"] is False, "install twice: no change the second time"
 
 
-def test_failed_start_rolls_everything_back(root, monkeypatch):
+def test_failed_start_rolls_everything_back(host, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKID")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret")
-    spec, creds, telemetry = su.plan_install(_args("--name", "data", "s3://bucket", "/mnt/data"), [])
-    fake = FakeSystem(fail_start=True)
-    with pytest.raises(su.InstallError, match="rolled back"):
-        su.install("data", spec, creds, telemetry, root=root, run=fake, out=lambda _m: None)
-    layout = su.Layout("data", root)
+    host.fail_start = True
+    with pytest.raises(engine.EngineError, match="rolled back"):
+        _apply(host, _install(host, tmp_path))
+    layout = engine.Layout("data", host.root)
     assert not layout.spec.exists() and not layout.credential.exists() and not layout.dropin.exists()
     assert not (layout.unit_dir / "obsctl-mount@.service").exists()
-    assert not fake.enabled
+    assert not host.unit("data")["enabled"]
+    assert not any(t["enabled"] for t in host.timers.values())
 
 
-def test_unit_templates_of_the_role_are_kept(root, monkeypatch):
+def test_unit_templates_of_the_role_are_kept(host, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKID")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
-    unit = root / "etc/systemd/system/obsctl-mount@.service"
+    unit = Path(host.root, "etc/systemd/system/obsctl-mount@.service")
     unit.parent.mkdir(parents=True)
     unit.write_text("# Ansible managed\n[Service]\n")
-    spec, creds, telemetry = su.plan_install(_args("--name", "data", "s3://bucket", "/mnt/data"), [])
-    su.install("data", spec, creds, telemetry, root=root, run=FakeSystem(), out=lambda _m: None)
+    _apply(host, _install(host, tmp_path))
     assert unit.read_text() == "# Ansible managed\n[Service]\n"
 
 
-def test_no_credentials_is_a_usage_error(monkeypatch):
-    from obsctl.config import ConfigError
+def test_no_credentials_is_a_usage_error(host, tmp_path, monkeypatch):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
     with pytest.raises(ConfigError, match="no S3 credentials"):
-        su.plan_install(_args("--name", "data", "s3://bucket", "/mnt/data"), [])
+        _install(host, tmp_path)
 
 
 def test_bad_name_is_a_usage_error():
-    from obsctl.config import ConfigError
-    with pytest.raises(ConfigError, match="--name"):
-        su.plan_install(_args("--name", "../x", "s3://bucket", "/mnt/data"), [])
+    with pytest.raises(ConfigError, match="name '../x'"):
+        su.request_from_args(_args("--name", "../x", "s3://bucket", "/mnt/data"), [])
 
 
-def test_uninstall_removes_files(root, monkeypatch):
+def test_uninstall_removes_files(host, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKID")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
-    spec, creds, telemetry = su.plan_install(_args("--name", "data", "s3://bucket", "/mnt/data"), [])
-    fake = FakeSystem()
-    su.install("data", spec, creds, telemetry, root=root, run=fake, out=lambda _m: None)
-    monkeypatch.setattr("obsctl.mounttable.find_mount", lambda *_a, **_k: None)
-    assert su.uninstall("data", root=root, run=fake, out=lambda _m: None)
-    layout = su.Layout("data", root)
-    assert not layout.spec.exists() and not layout.credential.exists() and not layout.dropin.exists()
-    assert not fake.enabled and not fake.active
+    _apply(host, _install(host, tmp_path, "--otel-endpoint", "http://127.0.0.1:4317"))
+    result = _apply(host, engine.Request(name="data", state="absent"))
+    assert result["changed"]
+    layout = engine.Layout("data", host.root)
+    for path in (layout.spec, layout.credential, layout.dropin, layout.telemetry):
+        assert not path.exists(), path
+    assert host.mounts == {}
+    assert not host.unit("data")["enabled"] and host.unit("data")["active"] == "inactive"
+    assert host.timers["obsctl-mount@data.timer"] == {"enabled": False, "active": "inactive", "sub": "dead"}
     assert (layout.unit_dir / "obsctl-mount@.service").exists()  # shared templates stay
+    assert _apply(host, engine.Request(name="data", state="absent"))["changed"] is False
+
+
+def test_apply_json_answers_json_in_every_case(monkeypatch):
+    """obsctl systemd apply --json: one JSON object on stdout, exit 2 for an invalid request,
+    and obsctl mount's own message (the fuse_mount module shows it as it is)."""
+    args = _parser().parse_args(["systemd", "apply", "--json", "--check"])
+    for raw, needle in ((b'{"name": "d", "src": "s3://My_Bucket", "path": "/mnt/d"}', "not a valid S3 bucket name"),
+                        (b'{"name": "d", "src": "s3://b", "path": "/mnt/d", "impl": "nope"}',
+                         "impl 'nope' is not a driver obsctl knows"),
+                        (b'{"name": "d", "colour": 1}', "unknown field `colour`"),
+                        (b"not json", "expected one JSON object")):
+        out = io.StringIO()
+        assert su.cmd_apply(args, stdin=io.BytesIO(raw), stdout=out) == su.EXIT_USAGE
+        result = json.loads(out.getvalue())
+        assert result["failed"] is True and needle in result["msg"], result

@@ -1,7 +1,9 @@
-"""The two modules end to end through AnsibleModule (argument spec, results)."""
+"""The two modules end to end through AnsibleModule, driving the real obsctl program
+(the venv's ``obsctl``: ``obsctl systemd apply --json`` / ``obsctl status --all --json``)."""
 
 import json
 import os
+import sys
 
 import pytest
 
@@ -12,13 +14,23 @@ from ansible.module_utils.testing import patch_module_args  # noqa: E402
 from ansible_collections.obsctl.observability.plugins.modules import fuse_mount, fuse_mount_info  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "module_utils", "fixtures")
+#: The obsctl program of this test environment (the obsctl role puts it in /opt/obsctl/bin).
+OBSCTL = os.path.join(os.path.dirname(sys.executable), "obsctl")
 
 
-def call(module, args, capsys):
+def call(module, args, capsys, check_mode=False, obsctl=OBSCTL):
+    """The module's result; its warnings as ``_warned`` (in the result, or on stderr once
+    Ansible's controller display is loaded in this process by another test)."""
+    args = dict(args, obsctl_path=obsctl)
+    if check_mode:
+        args["_ansible_check_mode"] = True
     with patch_module_args(args):
         with pytest.raises(SystemExit):
             module.main()
-    return json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    result["_warned"] = json.dumps(result.get("warnings", [])) + captured.err
+    return result
 
 
 def test_info_over_fixture(capsys):
@@ -29,12 +41,34 @@ def test_info_over_fixture(capsys):
         "/tmp/cap/mnt/rclone", "/tmp/cap/mnt/s3fs", "/tmp/cap/mnt/bind fs", "/tmp/cap/mnt/stale"]
 
 
-def test_info_bad_table(tmp_path, capsys):
-    bad = tmp_path / "mountinfo"
-    bad.write_text("not a mount table\n")
-    result = call(fuse_mount_info, {"mountinfo_path": str(bad)}, capsys)
+def test_info_missing_table(tmp_path, capsys):
+    result = call(fuse_mount_info, {"mountinfo_path": str(tmp_path / "nothing")}, capsys)
     assert result["failed"] is True
     assert "cannot read the mount table" in result["msg"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    ({"src": "s3://My_Bucket"}, "'My_Bucket' is not a valid S3 bucket name"),
+    ({"impl": "geesefs3"}, "impl 'geesefs3' is not a driver obsctl knows: use one of rclone, s3fs, goofys"),
+    ({"impl": "rclone", "command": ["x"]}, "a command after -- is only for --impl generic"),
+])
+def test_check_mode_refuses_what_obsctl_refuses(capsys, args, needle):
+    """The module has no rules of its own: obsctl's message, in check mode too."""
+    result = call(fuse_mount, dict({"name": "data", "src": "s3://bucket", "path": "/mnt/x"}, **args),
+                  capsys, check_mode=True)
+    assert result["failed"] is True
+    assert needle in result["msg"]
+
+
+def test_check_mode_without_obsctl_predicts_a_change(tmp_path, capsys):
+    missing = str(tmp_path / "no-obsctl")
+    result = call(fuse_mount, {"name": "data", "src": "s3://bucket", "path": "/mnt/x"}, capsys,
+                  check_mode=True, obsctl=missing)
+    assert result["changed"] is True and not result.get("failed")
+    warned = result["_warned"]
+    assert "is not an executable file" in warned and "check mode predicts a change" in warned, warned
+    result = call(fuse_mount, {"name": "data", "src": "s3://bucket", "path": "/mnt/x"}, capsys, obsctl=missing)
+    assert result["failed"] is True and "obsctl_path" in result["msg"]
 
 
 def test_mount_requires_src_and_path(capsys):
@@ -46,7 +80,7 @@ def test_mount_requires_src_and_path(capsys):
 @pytest.mark.skipif(os.path.isdir("/run/systemd/system"), reason="this host runs systemd")
 def test_mount_without_systemd(capsys):
     secret = "do-not-print-this-secret-0123456789"
-    result = call(fuse_mount, {"name": "data", "src": "s3://b", "path": "/mnt/x",
+    result = call(fuse_mount, {"name": "data", "src": "s3://bucket", "path": "/mnt/x",
                                "credentials": {"access_key_id": "AKIAX", "secret_access_key": secret}}, capsys)
     assert result["failed"] is True
     assert "systemd is not running" in result["msg"]

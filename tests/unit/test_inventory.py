@@ -1,11 +1,12 @@
-"""fuse_mount_info over captured mount tables and a fake /proc."""
+"""obsctl.inventory (obsctl status --all, the fuse_mount_info module) over captured
+mount tables and a /proc tree built like the kernel's."""
 
 import errno
 import os
 
-from ansible_collections.obsctl.observability.plugins.module_utils import _fuse
+from obsctl import inventory, mounttable, tomlio
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins", "module_utils", "fixtures")
 
 
 def fake_proc(tmp_path, pid, argv, comm, cgroup, fuse=True, cwd="/"):
@@ -41,12 +42,12 @@ def test_mixed(tmp_path):
     (fusectl / "40" / "waiting").write_text("2\n")
     root = tmp_path / "root"
     (root / "etc/obsctl/mounts").mkdir(parents=True)
-    (root / "etc/obsctl/mounts/data.toml").write_text(_fuse.render_mount_toml(
+    (root / "etc/obsctl/mounts/data.toml").write_text(tomlio.render_mount_spec(
         {"name": "data", "source": "s3://fixture-bucket/prefix", "mountpoint": "/tmp/cap/mnt/rclone", "impl": "rclone"}))
-    (root / "etc/obsctl/mounts/gone.toml").write_text(_fuse.render_mount_toml(
+    (root / "etc/obsctl/mounts/gone.toml").write_text(tomlio.render_mount_spec(
         {"name": "gone", "source": "s3://b", "mountpoint": "/mnt/gone", "impl": "s3fs", "read_only": True}))
 
-    mounts = _fuse.fuse_mount_info(
+    mounts = inventory.fuse_mount_info(
         mountinfo_path=os.path.join(FIXTURES, "mixed.txt"), root=str(root), proc=str(tmp_path / "proc"),
         fusectl=str(fusectl), probe=probe({"/tmp/cap/mnt/stale"}))
     table = [(m["mountpoint"], m["driver"], m["pid"], m["unit"], m["name"], m["health"], m["waiting"], m["read_only"])
@@ -67,14 +68,14 @@ def test_mixed(tmp_path):
 def test_real_probe_on_a_stale_fixture(tmp_path):
     """The default probe stats the mountpoint; a path that does not exist here
     answers ENOENT, which is an answer (ok); only ENOTCONN is stale."""
-    mounts = _fuse.fuse_mount_info(mountinfo_path=os.path.join(FIXTURES, "bindfs_stale.txt"),
-                                   root=str(tmp_path), proc=str(tmp_path), fusectl=str(tmp_path))
+    mounts = inventory.fuse_mount_info(mountinfo_path=os.path.join(FIXTURES, "bindfs_stale.txt"),
+                                       root=str(tmp_path), proc=str(tmp_path), fusectl=str(tmp_path))
     assert [m["health"] for m in mounts] == ["ok"]
-    assert errno.ENOTCONN in _fuse.probe_health_within.__globals__["STALE_ERRNOS"]
+    assert errno.ENOTCONN in mounttable.STALE_ERRNOS
 
 
 def test_unit_from_cgroup():
-    assert _fuse.unit_from_cgroup("0::/system.slice/obsctl-mount@a.service\n") == "obsctl-mount@a.service"
-    assert _fuse.unit_from_cgroup("0::/\n") is None
+    assert inventory.unit_from_cgroup("0::/system.slice/obsctl-mount@a.service\n") == "obsctl-mount@a.service"
+    assert inventory.unit_from_cgroup("0::/\n") is None
     v1 = "4:cpu:/docker/x\n1:name=systemd:/docker/x/system.slice/obsctl-mount@b.service\n"
-    assert _fuse.unit_from_cgroup(v1) == "obsctl-mount@b.service"
+    assert inventory.unit_from_cgroup(v1) == "obsctl-mount@b.service"

@@ -1,4 +1,5 @@
-"""The fuse_mount state machine against a fake host (obsctl_fake_system).
+"""The desired-state engine (obsctl.engine) against a fake host (engine_fake_system):
+what the fuse_mount module, ``obsctl systemd install`` and install.sh all run.
 
 For every state, the six steps of the issue: check, apply, idempotent check,
 idempotent apply, changed check, changed apply. Then the special cases:
@@ -12,8 +13,11 @@ import stat
 
 import pytest
 
-from ansible_collections.obsctl.observability.plugins.module_utils import _fuse
-from obsctl_fake_system import FakeSystem
+import msgspec
+
+from obsctl import engine
+from obsctl.config import ConfigError
+from engine_fake_system import FakeSystem
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
 SECRET2 = "another-secret-value-0123456789abcdefgh"
@@ -46,12 +50,15 @@ def params(tmp_path, **overrides):
     return base
 
 
+def make(host, p, check=False):
+    req = msgspec.convert({k: v for k, v in p.items() if v is not None}, engine.Request)
+    return engine.Engine(req, run=host, check_mode=check, root=host.root, mountinfo_path=host.mountinfo,
+                         sleep=lambda _s: None, stat_fn=host.stat, settle_seconds=0)
+
+
 def run(host, p, check=False):
-    manager = _fuse.Manager(
-        p, run=host, check_mode=check, root=host.root, mountinfo_path=host.mountinfo,
-        sleep=lambda _s: None, stat_fn=host.stat,
-    )
-    return manager.run_state(), manager
+    eng = make(host, p, check)
+    return eng.apply(), eng
 
 
 def snapshot(host):
@@ -68,7 +75,7 @@ def snapshot(host):
 
 
 def layout(host):
-    return _fuse.Layout("data", root=host.root)
+    return engine.Layout("data", root=host.root)
 
 
 # -- six steps per state ----------------------------------------------------
@@ -104,7 +111,7 @@ def test_mounted_six_steps(host, tmp_path):
     assert result["mount"]["health"] == "ok"
     assert result["unit_state"] == {"active_state": "active", "sub_state": "running", "enabled": True}
     assert "restart obsctl-mount@data.service" in result["actions"]
-    with open(layout(host).config) as handle:
+    with open(layout(host).spec) as handle:
         assert "read_only = true" in handle.read()
 
 
@@ -124,7 +131,7 @@ def test_unmounted_six_steps(host, tmp_path):
     result = six_steps(host, params(tmp_path, state="unmounted"), dict(other, state="unmounted"))
     assert host.mounts == {}
     assert host.unit("data")["enabled"] is True, "unmounted keeps the enablement"
-    assert os.path.exists(layout(host).config), "unmounted keeps the spec"
+    assert os.path.exists(layout(host).spec), "unmounted keeps the spec"
     assert result["unit_state"]["active_state"] == "inactive"
 
 
@@ -179,7 +186,7 @@ def test_no_secret_in_spec_or_result(host, tmp_path):
     p = params(tmp_path, credentials={"access_key_id": "AKIAEXAMPLE0001", "secret_access_key": SECRET,
                                       "session_token": "tok-" + SECRET2})
     result, manager = run(host, p)
-    with open(layout(host).config) as handle:
+    with open(layout(host).spec) as handle:
         spec = handle.read()
     for secret in (SECRET, SECRET2, "AKIAEXAMPLE0001"):
         assert secret not in spec
@@ -195,9 +202,9 @@ def test_dropping_credentials_removes_them(host, tmp_path):
     result = run(host, params(tmp_path, credentials=None, profile="reader"))[0]
     assert result["changed"] is True
     assert not os.path.exists(layout(host).credential)
-    assert not os.path.exists(layout(host).dropin_dir)
+    assert not os.path.exists(layout(host).dropin.parent)
     assert "systemctl daemon-reload" in result["actions"]
-    with open(layout(host).config) as handle:
+    with open(layout(host).spec) as handle:
         assert 'credentials_from = "profile"' in handle.read()
 
 
@@ -237,7 +244,7 @@ def test_stale_mount_is_repaired(host, tmp_path):
     assert result["actions"][0].startswith("lazy unmount of the stale mount at ")
     assert result["actions"][1] == "restart obsctl-mount@data.service"
     assert result["mount"]["health"] == "ok"
-    assert host.commands("umount", "--lazy", p["path"])
+    assert host.commands("fusermount3", "-u", "-z", p["path"])
     result = run(host, p)[0]
     assert result["changed"] is False
 
@@ -266,7 +273,7 @@ def test_foreign_mount_is_not_taken_over(host, tmp_path):
     p = params(tmp_path)
     os.makedirs(p["path"])
     host._mount(p["path"], "/srv/other")
-    with pytest.raises(_fuse.FuseError) as err:
+    with pytest.raises(engine.EngineError) as err:
         run(host, p)
     assert "already mounted by something else" in err.value.msg
 
@@ -274,7 +281,7 @@ def test_foreign_mount_is_not_taken_over(host, tmp_path):
 def test_failed_start_rolls_back(host, tmp_path):
     host.fail_start = True
     before = snapshot(host)
-    with pytest.raises(_fuse.FuseError) as err:
+    with pytest.raises(engine.EngineError) as err:
         run(host, params(tmp_path))
     assert "rolled back" in err.value.msg
     assert "driver exited with status 1" in err.value.msg
@@ -289,7 +296,7 @@ def test_failed_change_restores_the_previous_mount(host, tmp_path):
     run(host, params(tmp_path))
     before = snapshot(host)
     host.fail_start = True
-    with pytest.raises(_fuse.FuseError):
+    with pytest.raises(engine.EngineError):
         run(host, params(tmp_path, read_only=True))
     host.fail_start = False
     files, units, mounts, _dead = snapshot(host)
@@ -300,37 +307,37 @@ def test_failed_change_restores_the_previous_mount(host, tmp_path):
 
 def test_template_missing(host, tmp_path):
     host.template_installed = False
-    with pytest.raises(_fuse.FuseError) as err:
+    with pytest.raises(engine.EngineError) as err:
         run(host, params(tmp_path))
     assert "obsctl-mount@.service is not installed" in err.value.msg
-    warnings = []
-    manager = _fuse.Manager(params(tmp_path), run=host, check_mode=True, root=host.root,
-                            mountinfo_path=host.mountinfo, warn=warnings.append, stat_fn=host.stat)
-    assert manager.run_state()["changed"] is True
-    assert warnings
+    result = run(host, params(tmp_path), check=True)[0]
+    assert result["changed"] is True
+    assert any("is not installed" in w for w in result["warnings"])
 
 
 def test_no_systemd(tmp_path):
     host = FakeSystem(tmp_path / "root")
     os.rmdir(os.path.join(host.root, "run/systemd/system"))
-    with pytest.raises(_fuse.FuseError) as err:
+    with pytest.raises(engine.EngineError) as err:
         run(host, params(tmp_path))
     assert "systemd is not running" in err.value.msg
 
 
 def test_modes_are_repaired(host, tmp_path):
     run(host, params(tmp_path))
-    os.chmod(layout(host).config, 0o644)
+    os.chmod(layout(host).spec, 0o644)
     result = run(host, params(tmp_path))[0]
     assert result["actions"] == ["chmod 640 /etc/obsctl/mounts/data.toml"]
-    assert stat.S_IMODE(os.stat(layout(host).config).st_mode) == 0o640
+    assert stat.S_IMODE(os.stat(layout(host).spec).st_mode) == 0o640
     assert not host.commands("systemctl", "restart")
 
 
 @pytest.mark.parametrize("overrides,message", [
     (dict(name="../x"), "name '../x'"),
     (dict(name="a b"), "name 'a b'"),
-    (dict(src="http://bucket"), "expected s3://BUCKET"),
+    (dict(src="http://bucket"), "must look like s3://BUCKET"),
+    (dict(src="s3://My_Bucket"), "'My_Bucket' is not a valid S3 bucket name"),
+    (dict(impl="geesefs2"), "impl 'geesefs2' is not a driver obsctl knows"),
     (dict(path="relative"), "absolute path"),
     (dict(path="/"), "absolute path"),
     (dict(endpoint="127.0.0.1:9000"), "endpoint"),
@@ -339,32 +346,11 @@ def test_modes_are_repaired(host, tmp_path):
     (dict(src=None), "missing: src"),
 ])
 def test_validation(host, tmp_path, overrides, message):
-    with pytest.raises(_fuse.FuseError) as err:
-        run(host, params(tmp_path, **overrides))
-    assert message in err.value.msg
-    assert "has space" not in err.value.msg
+    """Invalid input: obsctl mount's own rules, a clear message, no secret in it, nothing done."""
+    for check in (True, False):
+        with pytest.raises(ConfigError) as err:
+            run(host, params(tmp_path, **overrides), check=check)
+        assert message in str(err.value)
+        assert "has space" not in str(err.value)
     assert host.mutating_calls() == []
-
-
-# -- tomlkit missing on the target --------------------------------------------
-
-
-def test_without_tomlkit_check_mode_predicts_and_apply_fails_clearly(host, tmp_path, monkeypatch):
-    """The spec is written by module_utils/_toml.py (tomlkit). On a host the obsctl
-    role has not prepared yet, check mode predicts a change with a warning; a
-    real run fails saying what to install, and changes nothing."""
-    from ansible_collections.obsctl.observability.plugins.module_utils import _toml
-
-    monkeypatch.setattr(_toml, "HAS_TOMLKIT", False)
-    monkeypatch.setattr(_toml, "TOMLKIT_IMPORT_ERROR", ImportError("No module named 'tomlkit'"))
-    warnings = []
-    manager = _fuse.Manager(params(tmp_path), run=host, check_mode=True, warn=warnings.append, root=host.root,
-                            mountinfo_path=host.mountinfo, sleep=lambda _s: None, stat_fn=host.stat)
-    before = snapshot(host)
-    result = manager.run_state()
-    assert result["changed"] is True
-    assert any("tomlkit" in w and "python3-tomlkit" in w for w in warnings)
-    assert snapshot(host) == before
-    with pytest.raises(_fuse.FuseError, match="python3-tomlkit"):
-        run(host, params(tmp_path))
-    assert snapshot(host) == before
+    assert not os.path.exists(os.path.join(host.root, "etc"))

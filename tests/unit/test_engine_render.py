@@ -1,17 +1,23 @@
-"""Rendering: _fuse.render_mount_toml is the one TOML writer (module_utils/_toml.py,
-obsctl.tomlio) and writes the bytes it always wrote; the result is valid TOML that
-reads back to the spec; credentials and drop-in texts."""
+"""The engine's files: the spec (obsctl.tomlio, the one TOML writer) keeps the bytes the
+fuse_mount module always wrote; the result is valid TOML that obsctl mount loads back;
+credential and drop-in texts; redaction; the unit template."""
 
 import os
-import sys
+import tomllib
 
+import jinja2
+import msgspec
 import pytest
 
-from ansible_collections.obsctl.observability.plugins.module_utils import _fuse
+from obsctl import engine, tomlio
+from obsctl.config import load_mount_spec
 
-jinja2 = pytest.importorskip("jinja2")
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
+
+def desired(params):
+    req = msgspec.convert({k: v for k, v in params.items() if v is not None}, engine.Request)
+    return engine.desired_spec(req, engine.Layout(req.name))
 
 BASE = dict(name="data", src="s3://bucket/prefix", path="/mnt/data", impl="rclone", endpoint=None, region=None,
             profile=None, options=[], cache_mode=None, credentials=None, read_only=False, allow_other=False,
@@ -23,7 +29,7 @@ SPECS = [
          cache_mode="writes", options=["--vfs-read-chunk-size=8M", "--dir-cache-time", "5s"],
          credentials={"access_key_id": "a", "secret_access_key": "b"}, telemetry_config="/etc/obsctl/t.toml"),
     dict(BASE, impl="s3fs", profile="reader", path='/mnt/with "quotes" and \\ back slash',
-         options=['-o', 'x="y"'], ready_timeout=120),
+         options=['x="y"'], ready_timeout=120),
     dict(BASE, name="d.ata-1_x", path="/mnt/ünïcode", options=[]),
 ]
 
@@ -49,69 +55,57 @@ EXPECTED_SPEC_1 = (
 
 
 def test_same_bytes_as_before():
-    assert _fuse.render_mount_toml(_fuse.desired_spec(SPECS[1])) == EXPECTED_SPEC_1
-    text = _fuse.render_mount_toml(_fuse.desired_spec(SPECS[2]))
+    assert tomlio.render_mount_spec(desired(SPECS[1])) == EXPECTED_SPEC_1
+    text = tomlio.render_mount_spec(desired(SPECS[2]))
     assert 'mountpoint = "/mnt/with \\"quotes\\" and \\\\ back slash"\n' in text
-    assert 'options = ["-o", "x=\\"y\\""]\n' in text
-    assert 'mountpoint = "/mnt/ünïcode"\n' in _fuse.render_mount_toml(_fuse.desired_spec(SPECS[3]))
-
-
-def test_one_writer_for_module_and_obsctl():
-    obsctl_tomlio = pytest.importorskip("obsctl.tomlio")
-    for params in SPECS:
-        spec = _fuse.desired_spec(params)
-        assert _fuse.render_mount_toml(spec) == obsctl_tomlio.render_mount_spec(spec)
+    assert 'options = ["x=\\"y\\""]\n' in text
+    assert 'mountpoint = "/mnt/ünïcode"\n' in tomlio.render_mount_spec(desired(SPECS[3]))
 
 
 @pytest.mark.parametrize("params", SPECS)
-def test_valid_toml_and_read_back(params):
-    spec = _fuse.desired_spec(params)
-    text = _fuse.render_mount_toml(spec)
+def test_valid_toml_and_read_back(params, tmp_path):
+    """What the engine writes, obsctl mount reads back to the same spec."""
+    spec = desired(params)
+    text = tomlio.render_mount_spec(spec)
     expected = {k: v for k, v in spec.items() if v is not None}
-    assert _fuse.parse_mount_toml(text) == expected
-    if sys.version_info >= (3, 11):
-        import tomllib
-        assert tomllib.loads(text) == expected
+    assert tomllib.loads(text) == expected
+    (tmp_path / "m.toml").write_text(text)
+    assert engine.spec_dict(load_mount_spec(tmp_path / "m.toml")) == spec
 
 
 def test_sorted_and_stable():
-    spec = _fuse.desired_spec(SPECS[1])
-    lines = _fuse.render_mount_toml(spec).splitlines()
+    spec = desired(SPECS[1])
+    lines = tomlio.render_mount_spec(spec).splitlines()
     assert lines[0].startswith("# Managed by obsctl.observability")
     keys = [line.split(" = ")[0] for line in lines[1:]]
     assert keys == sorted(keys)
-    assert _fuse.render_mount_toml(dict(reversed(list(spec.items())))) == _fuse.render_mount_toml(spec)
+    assert tomlio.render_mount_spec(dict(reversed(list(spec.items())))) == tomlio.render_mount_spec(spec)
 
 
 def test_credentials_from():
-    assert _fuse.desired_spec(SPECS[1])["credentials_from"] == "systemd"
-    assert _fuse.desired_spec(SPECS[2])["credentials_from"] == "profile"
-    assert _fuse.desired_spec(SPECS[0])["credentials_from"] == "env"
+    assert desired(SPECS[1])["credentials_from"] == "systemd"
+    assert desired(SPECS[2])["credentials_from"] == "profile"
+    assert desired(SPECS[0])["credentials_from"] == "env"
 
 
 def test_render_credentials():
-    text = _fuse.render_credentials({"access_key_id": "AK", "secret_access_key": "S/K+", "session_token": None})
+    text = engine.credential_text(engine.Credentials(access_key_id="AK", secret_access_key="S/K+"))
     assert text == "AWS_ACCESS_KEY_ID=AK\nAWS_SECRET_ACCESS_KEY=S/K+\n"
-    assert _fuse.parse_credentials(text) == {"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "S/K+"}
-    text = _fuse.render_credentials({"access_key_id": "AK", "secret_access_key": "SK", "session_token": "T=="})
+    assert engine.parse_env_lines(text) == {"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "S/K+"}
+    text = engine.credential_text(engine.Credentials(access_key_id="AK", secret_access_key="SK", session_token="T=="))
     assert text.endswith("AWS_SESSION_TOKEN=T==\n")
-    assert _fuse.parse_credentials(text)["AWS_SESSION_TOKEN"] == "T=="
-
-
-def test_dropin():
-    text = _fuse.render_dropin(_fuse.Layout("data", root="/tmp/x"))
-    assert text.splitlines()[1:] == ["[Service]", "LoadCredentialEncrypted=s3:/etc/obsctl/credentials/data.cred"]
+    assert engine.parse_env_lines(text)["AWS_SESSION_TOKEN"] == "T=="
 
 
 def test_redaction():
     before = {"AWS_ACCESS_KEY_ID": "AKID1", "AWS_SECRET_ACCESS_KEY": "SECRET1"}
     after = {"AWS_ACCESS_KEY_ID": "AKID1", "AWS_SECRET_ACCESS_KEY": "SECRET2"}
-    b, a = _fuse.redacted_credentials(before, after)
+    b, a = engine.redacted_credentials(before, after)
     for value in ("AKID1", "SECRET1", "SECRET2"):
         assert value not in b + a
     assert b != a
-    assert _fuse.redacted_credentials(None, after)[0] == ""
-    assert _fuse.redacted_credentials(after, after) == (
+    assert engine.redacted_credentials(None, after)[0] == ""
+    assert engine.redacted_credentials(after, after) == (
         "AWS_ACCESS_KEY_ID=<redacted>\nAWS_SECRET_ACCESS_KEY=<redacted>\n",) * 2
 
 

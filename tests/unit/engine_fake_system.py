@@ -1,5 +1,5 @@
-"""A fake host for the fuse_mount state machine: systemctl, systemd-creds,
-journalctl and umount, a mount table file, and dead FUSE daemons.
+"""A fake host for the desired-state engine (obsctl.engine): systemctl, systemd-creds,
+journalctl, fusermount3 and umount, a mount table file, and dead FUSE daemons.
 
 Commands are answered from memory; ``calls`` records them in order. The
 desired-state files are real files under ``root`` (a pytest tmp_path).
@@ -9,7 +9,7 @@ import base64
 import errno
 import os
 
-from ansible_collections.obsctl.observability.plugins.module_utils import _fuse
+import tomllib
 
 BASE_MOUNTINFO = (
     "22 27 0:21 / /proc rw,relatime - proc proc rw\n"
@@ -25,6 +25,7 @@ class FakeSystem:
         self.mounts = {}  # mountpoint -> mountinfo line
         self.dead = set()  # mountpoints whose driver is gone
         self.units = {}
+        self.timers = {}
         self.template_installed = True
         self.fail_start = False
         self.calls = []
@@ -85,11 +86,11 @@ class FakeSystem:
     def _spec(self, name):
         path = os.path.join(self.root, "etc/obsctl/mounts/%s.toml" % name)
         with open(path) as handle:
-            return _fuse.parse_mount_toml(handle.read())
+            return tomllib.loads(handle.read())
 
     # -- the command runner ----------------------------------------------------
 
-    def __call__(self, args, data=None, binary_data=False):
+    def __call__(self, args, data=None):
         args = list(args)
         self.calls.append(args)
         tool = args[0]
@@ -127,6 +128,8 @@ class FakeSystem:
         if verb == "daemon-reload":
             return 0, "", ""
         unit_name = rest[-1]
+        if unit_name.endswith(".timer"):
+            return self._timer(verb, unit_name)
         name = unit_name[len("obsctl-mount@"):-len(".service")]
         unit = self.unit(name)
         if verb == "show":
@@ -167,6 +170,23 @@ class FakeSystem:
             unit["active"], unit["sub"] = "active", "running"
             return 0, "", ""
         raise AssertionError("systemctl %s %r" % (verb, rest))
+
+    def _timer(self, verb, unit_name):
+        """Timers: enable/disable/start/stop/show, no side effect on mounts."""
+        timer = self.timers.setdefault(unit_name, {"enabled": False, "active": "inactive", "sub": "dead"})
+        if verb == "show":
+            load = "loaded" if self.template_installed else "not-found"
+            return 0, "LoadState=%s\nActiveState=%s\nSubState=%s\nMainPID=0\n" % (
+                load, timer["active"], timer["sub"]), ""
+        if verb == "is-enabled":
+            return (0, "enabled\n", "") if timer["enabled"] else (1, "disabled\n", "")
+        if verb in ("enable", "disable"):
+            timer["enabled"] = verb == "enable"
+        elif verb in ("start", "stop"):
+            timer["active"], timer["sub"] = ("active", "waiting") if verb == "start" else ("inactive", "dead")
+        elif verb != "reset-failed":
+            raise AssertionError("systemctl %s %s" % (verb, unit_name))
+        return 0, "", ""
 
     def _owned(self, name, mountpoint):
         try:
