@@ -35,7 +35,6 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="mount name (labels, status)")
 
 
-
 def split_options(values: Sequence[str] | None) -> list[str]:
     """The ``-o`` values, comma lists split: ``["ro,allow_other", "x=1"]`` -> ``["ro", "allow_other", "x=1"]``."""
     out: list[str] = []

@@ -35,9 +35,7 @@ from typing import Any, Callable, Sequence
 
 from obsctl import engine
 from obsctl.config import ConfigError
-from obsctl.engine import (  # noqa: F401  (templates_dir / render: used by the tests and the docs)
-    EngineError, Layout, Request, Runner, check_name, journal_tail, render, run_command, templates_dir, unit_state,
-)
+from obsctl.engine import EngineError, Layout, Request, Runner, check_name, journal_tail, run_command, unit_state
 from obsctl.mountargs import mount_spec_from_args
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

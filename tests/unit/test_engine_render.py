@@ -19,6 +19,7 @@ def desired(params):
     req = msgspec.convert({k: v for k, v in params.items() if v is not None}, engine.Request)
     return engine.desired_spec(req, engine.Layout(req.name))
 
+
 BASE = dict(name="data", src="s3://bucket/prefix", path="/mnt/data", impl="rclone", endpoint=None, region=None,
             profile=None, options=[], cache_mode=None, credentials=None, read_only=False, allow_other=False,
             ready_timeout=30, telemetry_config=None)

@@ -38,7 +38,7 @@ def _install(host, tmp_path, *extra):
 
 
 def test_templates_ship_with_the_package():
-    names = {p.name for p in su.templates_dir().iterdir()}
+    names = {p.name for p in engine.templates_dir().iterdir()}
     assert {"obsctl-mount@.service.j2", "obsctl-mount@.timer.j2", "obsctl-mount-check@.service.j2"} <= names
     assert not {"mount.toml.j2", "telemetry.toml.j2"} & names, "TOML is written by obsctl.tomlio, not Jinja"
 
@@ -53,12 +53,12 @@ def test_telemetry_file_passes_config_check(mode):
 
 
 def test_unit_templates_render():
-    service = su.render("obsctl-mount@.service.j2", obsctl_bin="/opt/obsctl/bin/obsctl")
+    service = engine.render("obsctl-mount@.service.j2", obsctl_bin="/opt/obsctl/bin/obsctl")
     assert "Type=notify" in service and "ExecStart=/opt/obsctl/bin/obsctl mount" in service
     assert engine.MANAGED_BY in service
-    timer = su.render("obsctl-mount@.timer.j2")
+    timer = engine.render("obsctl-mount@.timer.j2")
     assert "OnUnitActiveSec=5min" in timer and "Unit=obsctl-mount-check@%i.service" in timer
-    check = su.render("obsctl-mount-check@.service.j2", obsctl_venv_python="/opt/obsctl/bin/python")
+    check = engine.render("obsctl-mount-check@.service.j2", obsctl_venv_python="/opt/obsctl/bin/python")
     assert "ExecStart=/opt/obsctl/bin/python -m obsctl.systemd_units check %i" in check
 
 
