@@ -158,7 +158,9 @@ options:
         C(obsctl.observability.obsctl) role), which remounts a stale mount.
       - V(true) enables it (and starts it with O(state=mounted) or
         O(state=remounted)); V(false) stops and disables it; omitted leaves it
-        as it is. O(state=absent) always stops and disables it.
+        as it is. O(state=absent) always stops and disables it, and so does
+        O(state=unmounted) with V(true) (a mount stopped on purpose is not
+        health-checked).
     type: bool
   obsctl_path:
     description:

@@ -153,7 +153,8 @@ class Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: wrote them); the obsctl role's own templates are never replaced.
     install_units: bool = False
     #: The health-check timer ``obsctl-mount@NAME.timer``: True enabled (and started with
-    #: state mounted / remounted), False stopped and disabled, None left as it is.
+    #: state mounted / remounted; stopped and disabled with unmounted), False stopped and
+    #: disabled, None left as it is. State absent always stops and disables it.
     health_timer: bool | None = None
 
 
@@ -457,18 +458,17 @@ def journal_tail(run: Runner, unit: str, lines: int = 20) -> list[str]:
 
 
 def lazy_unmount(run: Runner, mountpoint: str) -> None:
-    """Detach ``mountpoint`` even when its driver is dead: ``fusermount3 -u -z``, then ``umount -l``
-    (the order of :func:`obsctl.unmount.unmount_once`).
+    """Detach ``mountpoint`` even when its driver is dead: obsctl's one lazy unmount
+    command (:func:`obsctl.unmount.unmount_argv`).
 
     Raises:
-        EngineError: both failed.
+        EngineError: it failed (its message).
     """
-    rc, _out, err = run(["fusermount3", "-u", "-z", mountpoint])
-    if rc == 0:
-        return
-    rc2, _out, err2 = run(["umount", "-l", mountpoint])
-    if rc2 != 0:
-        raise EngineError(f"could not unmount {mountpoint}: {err.strip()} / {err2.strip()}")
+    from obsctl.unmount import unmount_argv
+
+    rc, out, err = run(unmount_argv(mountpoint, lazy=True))
+    if rc != 0:
+        raise EngineError(f"could not unmount {mountpoint}: {(err or out).strip()}")
 
 
 def mount_facts(mountpoint: str | None, mountinfo_path: str = mounttable.MOUNTINFO_PATH,
@@ -951,8 +951,8 @@ class Engine:
     def _timer(self) -> None:
         """The health-check timer as ``req.health_timer`` asks (absent: always stopped + disabled)."""
         want = self.req.health_timer
-        if self.req.state == "absent":
-            want = False
+        if self.req.state == "absent" or (want and self.req.state == "unmounted"):
+            want = False  # a mount stopped on purpose is not health-checked
         if want is None:
             return
         timer = self.layout.timer

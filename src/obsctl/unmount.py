@@ -60,18 +60,24 @@ def _run(argv: list[str]) -> None:
                    stderr=subprocess.DEVNULL, check=False)
 
 
+def unmount_argv(mountpoint: str, lazy: bool = False) -> list[str]:
+    """The one unmount command of obsctl (supervisor, ``obsctl unmount``, the engine):
+    ``fusermount3 -u [-z] MOUNTPOINT``, or ``umount [-l] MOUNTPOINT`` where fusermount3
+    (or fusermount) is not installed."""
+    fusermount = _fusermount()
+    if fusermount:
+        return [os.path.basename(fusermount), "-u", *(["-z"] if lazy else []), mountpoint]
+    return ["umount", *(["-l"] if lazy else []), mountpoint]
+
+
 def unmount_once(mountpoint: str, lazy: bool = False, path: str = mounttable.MOUNTINFO_PATH) -> bool:
-    """One ``fusermount3 -u [-z]`` (``umount [-l]`` without it); True when nothing is mounted afterwards.
+    """One :func:`unmount_argv`; True when nothing is mounted afterwards.
 
     ``path`` is the mount table to consult (tests inject one).
     """
     if not _mounted(mountpoint, path):
         return True
-    fusermount = _fusermount()
-    if fusermount:
-        _run([fusermount, "-u", "-z", mountpoint] if lazy else [fusermount, "-u", mountpoint])
-    else:
-        _run(["umount", "-l", mountpoint] if lazy else ["umount", mountpoint])
+    _run(unmount_argv(mountpoint, lazy))
     return not _mounted(mountpoint, path)
 
 

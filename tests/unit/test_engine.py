@@ -354,3 +354,27 @@ def test_validation(host, tmp_path, overrides, message):
         assert "has space" not in str(err.value)
     assert host.mutating_calls() == []
     assert not os.path.exists(os.path.join(host.root, "etc"))
+
+
+# -- the health-check timer ----------------------------------------------------------
+
+
+def test_health_timer_follows_the_state(host, tmp_path):
+    timer = "obsctl-mount@data.timer"
+    result = run(host, params(tmp_path, health_timer=True))[0]
+    assert {"enable " + timer, "start " + timer} <= set(result["actions"])
+    assert host.timers[timer] == {"enabled": True, "active": "active", "sub": "waiting"}
+    assert run(host, params(tmp_path, health_timer=True))[0]["changed"] is False
+    result = run(host, params(tmp_path, health_timer=True, state="unmounted"), check=True)[0]
+    assert {"stop " + timer, "disable " + timer} <= set(result["actions"])
+    assert host.timers[timer]["active"] == "active", "check mode acted"
+    run(host, params(tmp_path, health_timer=True, state="unmounted"))
+    assert host.timers[timer] == {"enabled": False, "active": "inactive", "sub": "dead"}
+    run(host, params(tmp_path, health_timer=True))
+    run(host, params(tmp_path, state="absent"))
+    assert host.timers[timer] == {"enabled": False, "active": "inactive", "sub": "dead"}
+
+
+def test_health_timer_left_alone_when_not_asked(host, tmp_path):
+    run(host, params(tmp_path))
+    assert not any(c[1:] and c[-1].endswith(".timer") for c in host.calls), "timer touched without health_timer"
