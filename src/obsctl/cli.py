@@ -209,6 +209,23 @@ def read_states(directory: str | None = None) -> list[dict[str, Any]]:
     return _read(directory or runtime_dir(), strict=True)
 
 
+def _report(items: list[dict[str, Any]], as_json: bool, empty: str,
+            header: Sequence[str], row: Any) -> int:
+    """Print ``items`` as indented JSON, or ``empty``, or a left-aligned table of ``header``
+    and ``row(item)`` (a tuple of strings per item). Returns EXIT_OK."""
+    if as_json:
+        print(json.dumps(items, indent=2))
+        return EXIT_OK
+    if not items:
+        print(empty)
+        return EXIT_OK
+    rows = [tuple(header), *(row(item) for item in items)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for line in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+    return EXIT_OK
+
+
 def cmd_status_all(args: argparse.Namespace) -> int:
     """``obsctl status --all [--json]``: :func:`obsctl.inventory.fuse_mount_info`."""
     from obsctl import inventory
@@ -218,19 +235,9 @@ def cmd_status_all(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"obsctl: cannot read the mount table {args.mountinfo}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    if args.json:
-        print(json.dumps(mounts, indent=2))
-        return EXIT_OK
-    if not mounts:
-        print("no FUSE mounts on this host")
-        return EXIT_OK
     keys = ("name", "mountpoint", "source", "driver", "health", "pid", "unit", "waiting")
-    rows = [tuple(k.upper() for k in keys)]
-    rows += [tuple("-" if m[k] is None else str(m[k]) for k in keys) for m in mounts]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(keys))]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-    return EXIT_OK
+    return _report(mounts, args.json, "no FUSE mounts on this host", [k.upper() for k in keys],
+                   lambda m: tuple("-" if m[k] is None else str(m[k]) for k in keys))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -243,26 +250,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"obsctl: cannot read the mount states in {runtime_dir()}/mounts: {exc.strerror or exc} "
               "(set OBSCTL_RUNTIME_DIR to obsctl's runtime directory)", file=sys.stderr)
         return EXIT_FAILED
-    if args.json:
-        print(json.dumps(states, indent=2))
-        return EXIT_OK
-    if not states:
-        print("no mounts run by obsctl on this host")
-        return EXIT_OK
-    header = ("NAME", "MOUNTPOINT", "SOURCE", "IMPL", "STATE", "HEALTH", "PID", "DRIVER", "READ", "WRITTEN",
-              "ERRORS", "LAST EXPORT")
-    rows = [header]
-    for s in states:
+
+    def row(s: dict[str, Any]) -> tuple[str, ...]:
         export = s.get("last_export") or {}
         when = export.get("time")
         last = f"{export.get('result', 'none')}" + (f" {time.strftime('%H:%M:%S', time.localtime(when))}" if when else "")
-        rows.append((s.get("name") or "-", s.get("mountpoint", ""), s.get("source", ""), s.get("impl", ""),
-                     s.get("state", ""), s.get("health") or "-", str(s.get("pid", "")), str(s.get("driver_pid") or "-"), _human(s.get("read_bytes", 0)),
-                     _human(s.get("write_bytes", 0)), str(s.get("errors", 0)), last))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-    return EXIT_OK
+        return (s.get("name") or "-", s.get("mountpoint", ""), s.get("source", ""), s.get("impl", ""),
+                s.get("state", ""), s.get("health") or "-", str(s.get("pid", "")), str(s.get("driver_pid") or "-"),
+                _human(s.get("read_bytes", 0)), _human(s.get("write_bytes", 0)), str(s.get("errors", 0)), last)
+
+    return _report(states, args.json, "no mounts run by obsctl on this host",
+                   ("NAME", "MOUNTPOINT", "SOURCE", "IMPL", "STATE", "HEALTH", "PID", "DRIVER", "READ", "WRITTEN",
+                    "ERRORS", "LAST EXPORT"), row)
 
 
 def _human(n: float) -> str:
