@@ -633,6 +633,7 @@ class Engine:
         self.warnings: list[str] = []
         self.changed = False
         self._reload_needed = False
+        self._templates_changed = False  # a running mount restarts to run the new unit
         self._before_unit: dict[str, Any] = {}
         self._before_timer: dict[str, Any] | None = None
 
@@ -703,6 +704,7 @@ class Engine:
                 continue  # installed by the obsctl role: keep it
             if self._file(path, render(template, **context).encode("utf-8"), UNIT_MODE, diff=False):
                 self._reload_needed = True
+                self._templates_changed = True
 
     def sync_files(self, want: bool, spec: dict[str, Any] | None) -> bool:
         """Spec, telemetry file, credential and drop-in to the desired state (``want`` False:
@@ -829,7 +831,7 @@ class Engine:
         self._enable(before)
 
     def _state_mounted(self, before, before_mount, mountpoint, spec, force: bool = False) -> None:
-        files_changed = self.sync_files(True, spec)
+        files_changed = self.sync_files(True, spec) or self._templates_changed
         self._daemon_reload()
         self._enable(before)
         active = before["active_state"] in ("active", "activating", "reloading")

@@ -150,3 +150,20 @@ def test_apply_json_answers_json_in_every_case(monkeypatch):
         assert su.cmd_apply(args, stdin=io.BytesIO(raw), stdout=out) == su.EXIT_USAGE
         result = json.loads(out.getvalue())
         assert result["failed"] is True and needle in result["msg"], result
+
+
+def test_unit_templates_of_an_older_install_are_refreshed(host, tmp_path, monkeypatch):
+    """A template an earlier obsctl systemd install wrote (its header says so) is rewritten
+    when it differs; systemd reloads it and the running mount restarts to run the new unit."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKID")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    req = _install(host, tmp_path)
+    _apply(host, req)
+    unit = Path(host.root, "etc/systemd/system/obsctl-mount@.service")
+    fresh = unit.read_text()
+    unit.write_text(f"# {engine.MANAGED_BY}\n[Service]\nExecStart=/old/obsctl mount\n")
+    result = _apply(host, req)
+    assert unit.read_text() == fresh
+    assert "systemctl daemon-reload" in result["actions"]
+    assert "restart obsctl-mount@data.service" in result["actions"]
+    assert _apply(host, req)["changed"] is False
