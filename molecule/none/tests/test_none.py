@@ -1,5 +1,6 @@
 """none: mode none; the mounts work, nothing is exported, nothing listens."""
 
+import json
 import os
 import sys
 import time
@@ -65,12 +66,21 @@ def test_obsctl_systemd_install_and_uninstall(host):
     credentials from stdin are encrypted, the mount comes up, uninstall removes it.
     Runs after the secret scan: its own (different) key is on this test's command line."""
     endpoint = os.environ["OBSCTL_S3_ENDPOINT"]
-    install = host.run(
+    command = (
         "printf 'AWS_ACCESS_KEY_ID=cli-key\\nAWS_SECRET_ACCESS_KEY=cli-secret\\n' | "
         "/opt/obsctl/bin/obsctl systemd install --name cli-data --impl rclone "
         f"--endpoint {endpoint} --region us-east-1 --credentials-from stdin "
         "s3://molecule-none-rclone /mnt/cli-data")
+    install = host.run(command)
     assert install.rc == 0, install.stderr + install.stdout
+    # the same engine as the fuse_mount module: a second install changes nothing
+    twice = host.run(command)
+    assert twice.rc == 0, twice.stderr + twice.stdout
+    assert "obsctl: restart" not in twice.stdout and "obsctl: write" not in twice.stdout, twice.stdout
+    listed = json.loads(host.check_output("/opt/obsctl/bin/obsctl status --all --json"))
+    entry = next(m for m in listed if m["mountpoint"] == "/mnt/cli-data")
+    assert (entry["name"], entry["health"], entry["unit"], entry["driver"]) == (
+        "cli-data", "ok", "obsctl-mount@cli-data.service", "rclone"), entry
     assert mount_fstype(host, "/mnt/cli-data") == "fuse.rclone"
     assert "hello.txt" in host.check_output("ls -1 /mnt/cli-data").split()
     assert host.file("/etc/obsctl/mounts/cli-data.toml").mode == 0o640
