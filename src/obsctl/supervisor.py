@@ -48,7 +48,7 @@ from typing import Any, Callable
 from obsctl import mounttable, statefile
 from obsctl.config import MountSpec, TelemetryConfig
 from obsctl.credentials import Credentials
-from obsctl.drivers import Driver, LaunchPlan
+from obsctl.drivers import Driver, LaunchPlan, PlanContext
 from obsctl.logpump import LogPump
 from obsctl.procutil import describe_exit, pid_running, start_time
 from obsctl.readiness import Interrupted, MountError, ReadyWait
@@ -161,9 +161,6 @@ class Supervisor:
         self.credentials = credentials
         self.runtime_dir = runtime_dir
         self.driver = driver
-        # Mode none opens no port at all, not even rclone's loopback rc API.
-        self.driver.listen = telemetry.exports_metrics
-        self.driver.telemetry = telemetry
         self.poll_interval = poll_interval
         self.bucket = spec.bucket_and_prefix()[0]
         self.stop_requested = threading.Event()
@@ -209,7 +206,8 @@ class Supervisor:
             MountError: the binary is missing or not executable (at once).
             ConfigError: the driver refused the spec's options.
         """
-        self.plan = self.driver.plan(self.spec, self.credentials)
+        # Mode none opens no port at all, not even rclone's loopback rc API (PlanContext.listen).
+        self.plan = self.driver.plan(self.spec, self.credentials, PlanContext.for_mount(self.telemetry_cfg))
         spawned = time.time_ns()
         try:
             self.proc = subprocess.Popen(

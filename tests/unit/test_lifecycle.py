@@ -16,6 +16,7 @@ import pytest
 
 from obsctl import statefile
 from obsctl.config import build_mount_spec
+from obsctl.drivers import PlanContext
 from obsctl.drivers.generic import GenericDriver
 from obsctl.logpump import LogPump
 from obsctl.procutil import describe_exit, holders, pid_running, same_process, start_time
@@ -32,7 +33,7 @@ def spawn(tmp_path: Path, code: str, mountpoint: Path | None = None, timeout: fl
     spec = build_mount_spec({"source": "label", "mountpoint": str(mp), "impl": "generic",
                              "command": [sys.executable, "-c", code], "ready_timeout_seconds": timeout})
     driver = GenericDriver()
-    plan = driver.plan(spec, None)
+    plan = driver.plan(spec, None, PlanContext())
     proc = subprocess.Popen(plan.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
     pump = LogPump(proc.stdout, driver, [])

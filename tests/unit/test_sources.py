@@ -68,19 +68,24 @@ def test_generic_has_no_driver_source():
     assert sidecar.owner("fs_ops") is None
 
 
-def _rclone_log_level():
-    from obsctl.config import build_mount_spec
+def _rclone_log_level(context=None):
+    from obsctl.config import build_mount_spec, parse_telemetry
+    from obsctl.drivers import PlanContext
     from obsctl.drivers.rclone import RcloneDriver
 
-    driver = RcloneDriver()
-    driver.listen = False
-    plan = driver.plan(build_mount_spec({"source": "s3://bucket", "mountpoint": "/mnt/x", "impl": "rclone"}), None)
+    if context is None:  # what the supervisor passes: read from this host's kernel
+        context = PlanContext.for_mount(parse_telemetry({"telemetry": {"mode": "none"}}))
+    plan = RcloneDriver().plan(build_mount_spec({"source": "s3://bucket", "mountpoint": "/mnt/x", "impl": "rclone"}),
+                               None, context)
     return plan.argv[plan.argv.index("--log-level") + 1]
 
 
 def test_rclone_debug_log_only_when_the_kernel_cannot_give_everything(monkeypatch):
     from obsctl.collectors.fuse_trace import detect_support
+    from obsctl.drivers import PlanContext
 
+    assert _rclone_log_level(PlanContext(kernel_complete=False, listen=False)) == "DEBUG"
+    assert _rclone_log_level(PlanContext(kernel_complete=True, listen=False)) == "INFO"
     monkeypatch.setenv("OBSCTL_FUSE_TRACE", "off")
     assert _rclone_log_level() == "DEBUG"
     monkeypatch.delenv("OBSCTL_FUSE_TRACE")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-from obsctl.drivers import Driver, LaunchPlan, OptionRule, long_flag, refuse_short_flag
+from obsctl.drivers import Driver, OptionRule, long_flag, refuse_short_flag
 
 CREDS = "pass credentials with credentials_from (--credentials-from env|stdin|profile|systemd)"
 CMDLINE = "would put a secret on the {impl} command line, where every local user can read it in /proc/PID/cmdline"
@@ -79,24 +79,17 @@ class GoofysDriver(Driver):
         """Flags obsctl adds after ``-f`` and the mapped spec fields (geesefs: --print-stats)."""
         return []
 
-    def plan(self, spec, creds):
+    def command(self, spec, options, context, launch):
         bucket, prefix = spec.bucket_and_prefix()
-        self.check_options(spec.options)
-        env = self.base_env(spec)
-        hidden = self.aws_env(env, creds)
         argv = [self.binary, "-f"]
         if spec.endpoint:
             argv.append(f"--endpoint={spec.endpoint}")
         if spec.region:
             argv.append(f"--region={spec.region}")
-        if spec.read_only:
-            argv += ["-o", "ro"]
-        if spec.allow_other:
-            argv += ["-o", "allow_other"]
+        argv += self.spec_flags(spec, ["-o", "ro"], ["-o", "allow_other"])
         argv += self.own_flags(spec)
-        argv += [long_flag(option) for option in spec.options]
-        argv += [self.source_arg(bucket, prefix), spec.mountpoint]
-        return LaunchPlan(argv=argv, env=env, fstype=self.fstype, secrets=hidden)
+        argv += [long_flag(option) for option in options]
+        return argv + [self.source_arg(bucket, prefix), spec.mountpoint]
 
     @staticmethod
     def level(line: str) -> str | None:
