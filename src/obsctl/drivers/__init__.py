@@ -38,6 +38,13 @@ CREDENTIAL_WORDS = ("secret", "access-key", "password", "passwd", "pass", "token
 
 _CMDLINE_RISK = ("on the {impl} command line, where every local user can read it in "
                  "/proc/PID/cmdline")
+#: The texts the drivers' :class:`OptionRule` tables share (``{impl}`` is the driver's name).
+#: What to do instead of a credential option.
+CREDS = "pass credentials with credentials_from (--credentials-from env|stdin|profile|systemd)"
+#: The risk of an option that takes a secret as its value.
+CMDLINE = "would put a secret " + _CMDLINE_RISK
+#: What to do instead of an option that overrides the spec's endpoint / region / source.
+SPEC = "set endpoint, region and source in the mount spec (--endpoint, --region, SOURCE)"
 
 
 @dataclass(frozen=True)
@@ -237,7 +244,7 @@ class Driver:
             elif any(word in name for word in CREDENTIAL_WORDS):
                 problems.append(
                     f"{shown}: would put a credential " + _CMDLINE_RISK.format(impl=self.name)
-                    + "; pass credentials with credentials_from (--credentials-from env|stdin|profile|systemd)")
+                    + "; " + CREDS)
         if problems:
             raise ConfigError(f"{self.name} option(s) refused:\n    " + "\n    ".join(problems))
 

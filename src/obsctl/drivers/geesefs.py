@@ -18,8 +18,8 @@ geesefs's own source (github.com/yandex-cloud/geesefs, commit 6e2bbab):
 
 from __future__ import annotations
 
-from obsctl.drivers.goofys import CMDLINE, CREDS, SPEC, GoofysDriver
-from obsctl.drivers import OptionRule
+from obsctl.drivers import CMDLINE, CREDS, SPEC, OptionRule
+from obsctl.drivers.goofys import GoofysDriver  # geesefs is a goofys fork: same command line and logs
 
 #: ``--print-stats`` interval obsctl sets (seconds): the window of each stats line.
 STATS_SECONDS = 10

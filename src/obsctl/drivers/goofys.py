@@ -24,11 +24,7 @@ from __future__ import annotations
 
 import re
 
-from obsctl.drivers import Driver, OptionRule, long_flag, refuse_short_flag
-
-CREDS = "pass credentials with credentials_from (--credentials-from env|stdin|profile|systemd)"
-CMDLINE = "would put a secret on the {impl} command line, where every local user can read it in /proc/PID/cmdline"
-SPEC = "set endpoint, region and source in the mount spec (--endpoint, --region, SOURCE)"
+from obsctl.drivers import CMDLINE, SPEC, Driver, OptionRule, long_flag, refuse_short_flag
 
 #: Options refused for goofys, from its option reference (internal/flags.go of
 #: goofys 0.24). obsctl's own settings: credentials in AWS_* of goofys's

@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import re
 
-from obsctl.drivers import Driver, OptionRule, PlanContext, long_flag, refuse_short_flag
-from obsctl.drivers.goofys import SPEC
+from obsctl.drivers import SPEC, Driver, OptionRule, PlanContext, long_flag, refuse_short_flag
 
 _PROFILE = ('use credentials_from = "profile" with profile = "NAME" (--profile NAME): obsctl reads the profile '
             "and passes the keys in the driver's environment")

@@ -21,7 +21,7 @@ import secrets as _secrets
 import socket
 import subprocess
 
-from obsctl.drivers import Driver, OptionRule, split_option
+from obsctl.drivers import CMDLINE, CREDS, Driver, OptionRule, split_option
 from obsctl.redact import redact
 
 REMOTE = "obsctl"
@@ -45,8 +45,6 @@ def free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
-_CMDLINE = "would put a secret on the {impl} command line, where every local user can read it in /proc/PID/cmdline"
-_CREDS = "pass credentials with credentials_from (--credentials-from env|stdin|profile|systemd)"
 
 #: Options refused for rclone, from the rclone 1.60 option reference
 #: (docs/content/flags.md: global and s3 backend flags; docs/content/commands/
@@ -55,8 +53,8 @@ _CREDS = "pass credentials with credentials_from (--credentials-from env|stdin|p
 #: DEBUG`` on stdout (collectors and redaction read it), the rc on 127.0.0.1
 #: with a random user/password, rclone in the foreground.
 REFUSED_OPTIONS = (
-    OptionRule(("s3-access-key-id", "s3-secret-access-key", "s3-session-token"), _CMDLINE, _CREDS),
-    OptionRule(("s3-sse-customer-key", "s3-sse-customer-key-base64", "s3-sse-customer-key-md5"), _CMDLINE,
+    OptionRule(("s3-access-key-id", "s3-secret-access-key", "s3-session-token"), CMDLINE, CREDS),
+    OptionRule(("s3-sse-customer-key", "s3-sse-customer-key-base64", "s3-sse-customer-key-md5"), CMDLINE,
                "give rclone the SSE-C key in obsctl's environment instead (rclone reads every flag from "
                "RCLONE_<FLAG>, e.g. RCLONE_S3_SSE_CUSTOMER_KEY, set from a systemd credential), never in -o"),
     OptionRule(("header", "header-upload", "header-download"),

@@ -9,9 +9,8 @@ s3fs_log.S3fsLogCollector` pairs into request latency and status codes.
 
 from __future__ import annotations
 
-from obsctl.drivers import Driver, OptionRule
+from obsctl.drivers import CREDS, Driver, OptionRule
 
-_CREDS = "pass credentials with credentials_from (--credentials-from env|stdin|profile|systemd)"
 
 #: Options refused for s3fs, from the s3fs 1.90 man page (doc/man/s3fs.1,
 #: OPTIONS). obsctl's own settings are: credentials in AWS_* of s3fs's
@@ -22,13 +21,13 @@ _CREDS = "pass credentials with credentials_from (--credentials-from env|stdin|p
 REFUSED_OPTIONS = (
     OptionRule(("passwd-file",),
                "would make {impl} read keys from a clear-text passwd file instead of what obsctl passes it",
-               _CREDS),
+               CREDS),
     OptionRule(("profile",), "would make {impl} pick its own credentials profile",
                'use credentials_from = "profile" with profile = "NAME" (--profile NAME)'),
     OptionRule(("iam-role", "ecs", "imdsv1only", "ibm-iam-auth", "ibm-iam-endpoint"),
                "would switch {impl} to another credential source than the one obsctl passes it "
                "(imdsv1only also drops IMDSv2's protection)",
-               "obsctl does not support instance or container credentials for s3fs; " + _CREDS),
+               "obsctl does not support instance or container credentials for s3fs; " + CREDS),
     OptionRule(("url", "host", "endpoint", "bucket"),
                "would override the endpoint / region / bucket obsctl set from the mount spec",
                "set endpoint, region and source in the mount spec (--endpoint, --region, SOURCE)"),
