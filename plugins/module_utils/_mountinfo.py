@@ -105,18 +105,26 @@ def parse(text):
     skipped too, with one warning per distinct line and process on the
     ``obsctl.mounttable`` logger: one bad line (a truncated read, a kernel
     or test fixture oddity) must not hide every other mount or end in a
-    traceback. Never raises for the text's content.
+    traceback.
+
+    Raises:
+        ValueError: there are lines and not one of them is a mountinfo line
+            (the file is not a mount table at all; every real one lists ``/``).
     """
     entries = []
+    first_error = None
     for line in text.splitlines():
         if not line.strip():
             continue
         try:
             entries.append(parse_line(line))
         except ValueError as exc:
+            first_error = first_error or exc
             if line not in _REPORTED and len(_REPORTED) < _MAX_REPORTED:
                 _REPORTED.add(line)
                 _log.warning("mount table: skipped a malformed line: %s", exc)
+    if first_error is not None and not entries:
+        raise ValueError("not a mount table: no line has the mountinfo shape (%s)" % first_error)
     return entries
 
 

@@ -79,3 +79,11 @@ def test_obsctl_status_with_a_malformed_mount_table(tmp_path, monkeypatch, capsy
     assert "orphaned" in out
     assert "Traceback" not in err + err2
     assert statefile.current_health(str(tmp_path / "elsewhere"), str(table)) == "missing"
+
+
+def test_a_file_with_no_mountinfo_line_is_not_a_mount_table(tmp_path):
+    bad = tmp_path / "mountinfo"
+    bad.write_text("not a mount table\n\n")
+    with pytest.raises(ValueError, match="not a mount table: no line has the mountinfo shape"):
+        mounttable.read_mounts(str(bad))
+    assert mounttable.parse("\n \n") == []
