@@ -38,6 +38,10 @@ CREDENTIAL_WORDS = ("secret", "access-key", "password", "passwd", "pass", "token
 
 _CMDLINE_RISK = ("on the {impl} command line, where every local user can read it in "
                  "/proc/PID/cmdline")
+#: The role variables of obsctl.observability.fuse_driver that install drivers
+#: (roles/fuse_driver/defaults/main.yml): from the distribution, from pinned release files.
+DISTRO_DRIVERS = "fuse_driver_distro_drivers"
+RELEASE_DRIVERS = "fuse_driver_release_drivers"
 #: The texts the drivers' :class:`OptionRule` tables share (``{impl}`` is the driver's name).
 #: What to do instead of a credential option.
 CREDS = "pass credentials with credentials_from (--credentials-from env|stdin|profile|systemd)"
@@ -144,7 +148,7 @@ class LaunchPlan:
 class Driver:
     """Base driver: the contract every module of :mod:`obsctl.drivers` fulfils.
 
-    Subclasses set :attr:`name`, :attr:`binary`, :attr:`install_hint` and
+    Subclasses set :attr:`name`, :attr:`binary`, :attr:`installed_by` and
     :attr:`fstype`, implement :meth:`command` and override the log hooks.
     A driver object holds no per-mount state: everything a launch depends on
     is an argument of :meth:`plan`.
@@ -175,8 +179,10 @@ class Driver:
 
     name = ""
     binary = ""
-    #: What installs :attr:`binary`: the role variable (roles/fuse_driver/defaults/main.yml).
-    install_hint = ""
+    #: The role variable of obsctl.observability.fuse_driver that installs :attr:`binary`
+    #: (:data:`DISTRO_DRIVERS` or :data:`RELEASE_DRIVERS`), or "" (generic: the operator's daemon).
+    #: The role's argument_specs list the drivers of each (tests/unit/test_driver_registry.py).
+    installed_by = ""
     #: The mount type in /proc/self/mountinfo (``fuse.rclone``), or None for any FUSE type.
     fstype: str | None = None
     #: True when the driver takes S3 credentials.
@@ -247,6 +253,17 @@ class Driver:
                     + "; " + CREDS)
         if problems:
             raise ConfigError(f"{self.name} option(s) refused:\n    " + "\n    ".join(problems))
+
+    @property
+    def install_hint(self) -> str:
+        """What installs :attr:`binary`, said to the operator (from :attr:`installed_by`), or ""."""
+        if self.installed_by == DISTRO_DRIVERS:
+            return (f"role obsctl.observability.fuse_driver ({DISTRO_DRIVERS}: [{self.name}]) "
+                    f"or apt-get install {self.binary}")
+        if self.installed_by == RELEASE_DRIVERS:
+            return (f"role obsctl.observability.fuse_driver with {RELEASE_DRIVERS}: [{self.name}] "
+                    "(and its sha256 in fuse_driver_releases, see docs/drivers.md)")
+        return ""
 
     def missing_binary(self, spec: "MountSpec") -> str | None:
         """Why the driver's program cannot be run, or None when it is on PATH.

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-from obsctl.drivers import CMDLINE, SPEC, Driver, OptionRule, long_flag, refuse_short_flag
+from obsctl.drivers import CMDLINE, RELEASE_DRIVERS, SPEC, Driver, OptionRule, long_flag, refuse_short_flag
 
 #: Options refused for goofys, from its option reference (internal/flags.go of
 #: goofys 0.24). obsctl's own settings: credentials in AWS_* of goofys's
@@ -58,8 +58,7 @@ class GoofysDriver(Driver):
 
     name = "goofys"
     binary = "goofys"
-    install_hint = ("role obsctl.observability.fuse_driver with fuse_driver_release_drivers: [goofys] "
-                    "(and its sha256 in fuse_driver_releases, see docs/drivers.md)")
+    installed_by = RELEASE_DRIVERS
     refused_options = REFUSED_OPTIONS
     #: The type in /proc/self/mountinfo (jacobsa/fuse: ``fuse.`` + Subtype).
     fstype = "fuse.goofys"

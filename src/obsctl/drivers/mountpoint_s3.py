@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 
-from obsctl.drivers import SPEC, Driver, OptionRule, PlanContext, long_flag, refuse_short_flag
+from obsctl.drivers import RELEASE_DRIVERS, SPEC, Driver, OptionRule, PlanContext, long_flag, refuse_short_flag
 
 _PROFILE = ('use credentials_from = "profile" with profile = "NAME" (--profile NAME): obsctl reads the profile '
             "and passes the keys in the driver's environment")
@@ -65,8 +65,7 @@ class MountpointS3Driver(Driver):
 
     name = "mountpoint-s3"
     binary = "mount-s3"
-    install_hint = ("role obsctl.observability.fuse_driver with fuse_driver_release_drivers: [mountpoint-s3] "
-                    "(and its sha256 in fuse_driver_releases, see docs/drivers.md)")
+    installed_by = RELEASE_DRIVERS
     refused_options = REFUSED_OPTIONS
     #: fuser with ``FSName("mountpoint-s3")`` and no subtype: plain ``fuse``.
     fstype = "fuse"

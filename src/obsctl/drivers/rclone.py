@@ -21,7 +21,7 @@ import secrets as _secrets
 import socket
 import subprocess
 
-from obsctl.drivers import CMDLINE, CREDS, Driver, OptionRule, split_option
+from obsctl.drivers import CMDLINE, CREDS, DISTRO_DRIVERS, Driver, OptionRule, split_option
 from obsctl.redact import redact
 
 REMOTE = "obsctl"
@@ -99,8 +99,7 @@ class RcloneDriver(Driver):
 
     name = "rclone"
     binary = "rclone"
-    install_hint = ("role obsctl.observability.fuse_driver (fuse_driver_distro_drivers: [rclone]) "
-                    "or apt-get install rclone")
+    installed_by = DISTRO_DRIVERS
     refused_options = REFUSED_OPTIONS
     fstype = "fuse.rclone"
 

@@ -9,7 +9,7 @@ s3fs_log.S3fsLogCollector` pairs into request latency and status codes.
 
 from __future__ import annotations
 
-from obsctl.drivers import CREDS, Driver, OptionRule
+from obsctl.drivers import CREDS, DISTRO_DRIVERS, Driver, OptionRule
 
 
 #: Options refused for s3fs, from the s3fs 1.90 man page (doc/man/s3fs.1,
@@ -51,8 +51,7 @@ class S3fsDriver(Driver):
 
     name = "s3fs"
     binary = "s3fs"
-    install_hint = ("role obsctl.observability.fuse_driver (fuse_driver_distro_drivers: [s3fs]) "
-                    "or apt-get install s3fs")
+    installed_by = DISTRO_DRIVERS
     refused_options = REFUSED_OPTIONS
     fstype = "fuse.s3fs"
 
