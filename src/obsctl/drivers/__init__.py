@@ -413,6 +413,22 @@ def refuse_short_flag(impl: str, option: str) -> str | None:
     return None
 
 
+class LongFlagDriver(Driver):
+    """A driver whose options are long flags (Go's flag package, clap): goofys, geesefs, mount-s3.
+
+    Options become ``--name[=value]`` (:func:`long_flag`); single-dash flags
+    are refused (:func:`refuse_short_flag`).
+    """
+
+    def refuse_dash_option(self, option):
+        return refuse_short_flag(self.name, option)
+
+    @staticmethod
+    def flags(options: list[str]) -> list[str]:
+        """``options`` (:meth:`Driver.option_items`) as long flags."""
+        return [long_flag(option) for option in options]
+
+
 def get_driver(impl: str) -> Driver:
     """A new driver object for ``impl`` (a key of :data:`DRIVERS`).
 

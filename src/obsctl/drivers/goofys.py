@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-from obsctl.drivers import CMDLINE, RELEASE_DRIVERS, SPEC, Driver, OptionRule, long_flag, refuse_short_flag
+from obsctl.drivers import CMDLINE, RELEASE_DRIVERS, SPEC, LongFlagDriver, OptionRule
 
 #: Options refused for goofys, from its option reference (internal/flags.go of
 #: goofys 0.24). obsctl's own settings: credentials in AWS_* of goofys's
@@ -53,7 +53,7 @@ _ERROR_LEVELS = {"ERROR", "FATAL", "PANIC"}
 _FORWARD_LEVELS = _ERROR_LEVELS | {"WARNING", "INFO"}
 
 
-class GoofysDriver(Driver):
+class GoofysDriver(LongFlagDriver):
     """``goofys -f [--endpoint E] [--region R] [-o ro] [-o allow_other] [OPTIONS] BUCKET[:PREFIX] MOUNTPOINT``."""
 
     name = "goofys"
@@ -62,9 +62,6 @@ class GoofysDriver(Driver):
     refused_options = REFUSED_OPTIONS
     #: The type in /proc/self/mountinfo (jacobsa/fuse: ``fuse.`` + Subtype).
     fstype = "fuse.goofys"
-
-    def refuse_dash_option(self, option):
-        return refuse_short_flag(self.name, option)
 
     def source_arg(self, bucket: str, prefix: str) -> str:
         """``BUCKET`` or ``BUCKET:PREFIX`` (goofys and geesefs usage)."""
@@ -83,7 +80,7 @@ class GoofysDriver(Driver):
             argv.append(f"--region={spec.region}")
         argv += self.spec_flags(spec, ["-o", "ro"], ["-o", "allow_other"])
         argv += self.own_flags(spec)
-        argv += [long_flag(option) for option in options]
+        argv += self.flags(options)
         return argv + [self.source_arg(bucket, prefix), spec.mountpoint]
 
     @staticmethod

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 
-from obsctl.drivers import RELEASE_DRIVERS, SPEC, Driver, OptionRule, PlanContext, long_flag, refuse_short_flag
+from obsctl.drivers import RELEASE_DRIVERS, SPEC, LongFlagDriver, OptionRule, PlanContext
 
 _PROFILE = ('use credentials_from = "profile" with profile = "NAME" (--profile NAME): obsctl reads the profile '
             "and passes the keys in the driver's environment")
@@ -59,7 +59,7 @@ _LOG_LINE = re.compile(r"^\S+Z\s+(?P<level>TRACE|DEBUG|INFO|WARN|ERROR)\s+(?:Thr
 _FATAL_PREFIXES = ("Error: ",)
 
 
-class MountpointS3Driver(Driver):
+class MountpointS3Driver(LongFlagDriver):
     """``mount-s3 --foreground [--region R] [--endpoint-url E --force-path-style] [--prefix P/]
     [--read-only] [--allow-other] [--otlp-endpoint U --otlp-export-interval N] [OPTIONS] BUCKET MP``."""
 
@@ -69,9 +69,6 @@ class MountpointS3Driver(Driver):
     refused_options = REFUSED_OPTIONS
     #: fuser with ``FSName("mountpoint-s3")`` and no subtype: plain ``fuse``.
     fstype = "fuse"
-
-    def refuse_dash_option(self, option):
-        return refuse_short_flag(self.name, option)
 
     @staticmethod
     def otlp_endpoint(context: PlanContext) -> str | None:
@@ -107,7 +104,7 @@ class MountpointS3Driver(Driver):
             assert context.telemetry is not None
             interval = max(1, round(context.telemetry.metrics.export_interval_seconds))
             argv += [f"--otlp-endpoint={endpoint}", f"--otlp-export-interval={interval}"]
-        argv += [long_flag(option) for option in options]
+        argv += self.flags(options)
         return argv + [bucket, spec.mountpoint]
 
     @staticmethod
