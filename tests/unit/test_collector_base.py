@@ -34,7 +34,7 @@ class Exploding(PollingCollector):
         self.polls += 1
         if self.polls % 2:
             raise KeyError(SECRET)
-        _ = 1 / 0
+        self.ratio = 1 / 0
 
     def _close(self):
         raise OSError(f"cannot release {SECRET}")
@@ -62,7 +62,7 @@ def test_poll_never_raises_and_warns_once_per_distinct_failure(caplog):
     _reader, ins = in_memory(ATTRS)
     collector = Exploding(ins)
     with caplog.at_level(logging.DEBUG, logger="obsctl.collectors"):
-        for _ in range(6):
+        for _round in range(6):
             assert collector.poll() is None
         collector.close()
         collector.close()

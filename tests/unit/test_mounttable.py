@@ -41,8 +41,8 @@ def test_parse_skips_bad_lines_once_logged(caplog):
         mounts = mounttable.read_mounts(str(FIXTURE))
         again = mounttable.read_mounts(str(FIXTURE))
     assert mounts == again
-    assert [m.mountpoint for m in mounts] == ["/proc", "/sys", "/dev", "/dev/shm", "/dev/pts", "/",
-                                             FIXTURE_MOUNTPOINT, "/sys/fs/fuse/connections"]
+    assert [m.mountpoint for m in mounts] == [
+        "/proc", "/sys", "/dev", "/dev/shm", "/dev/pts", "/", FIXTURE_MOUNTPOINT, "/sys/fs/fuse/connections"]
     assert NO_SEPARATOR.split(" ")[4] not in [m.mountpoint for m in mounts]
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 2, warned  # one per distinct bad line, not one per read

@@ -136,6 +136,7 @@ ERRNO_NAMES: dict[str, str] = {
     "context canceled": "eintr",
 }
 
+
 def error_type(err: str) -> str:
     """errno-ish name for the ``err=`` text of an rclone exit line."""
     text = err.strip().lower()

@@ -45,7 +45,6 @@ def free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
-
 #: Options refused for rclone, from the rclone 1.60 option reference
 #: (docs/content/flags.md: global and s3 backend flags; docs/content/commands/
 #: rclone_mount.md: mount flags). obsctl's own flags are: the remote in
