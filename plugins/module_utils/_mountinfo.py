@@ -26,12 +26,18 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type  # pylint: disable=invalid-name
 
 import errno
+import logging
 import os
 import re
 from collections import namedtuple
 
 #: Default source of the mount table.
 MOUNTINFO_PATH = "/proc/self/mountinfo"
+
+_log = logging.getLogger("obsctl.mounttable")
+#: Malformed lines already reported (each is logged once per process; bounded).
+_REPORTED = set()
+_MAX_REPORTED = 64
 
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
@@ -62,16 +68,22 @@ def parse_line(line):
     """Parse one mountinfo line into a :class:`MountInfo`.
 
     Raises:
-        ValueError: the line does not have the mountinfo shape (fewer than
-            10 fields or no ``-`` separator); the message quotes the line.
+        ValueError: the line does not have the mountinfo shape (no ``-``
+            separator after the six fixed fields, nothing after it, mount
+            ids that are not numbers, a device that is not ``MAJOR:MINOR``);
+            the message says which and quotes the line.
     """
     fields = line.rstrip("\n").split(" ")
     try:
         sep = fields.index("-", 6)
     except ValueError:
-        raise ValueError("not a mountinfo line (no ' - ' separator): %r" % line)
-    if sep < 6 or len(fields) < sep + 3:
-        raise ValueError("not a mountinfo line (too few fields): %r" % line)
+        raise ValueError("not a mountinfo line (no ' - ' separator after 6 fields): %r" % line)
+    if len(fields) < sep + 3:
+        raise ValueError("not a mountinfo line (no file system type and source after ' - '): %r" % line)
+    if not (fields[0].isdigit() and fields[1].isdigit()):
+        raise ValueError("not a mountinfo line (mount ids are not numbers): %r" % line)
+    if fields[2].count(":") != 1:
+        raise ValueError("not a mountinfo line (device is not MAJOR:MINOR): %r" % line)
     return MountInfo(
         mount_id=int(fields[0]),
         parent_id=int(fields[1]),
@@ -89,9 +101,31 @@ def parse_line(line):
 def parse(text):
     """Parse the whole mountinfo text; return a list of :class:`MountInfo`.
 
-    Blank lines are skipped; a malformed line raises ``ValueError``.
+    Blank lines are skipped. A malformed line (see :func:`parse_line`) is
+    skipped too, with one warning per distinct line and process on the
+    ``obsctl.mounttable`` logger: one bad line (a truncated read, a kernel
+    or test fixture oddity) must not hide every other mount or end in a
+    traceback.
+
+    Raises:
+        ValueError: there are lines and not one of them is a mountinfo line
+            (the file is not a mount table at all; every real one lists ``/``).
     """
-    return [parse_line(line) for line in text.splitlines() if line.strip()]
+    entries = []
+    first_error = None
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            entries.append(parse_line(line))
+        except ValueError as exc:
+            first_error = first_error or exc
+            if line not in _REPORTED and len(_REPORTED) < _MAX_REPORTED:
+                _REPORTED.add(line)
+                _log.warning("mount table: skipped a malformed line: %s", exc)
+    if first_error is not None and not entries:
+        raise ValueError("not a mount table: no line has the mountinfo shape (%s)" % first_error)
+    return entries
 
 
 def read_mounts(path=MOUNTINFO_PATH):

@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 from obsctl import mounttable
+from obsctl.collectors import collector_status
 from obsctl.config import ConfigError, TelemetryConfig
 from obsctl.procutil import pid_running
 from obsctl.sources import kernel_source
@@ -89,6 +90,7 @@ class Sidecar:
                                                         "obsctl.sidecar": "true"})
         ins = self.telemetry.instruments
         self.proc_io, self.probe, collectors = generic_collectors(ins, self.mountpoint, self._pid)
+        self.collectors = collectors
         kernel, self.sources = kernel_source(ins, self.impl, self.mountpoint, driver_log=False)
         collectors.append(kernel)
         if self.rc_url:
@@ -124,11 +126,11 @@ class Sidecar:
             "name": None, "mountpoint": self.mountpoint, "source": self.source, "bucket": self.bucket,
             "impl": self.impl, "state": "observing", "pid": os.getpid(), "driver_pid": self._pid(),
             "driver_start": None,
-            "started_at": self.started_at, "health": self.probe.health,
+            "started_at": self.started_at,
             "read_bytes": int(totals.get("obsctl_fs_read_bytes", 0)),
             "write_bytes": int(totals.get("obsctl_fs_write_bytes", 0)),
             "errors": int(totals.get("obsctl_errors", 0)),
-            "driver_io": {"read_bytes": self.proc_io.read_bytes, "write_bytes": self.proc_io.write_bytes},
+            **collector_status(self.collectors),  # health, driver_io, driver_stats
             "telemetry_mode": self.telemetry_cfg.mode,
             "last_export": self.telemetry.export_status.as_dict(),
             "live": self.telemetry.instruments.live(),

@@ -62,11 +62,17 @@ def remove_state(path: str) -> None:
         os.unlink(path)
 
 
-def current_health(mountpoint: str) -> str:
-    """What a mount nobody supervises is now: ``orphaned``, ``stale`` or ``missing``."""
+def current_health(mountpoint: str, mountinfo_path: str | None = None) -> str:
+    """What a mount nobody supervises is now: ``orphaned``, ``stale`` or ``missing``
+    (``error`` when the mount table cannot be read).
+
+    ``mountinfo_path``: the mount table, default :data:`obsctl.mounttable.MOUNTINFO_PATH`
+    as it is when called (tests inject a fixture there).
+    """
     try:
         # statvfs: FUSE_STATFS reaches the driver; a stat may come from the attribute cache.
-        health = mounttable.probe_health_within(mountpoint, STATUS_PROBE_TIMEOUT, stat=os.statvfs)
+        health = mounttable.probe_health_within(mountpoint, STATUS_PROBE_TIMEOUT, stat=os.statvfs,
+                                                path=mountinfo_path or mounttable.MOUNTINFO_PATH)
     except (OSError, ValueError):
         return "error"
     return "orphaned" if health == HEALTH_OK else health

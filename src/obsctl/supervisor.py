@@ -48,7 +48,7 @@ from typing import Any, Callable
 from obsctl import mounttable, statefile
 from obsctl.config import MountSpec, TelemetryConfig
 from obsctl.credentials import Credentials
-from obsctl.drivers import Driver, LaunchPlan
+from obsctl.drivers import Driver, LaunchPlan, PlanContext
 from obsctl.logpump import LogPump
 from obsctl.procutil import describe_exit, pid_running, start_time
 from obsctl.readiness import Interrupted, MountError, ReadyWait
@@ -121,12 +121,15 @@ def sd_notify(message: str) -> bool:
         return False
 
 
-def generic_collectors(instruments: Any, mountpoint: str,
-                       pid_getter: Callable[[], int | None]) -> tuple[Any, Any, list[Any]]:
+def generic_collectors(instruments: Any, mountpoint: str, pid_getter: Callable[[], int | None],
+                       probe_timeout: float = 2.0,
+                       mountinfo_path: str = mounttable.MOUNTINFO_PATH) -> tuple[Any, Any, list[Any]]:
     """The collectors that observe any FUSE driver: /proc/PID/io, the FUSE
     connection's ``waiting``, the bounded stat probe.
 
     The one list the supervisor and ``obsctl sidecar`` attach to every mount.
+    ``probe_timeout`` (s) and ``mountinfo_path`` are the probe's
+    (:class:`~obsctl.collectors.probe.MountProbe`).
     Returns ``(proc_io, probe, [proc_io, fuse_conn, probe])``.
     """
     from obsctl.collectors.fuse_conn import FuseConnCollector
@@ -134,7 +137,7 @@ def generic_collectors(instruments: Any, mountpoint: str,
     from obsctl.collectors.proc_io import ProcIoCollector
 
     proc_io = ProcIoCollector(instruments, pid_getter)
-    probe = MountProbe(instruments, mountpoint)
+    probe = MountProbe(instruments, mountpoint, timeout=probe_timeout, mountinfo_path=mountinfo_path)
     return proc_io, probe, [proc_io, FuseConnCollector(instruments, mountpoint), probe]
 
 
@@ -161,9 +164,6 @@ class Supervisor:
         self.credentials = credentials
         self.runtime_dir = runtime_dir
         self.driver = driver
-        # Mode none opens no port at all, not even rclone's loopback rc API.
-        self.driver.listen = telemetry.exports_metrics
-        self.driver.telemetry = telemetry
         self.poll_interval = poll_interval
         self.bucket = spec.bucket_and_prefix()[0]
         self.stop_requested = threading.Event()
@@ -179,6 +179,7 @@ class Supervisor:
         self.generic_polling: list[Any] = []
         self.probe: Any = None
         self.proc_io: Any = None
+        self.sources: Any = None
         self.state = "starting"
         self.restarts = 0
         self.started_at = time.time()
@@ -209,7 +210,8 @@ class Supervisor:
             MountError: the binary is missing or not executable (at once).
             ConfigError: the driver refused the spec's options.
         """
-        self.plan = self.driver.plan(self.spec, self.credentials)
+        # Mode none opens no port at all, not even rclone's loopback rc API (PlanContext.listen).
+        self.plan = self.driver.plan(self.spec, self.credentials, PlanContext.for_mount(self.telemetry_cfg))
         spawned = time.time_ns()
         try:
             self.proc = subprocess.Popen(
@@ -249,11 +251,10 @@ class Supervisor:
                 extra["obsctl.mount.name"] = self.spec.name
             self.telemetry = Telemetry(self.telemetry_cfg, attrs, resource_attributes=extra)
             self.proc_io, self.probe, self.generic_polling = generic_collectors(
-                self.telemetry.instruments, self.spec.mountpoint, self._driver_pid)
+                self.telemetry.instruments, self.spec.mountpoint, self._driver_pid,
+                probe_timeout=PROBE_TIMEOUT, mountinfo_path=self.mountinfo_path)
             kernel, self.sources = kernel_source(self.telemetry.instruments, self.driver.name, self.spec.mountpoint)
             self.generic_polling.append(kernel)
-            self.probe.timeout = PROBE_TIMEOUT
-            self.probe.mountinfo_path = self.mountinfo_path
         except BaseException as exc:  # reported by the main thread
             self._telemetry_error = exc
         finally:
@@ -276,16 +277,14 @@ class Supervisor:
 
         The state file is rewritten as soon as the probe's health changed,
         so ``obsctl status`` does not lag the gauge behind slower collectors.
+        Collectors never raise (:class:`obsctl.collectors.Collector`).
         """
         if not self._poll_lock.acquire(timeout=-1 if wait is None else wait):
             return False
         try:
             for collector in self.polling:
-                before = getattr(self.probe, "health", None)
-                try:
-                    collector.poll()
-                except Exception:
-                    log.debug("collector %s failed", type(collector).__name__, exc_info=True)
+                before = self.probe.health if collector is self.probe else None
+                collector.poll()
                 if collector is self.probe and self.probe.health != before:
                     self._write_state()
         finally:
@@ -344,8 +343,15 @@ class Supervisor:
         self._write_state()
 
     def status(self) -> dict[str, Any]:
-        """The JSON object ``obsctl status`` shows for this mount (format: :mod:`obsctl.statefile`)."""
+        """The JSON object ``obsctl status`` shows for this mount (format: :mod:`obsctl.statefile`).
+
+        ``health``, ``driver_io`` and ``driver_stats`` are the collectors' own
+        parts (:meth:`obsctl.collectors.Collector.status`).
+        """
+        from obsctl.collectors import collector_status  # cheap: no OpenTelemetry import
+
         totals = self.telemetry.instruments.totals if self.telemetry else {}
+        collected = collector_status(self.polling)
         return {
             "name": self.spec.name,
             "mountpoint": self.spec.mountpoint,
@@ -359,20 +365,17 @@ class Supervisor:
             "started_at": self.started_at,
             "ready_at": self.ready_at,
             "restarts": self.restarts,
-            "health": getattr(self.probe, "health", None),
+            "health": collected["health"],
             "read_bytes": int(totals.get("obsctl_fs_read_bytes", 0)),
             "write_bytes": int(totals.get("obsctl_fs_write_bytes", 0)),
             "fs_ops": int(totals.get("obsctl_fs_ops", 0)),
             "errors": int(totals.get("obsctl_errors", 0)),
-            "driver_io": {"read_bytes": getattr(self.proc_io, "read_bytes", None),
-                          "write_bytes": getattr(self.proc_io, "write_bytes", None)},
-            "driver_stats": {name: value for c in self.polling
-                             for name in ("last_core_stats", "last_vfs_stats")
-                             if (value := getattr(c, name, None)) is not None},
+            "driver_io": collected["driver_io"],
+            "driver_stats": collected["driver_stats"],
             "telemetry_mode": self.telemetry_cfg.mode,
             "last_export": self.telemetry.export_status.as_dict() if self.telemetry else None,
             "live": self.telemetry.instruments.live() if self.telemetry else None,
-            "sources": self.sources.as_dict() if getattr(self, "sources", None) else None,
+            "sources": self.sources.as_dict() if self.sources is not None else None,
         }
 
     def _write_state(self) -> None:
@@ -548,14 +551,8 @@ class Supervisor:
         # Every log line is in now (the pump hit EOF): the counters are final.
         for collector in self.polling:
             if collector is not self.proc_io and collector is not self.probe:
-                try:
-                    collector.poll()
-                except Exception:
-                    log.debug("final poll failed", exc_info=True)
-            try:
-                collector.close()
-            except Exception:
-                log.debug("close failed", exc_info=True)
+                collector.poll()
+            collector.close()
         self._span("unmount", started, {})
         statefile.remove_state(self.state_path)
         self._shutdown_telemetry()

@@ -22,8 +22,9 @@ from support.metrics import in_memory
 from support.metrics import points as metric_points
 from support.obsctl import (
     force_cleanup, is_mounted, mount_entry, obsctl_command, obsctl_env, require_driver,
-    s3_mount_args, status_json,
+    s3_mount_args, status_entry, status_json,
 )
+from support.waiting import wait_until
 
 INSTANCES = Path(DEFAULT_TRACEFS) / "instances"
 #: FUSE operations every kernel-source test must see, with a latency histogram.
@@ -37,26 +38,15 @@ def _kernel_pairs():
         pytest.skip(f"kernel FUSE events with request pairing needed: {support.reason}")
 
 
-def wait_until(predicate, timeout, message):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s: {message() if callable(message) else message}")
-        time.sleep(0.2)
-
-
 def connection_of(mountpoint):
     """The FUSE connection N (``0:N`` in mountinfo) of the mount."""
     return mount_entry(mountpoint)["line"].split()[2].split(":")[1]
 
 
 def my_status(env, mountpoint):
-    entries = [e for e in status_json(env) if e.get("mountpoint") == str(mountpoint)]
-    assert len(entries) == 1, entries
-    return entries[0]
+    entry = status_entry(env, mountpoint)
+    assert entry is not None, f"obsctl status --json has no entry for {mountpoint}"
+    return entry
 
 
 def ops(otlp, **attrs):

@@ -15,14 +15,14 @@ import socket
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from support.net import closed_port, free_port
 from support.obsctl import (
-    is_mounted, pid_alive, processes_mentioning, run_obsctl, s3_mount_args, status_json,
+    is_mounted, pid_alive, processes_mentioning, run_obsctl, s3_mount_args, status_entry,
 )
+from support.waiting import wait_until
 
 
 def scrape_up(port: int) -> float | None:
@@ -35,21 +35,14 @@ def scrape_up(port: int) -> float | None:
     return None
 
 
-def entry(env, mountpoint: Path) -> dict | None:
-    """This mount's ``obsctl status --json`` entry. No realpath: an lstat of a
-    hung mount's root would block the test in the kernel."""
-    found = [e for e in status_json(env) if os.path.normpath(str(e.get("mountpoint"))) == str(mountpoint)]
-    return found[0] if found else None
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+def start_scraped(impl, bucket, s3_server, mountpoint, env, telemetry_toml, start_mount):
+    """A ready mount with a Prometheus endpoint that says obsctl_mount_up 1; returns (mount, port, driver pid)."""
+    port = free_port()
+    tel = telemetry_toml(export_interval_seconds=30, bind_address=f"127.0.0.1:{port}")
+    m = start_mount(s3_mount_args(bucket, mountpoint, impl, s3_server.endpoint, tel), env)
+    m.wait_ready(30)
+    wait_until(lambda: scrape_up(port) == 1.0, 10, "obsctl_mount_up == 1")
+    return m, port, status_entry(env, mountpoint)["driver_pid"]
 
 
 def no_traceback(m) -> None:
@@ -72,12 +65,7 @@ def black_hole():
 
 def test_mount_up_is_zero_from_driver_death_until_restarted(impl, bucket, s3_server, mountpoint, env,
                                                             otlp, telemetry_toml, start_mount):
-    port = free_port()
-    tel = telemetry_toml(export_interval_seconds=30, bind_address=f"127.0.0.1:{port}")
-    m = start_mount(s3_mount_args(bucket, mountpoint, impl, s3_server.endpoint, tel), env)
-    m.wait_ready(30)
-    wait_for(lambda: scrape_up(port) == 1.0, 10, 0.1, "obsctl_mount_up == 1")
-    driver = entry(env, mountpoint)["driver_pid"]
+    m, port, driver = start_scraped(impl, bucket, s3_server, mountpoint, env, telemetry_toml, start_mount)
 
     os.kill(driver, signal.SIGKILL)
     killed = time.time()
@@ -86,7 +74,7 @@ def test_mount_up_is_zero_from_driver_death_until_restarted(impl, bucket, s3_ser
     while time.time() - killed < 30:
         samples.append((time.time() - killed, scrape_up(port)))
         if samples[-1][1] == 0.0 and status_health is None:
-            status_health = entry(env, mountpoint)["health"]
+            status_health = status_entry(env, mountpoint)["health"]
         if "restarted" in m.stderr:
             break
         time.sleep(0.1)
@@ -98,8 +86,8 @@ def test_mount_up_is_zero_from_driver_death_until_restarted(impl, bucket, s3_ser
     during = [(t, v) for t, v in samples if zero_after <= t < restarted_at - 0.05]
     assert during and all(v == 0.0 for _t, v in during), f"gauge went back to 1 before the restart: {samples}"
     assert status_health not in (None, "ok"), f"status health {status_health!r} while the gauge says 0"
-    wait_for(lambda: scrape_up(port) == 1.0, 10, 0.1, "obsctl_mount_up == 1 after the restart")
-    st = entry(env, mountpoint)
+    wait_until(lambda: scrape_up(port) == 1.0, 10, "obsctl_mount_up == 1 after the restart")
+    st = status_entry(env, mountpoint)
     assert st["health"] == "ok" and st["state"] == "ready" and st["restarts"] == 1, st
     assert m.stop(30) == 0, m.output()
     no_traceback(m)
@@ -107,19 +95,14 @@ def test_mount_up_is_zero_from_driver_death_until_restarted(impl, bucket, s3_ser
 
 def test_mount_up_is_zero_while_the_driver_hangs_and_stop_is_bounded(impl, bucket, s3_server, mountpoint, env,
                                                                      otlp, telemetry_toml, start_mount):
-    port = free_port()
-    tel = telemetry_toml(export_interval_seconds=30, bind_address=f"127.0.0.1:{port}")
-    m = start_mount(s3_mount_args(bucket, mountpoint, impl, s3_server.endpoint, tel), env)
-    m.wait_ready(30)
-    wait_for(lambda: scrape_up(port) == 1.0, 10, 0.1, "obsctl_mount_up == 1")
-    driver = entry(env, mountpoint)["driver_pid"]
+    m, port, driver = start_scraped(impl, bucket, s3_server, mountpoint, env, telemetry_toml, start_mount)
     os.kill(driver, signal.SIGSTOP)  # alive, answers nothing
     try:
         stopped = time.monotonic()
         # one poll (2 s) + the probe's 0.8 s bound + a scrape
-        wait_for(lambda: scrape_up(port) == 0.0, 4.5, 0.1, "obsctl_mount_up == 0 under a hung driver")
+        wait_until(lambda: scrape_up(port) == 0.0, 4.5, "obsctl_mount_up == 0 under a hung driver")
         hung_after = time.monotonic() - stopped
-        assert entry(env, mountpoint)["health"] == "hung"
+        assert status_entry(env, mountpoint)["health"] == "hung"
         sent = time.monotonic()
         m.signal(signal.SIGTERM)
         rc = m.wait(30)
@@ -140,9 +123,9 @@ def test_mount_up_is_zero_while_the_driver_hangs_and_stop_is_bounded(impl, bucke
 def test_sigterm_during_restart_backoff_is_prompt(impl, bucket, s3_server, mountpoint, env, start_mount):
     m = start_mount(s3_mount_args(bucket, mountpoint, impl, s3_server.endpoint), env)
     m.wait_ready(30)
-    driver = entry(env, mountpoint)["driver_pid"]
+    driver = status_entry(env, mountpoint)["driver_pid"]
     os.kill(driver, signal.SIGKILL)
-    wait_for(lambda: entry(env, mountpoint)["state"] == "restarting", 5, what="state restarting")
+    wait_until(lambda: status_entry(env, mountpoint)["state"] == "restarting", 5, "state restarting")
     sent = time.monotonic()
     m.signal(signal.SIGTERM)  # inside the 1 s backoff before the first restart
     rc = m.wait(30)
@@ -151,7 +134,7 @@ def test_sigterm_during_restart_backoff_is_prompt(impl, bucket, s3_server, mount
     assert took < 3.0, f"obsctl took {took:.2f} s to stop during the backoff\n{m.output()}"
     assert "restarted" not in m.stderr, m.output()
     assert not is_mounted(mountpoint)
-    wait_for(lambda: not processes_mentioning(str(mountpoint)), 2, what="no driver left")
+    wait_until(lambda: not processes_mentioning(str(mountpoint)), 2, "no driver left")
     no_traceback(m)
 
 
@@ -167,14 +150,14 @@ def test_signal_during_ready_wait_is_prompt(sig, impl, black_hole, mountpoint, e
     assert took < 3.0, f"obsctl took {took:.2f} s to stop during the ready wait\n{m.output()}"
     assert rc == 0, m.output()
     assert not is_mounted(mountpoint)
-    wait_for(lambda: not processes_mentioning(str(mountpoint)), 2, what="no driver left")
+    wait_until(lambda: not processes_mentioning(str(mountpoint)), 2, "no driver left")
     no_traceback(m)
 
 
 def test_ready_timeout_does_not_overshoot(impl, black_hole, mountpoint, env, start_mount):
     m = start_mount(s3_mount_args("obsctl-hang", mountpoint, impl, black_hole, ready_timeout=4), env)
     # the ready timeout runs from the driver's spawn: take the moment its process appears
-    wait_for(lambda: processes_mentioning(str(mountpoint), exclude=[m.pid]), 20, 0.01, "the driver to start")
+    wait_until(lambda: processes_mentioning(str(mountpoint), exclude=[m.pid]), 20, "the driver to start", interval=0.01)
     spawned = time.time()
     rc = m.wait(30)
     took = m.exited_at - spawned
@@ -183,7 +166,7 @@ def test_ready_timeout_does_not_overshoot(impl, black_hole, mountpoint, env, sta
     # 4 s timeout + stopping the stuck driver (SIGTERM, SIGKILL 0.5 s later) + exit
     assert took < 4 + 1.2, f"gave up {took:.2f} s after the spawn with a 4 s ready timeout\n{m.output()}"
     assert not is_mounted(mountpoint)
-    wait_for(lambda: not processes_mentioning(str(mountpoint)), 2, what="no driver left")
+    wait_until(lambda: not processes_mentioning(str(mountpoint)), 2, "no driver left")
 
 
 def test_refused_driver_option_fails_at_once(impl, bucket, s3_server, mountpoint, env, start_mount):
@@ -228,7 +211,7 @@ def test_sigterm_with_busy_mount_names_the_holders(impl, bucket, s3_server, moun
     holder = subprocess.Popen(["sleep", "60"], cwd=mountpoint)
     reader = open(mountpoint / "hello.txt", "rb")
     try:
-        driver = entry(env, mountpoint)["driver_pid"]
+        driver = status_entry(env, mountpoint)["driver_pid"]
         sent = time.monotonic()
         m.signal(signal.SIGTERM)
         rc = m.wait(30)
@@ -260,11 +243,11 @@ def test_supervisor_kill9_then_unmount_recovers(busy, impl, bucket, s3_server, m
     m.wait_ready(30)
     holder = subprocess.Popen(["sleep", "60"], cwd=mountpoint) if busy else None
     try:
-        driver = entry(env, mountpoint)["driver_pid"]
+        driver = status_entry(env, mountpoint)["driver_pid"]
         m.kill()  # SIGKILL: no cleanup code of obsctl runs
         # the driver gets SIGTERM from the kernel (PR_SET_PDEATHSIG); it unmounts itself unless busy
-        wait_for(lambda: not pid_alive(driver), 10, what=f"driver {driver} to exit after its supervisor")
-        st = entry(env, mountpoint)
+        wait_until(lambda: not pid_alive(driver), 10, f"driver {driver} to exit after its supervisor")
+        st = status_entry(env, mountpoint)
         assert st is not None and st["state"] == "dead" and st["health"] != "ok", st
         assert st["name"] == "k9"
         table = run_obsctl("status", env=env)
@@ -276,7 +259,7 @@ def test_supervisor_kill9_then_unmount_recovers(busy, impl, bucket, s3_server, m
             assert f"sleep[{holder.pid}] (cwd)" in res.stderr, res
             assert "retrying for 0 s" in res.stderr, res  # a dead mount: nothing to wait for
         assert not is_mounted(mountpoint)
-        assert entry(env, mountpoint) is None
+        assert status_entry(env, mountpoint) is None
     finally:
         if holder is not None:
             holder.kill()
@@ -287,19 +270,19 @@ def test_supervisor_and_driver_kill9_dead_mount_recovered_by_next_mount(impl, bu
                                                                         env, start_mount):
     m = start_mount(s3_mount_args(bucket, mountpoint, impl, s3_server.endpoint), env)
     m.wait_ready(30)
-    driver = entry(env, mountpoint)["driver_pid"]
+    driver = status_entry(env, mountpoint)["driver_pid"]
     os.kill(m.pid, signal.SIGSTOP)  # freeze obsctl so it cannot restart the driver
     os.kill(driver, signal.SIGKILL)
     m.kill()
-    wait_for(lambda: not pid_alive(driver), 10, what="driver gone")
+    wait_until(lambda: not pid_alive(driver), 10, "driver gone")
     assert is_mounted(mountpoint), "expected the dead FUSE mount to stay"
-    st = entry(env, mountpoint)
+    st = status_entry(env, mountpoint)
     assert st["state"] == "dead" and st["health"] == "stale", st
     again = start_mount(s3_mount_args(bucket, mountpoint, impl, s3_server.endpoint), env)
     again.wait_ready(30)
     assert "recovered" in again.stderr, again.output()
     assert (mountpoint / "hello.txt").read_bytes()
-    assert entry(env, mountpoint)["health"] == "ok"
+    assert status_entry(env, mountpoint)["health"] == "ok"
     assert again.stop(30) == 0, again.output()
     assert not is_mounted(mountpoint)
 

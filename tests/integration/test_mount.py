@@ -18,9 +18,10 @@ from support.data import BUCKET_OBJECTS
 from support.net import free_port
 from support.obsctl import (
     is_mounted, mount_entry, pid_alive, processes_mentioning, run_obsctl,
-    require_driver, s3_mount_args, status_json,
+    require_driver, s3_mount_args, status_entry, status_json,
 )
 from support.prometheus import Prometheus, prometheus_binary
+from support.waiting import wait_until
 
 READ_FILE = "data-a.bin"
 READ_FILE_2 = "data-b.bin"
@@ -32,22 +33,10 @@ def read_file(path: Path) -> int:
     return len(data)
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.1, message: str = ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s: {message}")
-        time.sleep(interval)
-
-
 def my_status(env, mountpoint: Path) -> dict:
-    entries = [e for e in status_json(env)
-               if os.path.realpath(str(e.get("mountpoint", ""))) == os.path.realpath(mountpoint)]
-    assert len(entries) == 1, f"obsctl status --json has {len(entries)} entries for {mountpoint}: {entries}"
-    return entries[0]
+    entry = status_entry(env, mountpoint)
+    assert entry is not None, f"obsctl status --json has no entry for {mountpoint}"
+    return entry
 
 
 # --------------------------------------------------------------------------
@@ -85,7 +74,7 @@ def test_mount_read_write_exports(impl, bucket, s3_server, mountpoint, env, otlp
         fh.write(payload)
     # the driver uploads on close; the object must be in S3 with the same bytes
     wait_until(lambda: "written-by-test.bin" in s3_server.list_keys(bucket), 20,
-               message="written-by-test.bin never appeared in S3")
+               "written-by-test.bin never appeared in S3")
     assert s3_server.get_object(bucket, "written-by-test.bin") == payload
     otlp.wait_for(
         lambda: (otlp.latest("obsctl_fs_write_bytes", bucket=bucket, impl=impl) or 0) >= len(payload),
@@ -213,7 +202,7 @@ def test_sigterm_unmounts_and_flushes(impl, bucket, s3_server, mountpoint, env, 
             same_since = t
         return now - same_since >= 4.5
 
-    wait_until(stable, 30, 0.3, f"status read_bytes never stable >= {n_read}: {samples[-5:]}")
+    wait_until(stable, 30, lambda: f"status read_bytes never stable >= {n_read}: {samples[-5:]}", interval=0.3)
     final = samples[-1][1]
 
     sigterm_at = m.signal()
@@ -265,11 +254,11 @@ def test_status_json_and_unmount(impl, bucket, s3_server, mountpoint, env, otlp,
     assert isinstance(st["driver_pid"], int) and pid_alive(st["driver_pid"]), st
     assert st["driver_pid"] in _descendants(m.pid), "driver_pid is not a child of the supervisor"
     wait_until(lambda: my_status(env, mountpoint)["read_bytes"] >= n, 15,
-               message="status read_bytes never counted the read")
+               "status read_bytes never counted the read")
     # last_export is filled once an export happened
     otlp.wait_for(lambda: otlp.requests("metrics"), 15)
     wait_until(lambda: my_status(env, mountpoint)["last_export"], 10,
-               message="status last_export stays empty after an export")
+               "status last_export stays empty after an export")
 
     driver_pid = st["driver_pid"]
     res = run_obsctl("unmount", str(mountpoint), env=env, timeout=60)

@@ -110,6 +110,18 @@ def run_role(tmp: Path, extra: dict, *, check: bool = True,
     return proc
 
 
+def render_only(tmp: Path, **more) -> dict:
+    """Extra vars that render the stack under ``tmp`` without deploying it (config in
+    tmp/etc, data and the Grafana password file in tmp/data), plus ``more``."""
+    return {
+        "observability_stack_deploy": False,
+        "observability_stack_config_dir": str(tmp / "etc"),
+        "observability_stack_data_dir": str(tmp / "data"),
+        "observability_stack_grafana_admin_password_file": str(tmp / "data" / "pw"),
+        **more,
+    }
+
+
 def recap_changed(output: str) -> int:
     m = re.search(r"localhost\s*:\s*ok=\d+\s+changed=(\d+)", output)
     assert m, output
@@ -358,13 +370,8 @@ def test_second_run_changes_nothing(rendered):
 
 
 def test_a_public_listener_needs_its_expose_variable(tmp_path):
-    proc = run_role(tmp_path, {
-        "observability_stack_deploy": False,
-        "observability_stack_config_dir": str(tmp_path / "etc"),
-        "observability_stack_data_dir": str(tmp_path / "data"),
-        "observability_stack_grafana_admin_password_file": str(tmp_path / "data" / "pw"),
-        "observability_stack_grafana_address": "0.0.0.0:3000",
-    }, check=False)
+    proc = run_role(tmp_path, render_only(tmp_path, observability_stack_grafana_address="0.0.0.0:3000"),
+                    check=False)
     assert proc.returncode != 0
     assert "observability_stack_grafana_address = 0.0.0.0:3000 is not a loopback" in proc.stdout
     assert "observability_stack_expose_grafana: true" in proc.stdout
@@ -372,13 +379,8 @@ def test_a_public_listener_needs_its_expose_variable(tmp_path):
 
 
 def test_a_weak_admin_password_is_refused_without_being_printed(tmp_path):
-    proc = run_role(tmp_path, {
-        "observability_stack_deploy": False,
-        "observability_stack_config_dir": str(tmp_path / "etc"),
-        "observability_stack_data_dir": str(tmp_path / "data"),
-        "observability_stack_grafana_admin_password_file": str(tmp_path / "data" / "pw"),
-        "observability_stack_grafana_admin_password": "admin",
-    }, check=False)
+    proc = run_role(tmp_path, render_only(tmp_path, observability_stack_grafana_admin_password="admin"),
+                    check=False)
     assert proc.returncode != 0
     assert "censored" in proc.stdout  # no_log: the assertion's message is hidden, so is the value
     assert "'admin'" not in proc.stdout
@@ -429,15 +431,9 @@ def test_state_absent_removes_files_and_keeps_the_data_unless_asked(tmp_path, pa
     if collections is None:
         pytest.skip("community.docker is not installed (PyPI package ansible; scripts/molecule-all "
                     "installs it in .venv-molecule): tasks/absent.yml needs it")
-    extra = {
-        "observability_stack_deploy": False,
-        "observability_stack_config_dir": str(tmp_path / "etc"),
-        "observability_stack_data_dir": str(tmp_path / "data"),
-        "observability_stack_grafana_admin_password_file": str(tmp_path / "data" / "pw"),
-        "observability_stack_unit_dir": str(tmp_path / "units"),
-        "observability_stack_docker_bin": str(tmp_path / "no-docker"),
-        "observability_stack__pack": str(pack),
-    }
+    extra = render_only(tmp_path, observability_stack_unit_dir=str(tmp_path / "units"),
+                        observability_stack_docker_bin=str(tmp_path / "no-docker"),
+                        observability_stack__pack=str(pack))
     run_role(tmp_path, extra)
     assert (tmp_path / "etc" / "docker-compose.yml").is_file()
     (tmp_path / "units").mkdir()

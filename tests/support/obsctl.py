@@ -89,6 +89,18 @@ def status_json(env: dict[str, str]) -> list[dict]:
     return data
 
 
+def status_entry(env: dict[str, str], mountpoint: str | Path) -> dict | None:
+    """The ``obsctl status --json`` entry of the mount at ``mountpoint``, or None.
+
+    Paths are compared normalised, never resolved: an lstat of a hung mount's
+    root would block the test in the kernel. More than one entry fails the test.
+    """
+    target = os.path.normpath(str(mountpoint))
+    found = [e for e in status_json(env) if os.path.normpath(str(e.get("mountpoint") or "")) == target]
+    assert len(found) <= 1, f"obsctl status --json has {len(found)} entries for {mountpoint}: {found}"
+    return found[0] if found else None
+
+
 def write_telemetry_toml(path: Path, *, metrics_endpoint: str | None = None,
                          traces_endpoint: str | None = None,
                          protocol: str | None = None,

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -116,21 +116,22 @@ def run(argv: Sequence[str] | None = None) -> int:
     print(f"listening 127.0.0.1:{server.server_port}", flush=True)
 
     err_every, fail_every = _every_nth(args.error_ratio), _every_nth(args.failure_ratio)
+
+    def work(kind: str, names: tuple[str, ...], count: Any, duration: Any, statuses: tuple[str, str],
+             every: int, n: int) -> None:
+        """One round of ``names``: each sleeps work_seconds; every ``every``-th round ends in statuses[1]."""
+        for name in names:
+            started = time.monotonic()
+            time.sleep(args.work_seconds)
+            labels = {kind: name, "status": statuses[1] if every and n % every == 0 else statuses[0]}
+            count.add(1, labels)
+            duration.record(time.monotonic() - started, labels)
+
     n = 0
     while not stop.is_set():
         n += 1
-        for name in COMMANDS:
-            started = time.monotonic()
-            time.sleep(args.work_seconds)
-            status = "error" if err_every and n % err_every == 0 else "ok"
-            commands.add(1, {"command": name, "status": status})
-            command_s.record(time.monotonic() - started, {"command": name, "status": status})
-        for name in TASKS:
-            started = time.monotonic()
-            time.sleep(args.work_seconds)
-            status = "failure" if fail_every and n % fail_every == 0 else "success"
-            tasks.add(1, {"task": name, "status": status})
-            task_s.record(time.monotonic() - started, {"task": name, "status": status})
+        work("command", COMMANDS, commands, command_s, ("ok", "error"), err_every, n)
+        work("task", TASKS, tasks, task_s, ("success", "failure"), fail_every, n)
         if not args.sync_stuck:
             last_sync[0] = time.time()
         stop.wait(args.interval)

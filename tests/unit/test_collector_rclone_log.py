@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from obsctl.collectors.rclone_log import RcloneLogCollector, error_type, parse_time
+from obsctl.collectors.logtime import parse_time
+from obsctl.collectors.rclone_log import RcloneLogCollector, error_type
 from obsctl.instruments import MountAttributes
 from support.metrics import in_memory
 from support.metrics import points as metric_points

@@ -10,7 +10,7 @@ import pytest
 from obsctl import credentials
 from obsctl.cli import main
 from obsctl.config import ConfigError, build_mount_spec, check_file, load_telemetry, parse_telemetry
-from obsctl.drivers import get_driver, redact
+from obsctl.drivers import PlanContext, get_driver, redact
 
 VALID = """
 [telemetry]
@@ -121,7 +121,7 @@ def test_secret_never_in_argv(impl):
     spec = build_mount_spec({"source": "s3://data/p", "mountpoint": "/mnt/d", "impl": impl,
                              "endpoint": "http://127.0.0.1:9000", "read_only": True})
     creds = credentials.Credentials("AKIDEXAMPLE", SECRET, "token-xyz")
-    plan = get_driver(impl).plan(spec, creds)
+    plan = get_driver(impl).plan(spec, creds, PlanContext())
     assert not any(SECRET in a or "token-xyz" in a for a in plan.argv)
     assert SECRET in plan.env.values()
     assert "AWS_CA_BUNDLE" not in plan.env  # http endpoint: rclone 1.60 breaks with it

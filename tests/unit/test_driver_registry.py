@@ -6,13 +6,14 @@ from __future__ import annotations
 import ast
 import re
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
 
 from obsctl.cli import _parser
 from obsctl.config import ConfigError, build_mount_spec
-from obsctl.drivers import DRIVERS, Driver, get_driver
+from obsctl.drivers import DISTRO_DRIVERS, DRIVERS, RELEASE_DRIVERS, Driver, get_driver
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,15 +62,57 @@ def _module_doc_drivers() -> list[str]:
     return re.findall(r"V\(([a-z0-9-]+)\)", impl["description"][0])
 
 
-def test_ansible_side_offers_the_same_drivers():
-    """The module documents the registry; the fuse_mounts role's argument spec offers it."""
-    assert _module_doc_drivers() == list(DRIVERS)
-    spec = yaml.safe_load((ROOT / "roles/fuse_mounts/meta/argument_specs.yml").read_text())
-    impl = spec["argument_specs"]["main"]["options"]["fuse_mounts_list"]["options"]["impl"]
-    assert set(impl["choices"]) == set(DRIVERS)
+def _role_option(role: str, *path: str) -> dict:
+    """The option at ``path`` (``fuse_mounts_list``, ``impl``) of ``roles/ROLE/meta/argument_specs.yml`` main."""
+    spec = yaml.safe_load((ROOT / "roles" / role / "meta/argument_specs.yml").read_text())
+    option = spec["argument_specs"]["main"]
+    for name in path:
+        option = option["options"][name]
+    return option
 
 
-def test_docs_drivers_table_has_every_driver():
-    text = (ROOT / "docs/drivers.md").read_text()
-    rows = re.findall(r"^\| ([a-z0-9-]+) \|", text, re.MULTILINE)
-    assert [r for r in rows if r != "impl"][:len(DRIVERS)] == list(DRIVERS)
+def _docs_drivers_table() -> list[str]:
+    """The ``impl`` column of the first table of docs/drivers.md (the one headed ``| impl |``)."""
+    lines = (ROOT / "docs/drivers.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| impl |"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(line.split("|")[1].strip())
+    return rows
+
+
+def registry(installed_by: str | None = None) -> list[str]:
+    """The registry's names in order; with ``installed_by``, those the fuse_driver role installs with that variable."""
+    return [name for name, cls in DRIVERS.items() if installed_by is None or cls.installed_by == installed_by]
+
+
+#: Every place outside obsctl.drivers that spells a list of drivers: (where, how to read it, what it must equal).
+#: A new place is one more row.
+DRIVER_LISTS: list[tuple[str, Callable[[], list[str]], Callable[[], list[str]]]] = [
+    ("obsctl mount --impl choices", cli_impl_choices, registry),
+    ("plugins/modules/fuse_mount.py DOCUMENTATION impl (no choices: obsctl validates)", _module_doc_drivers, registry),
+    ("roles/fuse_mounts/meta/argument_specs.yml fuse_mounts_list[].impl choices",
+     lambda: _role_option("fuse_mounts", "fuse_mounts_list", "impl")["choices"], registry),
+    (f"roles/fuse_driver/meta/argument_specs.yml {DISTRO_DRIVERS} choices",
+     lambda: _role_option("fuse_driver", DISTRO_DRIVERS)["choices"], lambda: registry(DISTRO_DRIVERS)),
+    (f"roles/fuse_driver/meta/argument_specs.yml {RELEASE_DRIVERS} choices",
+     lambda: _role_option("fuse_driver", RELEASE_DRIVERS)["choices"], lambda: registry(RELEASE_DRIVERS)),
+    ("roles/fuse_driver/meta/argument_specs.yml fuse_driver_releases default (one pinned release per driver)",
+     lambda: list(_role_option("fuse_driver", "fuse_driver_releases")["default"]), lambda: registry(RELEASE_DRIVERS)),
+    ("roles/fuse_driver/defaults/main.yml fuse_driver_releases",
+     lambda: list(yaml.safe_load((ROOT / "roles/fuse_driver/defaults/main.yml").read_text())["fuse_driver_releases"]),
+     lambda: registry(RELEASE_DRIVERS)),
+    ("docs/drivers.md driver table", _docs_drivers_table, registry),
+]
+
+
+@pytest.mark.parametrize("where, read, expected", DRIVER_LISTS, ids=[row[0] for row in DRIVER_LISTS])
+def test_driver_lists_agree_with_the_registry(where, read, expected):
+    assert read() == expected(), f"{where} differs from obsctl.drivers.DRIVERS"
+
+
+def test_every_driver_but_generic_is_installed_by_the_role():
+    """installed_by names a fuse_driver variable, so the role lists above cover every driver with a binary."""
+    assert registry(DISTRO_DRIVERS) + registry(RELEASE_DRIVERS) == [n for n in DRIVERS if n != "generic"]

@@ -3,6 +3,7 @@ an injected mount table for /proc/self/mountinfo."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import pytest
 
 from obsctl import statefile
 from obsctl.config import build_mount_spec
+from obsctl.drivers import PlanContext
 from obsctl.drivers.generic import GenericDriver
 from obsctl.logpump import LogPump
 from obsctl.procutil import describe_exit, holders, pid_running, same_process, start_time
@@ -32,7 +34,7 @@ def spawn(tmp_path: Path, code: str, mountpoint: Path | None = None, timeout: fl
     spec = build_mount_spec({"source": "label", "mountpoint": str(mp), "impl": "generic",
                              "command": [sys.executable, "-c", code], "ready_timeout_seconds": timeout})
     driver = GenericDriver()
-    plan = driver.plan(spec, None)
+    plan = driver.plan(spec, None, PlanContext())
     proc = subprocess.Popen(plan.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
     pump = LogPump(proc.stdout, driver, [])
@@ -44,19 +46,35 @@ def spawn(tmp_path: Path, code: str, mountpoint: Path | None = None, timeout: fl
     return ReadyWait(spec, driver, plan, proc, pump, stop, **kw), proc, stop
 
 
+@contextlib.contextmanager
+def running(tmp_path: Path, code: str, *args, **kw):
+    """:func:`spawn` whose stand-in driver is always stopped afterwards; yields ``(wait, stop)``."""
+    wait, proc, stop = spawn(tmp_path, code, *args, **kw)
+    try:
+        yield wait, stop
+    finally:
+        stop_process(proc, exit_wait=0, term_wait=1)
+
+
+def timed_wait(wait: ReadyWait, raises: type[BaseException] | None = None, match: str | None = None) -> float:
+    """Seconds ``wait.wait()`` took; it must raise ``raises`` (matching ``match``), or return when None."""
+    t0 = time.monotonic()
+    if raises is None:
+        wait.wait()
+    else:
+        with pytest.raises(raises, match=match):
+            wait.wait()
+    return time.monotonic() - t0
+
+
 def test_ready_when_the_mount_table_shows_it(tmp_path):
     mp = tmp_path / "mnt"
     mp.mkdir()
     (mp / "file").write_text("x")
     table = tmp_path / "mountinfo"
     table.write_text(f"36 35 0:63 / {mp} rw,nosuid,nodev - fuse.bindfs src rw,user_id=0\n")
-    wait, proc, _stop = spawn(tmp_path, "import time; time.sleep(30)", mp, mountinfo=table)
-    try:
-        t0 = time.monotonic()
-        wait.wait()
-        assert time.monotonic() - t0 < 2
-    finally:
-        stop_process(proc, exit_wait=0, term_wait=1)
+    with running(tmp_path, "import time; time.sleep(30)", mp, mountinfo=table) as (wait, _stop):
+        assert timed_wait(wait) < 2
 
 
 def test_early_exit_is_reported_at_once_with_the_drivers_error(tmp_path):
@@ -69,26 +87,14 @@ def test_early_exit_is_reported_at_once_with_the_drivers_error(tmp_path):
 
 
 def test_timeout_does_not_overshoot(tmp_path):
-    wait, proc, _stop = spawn(tmp_path, "import time; time.sleep(30)", timeout=0.5)
-    try:
-        t0 = time.monotonic()
-        with pytest.raises(MountError, match="ready timeout of 0.5 s"):
-            wait.wait()
-        assert time.monotonic() - t0 < 0.8
-    finally:
-        stop_process(proc, exit_wait=0, term_wait=1)
+    with running(tmp_path, "import time; time.sleep(30)", timeout=0.5) as (wait, _stop):
+        assert timed_wait(wait, MountError, match="ready timeout of 0.5 s") < 0.8
 
 
 def test_stop_request_ends_the_ready_wait_within_a_step(tmp_path):
-    wait, proc, stop = spawn(tmp_path, "import time; time.sleep(30)", timeout=60)
-    threading.Timer(0.3, stop.set).start()
-    try:
-        t0 = time.monotonic()
-        with pytest.raises(Interrupted):
-            wait.wait()
-        assert time.monotonic() - t0 < 0.6
-    finally:
-        stop_process(proc, exit_wait=0, term_wait=1)
+    with running(tmp_path, "import time; time.sleep(30)", timeout=60) as (wait, stop):
+        threading.Timer(0.3, stop.set).start()
+        assert timed_wait(wait, Interrupted) < 0.6
 
 
 def test_stop_request_ends_a_hung_root_check(tmp_path):
@@ -97,7 +103,6 @@ def test_stop_request_ends_a_hung_root_check(tmp_path):
     mp.mkdir()
     table = tmp_path / "mountinfo"
     table.write_text(f"36 35 0:63 / {mp} rw - fuse.x src rw\n")
-    wait, proc, stop = spawn(tmp_path, "import time; time.sleep(30)", mp, timeout=60, mountinfo=table)
     gate = threading.Event()
     from obsctl import readiness
 
@@ -107,17 +112,14 @@ def test_stop_request_ends_a_hung_root_check(tmp_path):
         gate.wait(10)
         return real_scandir(path)
 
-    readiness.os.scandir = blocked
-    try:
-        threading.Timer(0.3, stop.set).start()
-        t0 = time.monotonic()
-        with pytest.raises(Interrupted):
-            wait.wait()
-        assert time.monotonic() - t0 < 0.6
-    finally:
-        readiness.os.scandir = real_scandir
-        gate.set()
-        stop_process(proc, exit_wait=0, term_wait=1)
+    with running(tmp_path, "import time; time.sleep(30)", mp, timeout=60, mountinfo=table) as (wait, stop):
+        readiness.os.scandir = blocked
+        try:
+            threading.Timer(0.3, stop.set).start()
+            assert timed_wait(wait, Interrupted) < 0.6
+        finally:
+            readiness.os.scandir = real_scandir
+            gate.set()
 
 
 def test_stop_process_escalates_to_sigkill(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from obsctl.collectors.geesefs_log import GeesefsStatsCollector, window_counts
 from obsctl.config import ConfigError, build_mount_spec, parse_telemetry
 from obsctl.credentials import Credentials
-from obsctl.drivers import get_driver
+from obsctl.drivers import PlanContext, get_driver
 from obsctl.drivers.geesefs import STATS_SECONDS
 from obsctl.instruments import MountAttributes
 from support.metrics import in_memory
@@ -33,8 +33,7 @@ def spec(impl: str, **kw):
 
 def plan(impl: str, telemetry=None, **kw):
     driver = get_driver(impl)
-    driver.telemetry = telemetry
-    return driver, driver.plan(spec(impl, **kw), CREDS)
+    return driver, driver.plan(spec(impl, **kw), CREDS, PlanContext(telemetry=telemetry))
 
 
 @pytest.mark.parametrize("impl", RELEASE)
@@ -54,7 +53,7 @@ def test_no_inherited_systemd_or_key_variables(impl, monkeypatch):
     monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "inherited-not-this-one")
     driver = get_driver(impl)
-    p = driver.plan(spec(impl), None)
+    p = driver.plan(spec(impl), None, PlanContext())
     assert "NOTIFY_SOCKET" not in p.env and "AWS_SECRET_ACCESS_KEY" not in p.env
 
 
@@ -122,10 +121,10 @@ def test_mountpoint_s3_no_own_export(cfg):
 
 
 def test_mountpoint_s3_no_own_export_without_listening():
-    driver = get_driver("mountpoint-s3")
-    driver.telemetry = telemetry("http/protobuf")
-    driver.listen = False
-    assert driver.otlp_endpoint() is None
+    context = PlanContext(telemetry=telemetry("http/protobuf"), listen=False)
+    assert get_driver("mountpoint-s3").otlp_endpoint(context) is None
+    _d, p = plan("mountpoint-s3", telemetry=telemetry("http/protobuf"))
+    assert p.extras["otlp_endpoint"]  # the same config with a listener allowed does export
 
 
 # (option, words of the message): from each project's flag definitions

@@ -68,21 +68,43 @@ def test_generic_has_no_driver_source():
     assert sidecar.owner("fs_ops") is None
 
 
-def _rclone_log_level():
-    from obsctl.config import build_mount_spec
+def _rclone_log_level(context=None):
+    from obsctl.config import build_mount_spec, parse_telemetry
+    from obsctl.drivers import PlanContext
     from obsctl.drivers.rclone import RcloneDriver
 
-    driver = RcloneDriver()
-    driver.listen = False
-    plan = driver.plan(build_mount_spec({"source": "s3://bucket", "mountpoint": "/mnt/x", "impl": "rclone"}), None)
+    if context is None:  # what the supervisor passes: read from this host's kernel
+        context = PlanContext.for_mount(parse_telemetry({"telemetry": {"mode": "none"}}))
+    plan = RcloneDriver().plan(build_mount_spec({"source": "s3://bucket", "mountpoint": "/mnt/x", "impl": "rclone"}),
+                               None, context)
     return plan.argv[plan.argv.index("--log-level") + 1]
 
 
 def test_rclone_debug_log_only_when_the_kernel_cannot_give_everything(monkeypatch):
     from obsctl.collectors.fuse_trace import detect_support
+    from obsctl.drivers import PlanContext
 
+    assert _rclone_log_level(PlanContext(kernel_complete=False, listen=False)) == "DEBUG"
+    assert _rclone_log_level(PlanContext(kernel_complete=True, listen=False)) == "INFO"
     monkeypatch.setenv("OBSCTL_FUSE_TRACE", "off")
     assert _rclone_log_level() == "DEBUG"
     monkeypatch.delenv("OBSCTL_FUSE_TRACE")
     expected = "INFO" if detect_support().level == "paired" else "DEBUG"
     assert _rclone_log_level() == expected
+
+
+def test_plan_context_for_mount_follows_the_telemetry_mode():
+    """Mode none opens no port (no rclone rc API); a mode that exports lets rclone serve its rc on loopback."""
+    from obsctl.config import build_mount_spec, parse_telemetry
+    from obsctl.drivers import PlanContext
+    from obsctl.drivers.rclone import RcloneDriver
+
+    spec = build_mount_spec({"source": "s3://bucket", "mountpoint": "/mnt/x", "impl": "rclone"})
+    none = PlanContext.for_mount(parse_telemetry({"telemetry": {"mode": "none"}}))
+    local = PlanContext.for_mount(parse_telemetry({"telemetry": {"mode": "local"}}))
+    assert not none.listen and local.listen and local.telemetry.mode == "local"
+    quiet = RcloneDriver().plan(spec, None, none)
+    assert "--rc" not in quiet.argv and "rc_url" not in quiet.extras and "RCLONE_RC_PASS" not in quiet.env
+    served = RcloneDriver().plan(spec, None, local)
+    assert served.argv[served.argv.index("--rc-addr") + 1].startswith("127.0.0.1:")
+    assert served.env["RCLONE_RC_PASS"] in served.secrets and served.extras["rc_url"].startswith("http://127.0.0.1:")

@@ -65,8 +65,8 @@ class FuseConnCollector(PollingCollector):
     def connections_dir(self) -> str:
         return os.path.join(self.sys_path, "fs", "fuse", "connections")
 
-    def poll(self) -> None:
-        """Find the mount's connection and read its ``waiting``; never raises."""
+    def _poll(self) -> None:
+        """Find the mount's connection and read its ``waiting``."""
         self.waiting = None
         try:
             entry = mounttable.find_mount(self.mountpoint, path=self.mountinfo_path)

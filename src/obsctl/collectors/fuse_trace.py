@@ -318,8 +318,8 @@ class FuseTraceCollector(PollingCollector):
             log.warning("kernel FUSE events unavailable (%s): driver sources are used instead", reason)
 
     # -- instance ------------------------------------------------------------
-    def poll(self) -> None:
-        """(Re)start tracing the mount's current connection; read the loss counters. Never raises."""
+    def _poll(self) -> None:
+        """(Re)start tracing the mount's current connection; read the loss counters."""
         if not self.support.available:
             return
         try:
@@ -402,7 +402,7 @@ class FuseTraceCollector(PollingCollector):
             self._calm = 0
         self.lost = max(self.lost, total)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """Stop the reader, disable the events, remove the instance."""
         self._stop_instance()
 
@@ -452,13 +452,7 @@ class FuseTraceCollector(PollingCollector):
                 if self._calm >= self.recover_after:
                     self.degraded = False
                     self._pending.clear()
-            try:
-                if self.degraded:
-                    self._count_only(data)
-                else:
-                    self._full(data)
-            except Exception:  # noqa: BLE001 - a side-car never takes the mount down
-                log.debug("fuse trace chunk skipped", exc_info=True)
+            self.guard("trace chunk", self._count_only if self.degraded else self._full, data)
 
     def _count_only(self, data: bytes) -> None:
         self.degraded_chunks += 1

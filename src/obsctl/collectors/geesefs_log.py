@@ -61,7 +61,7 @@ class GeesefsStatsCollector(LogCollector):
         self.window_seconds = window_seconds
         self.lines = 0
 
-    def feed(self, line: str) -> None:
+    def _feed(self, line: str) -> None:
         counts = window_counts(line, self.window_seconds)
         if counts is None:
             return

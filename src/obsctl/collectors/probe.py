@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
@@ -94,8 +94,8 @@ class MountProbe(PollingCollector):
             self._epoch += 1
             self.health = health
 
-    def poll(self) -> None:
-        """Probe once, waiting at most ``timeout`` seconds; never raises.
+    def _poll(self) -> None:
+        """Probe once, waiting at most ``timeout`` seconds.
 
         A :meth:`mark` made while this poll ran wins: the poll's result,
         which may predate it, is dropped.
@@ -128,6 +128,10 @@ class MountProbe(PollingCollector):
         with self._lock:
             if epoch == self._epoch:
                 self.health = health
+
+    def status(self) -> dict[str, Any]:
+        """``health``: :attr:`health` (what ``obsctl_mount_up`` is computed from)."""
+        return {"health": self.health}
 
     def _observe(self, _options: CallbackOptions) -> Iterable[Observation]:
         if self.health is None:

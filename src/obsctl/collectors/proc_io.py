@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
@@ -95,13 +95,9 @@ class ProcIoCollector(PollingCollector):
     def write_bytes(self) -> int:
         return self._base_write + self._cur_write
 
-    def poll(self) -> None:
-        """Read ``/proc/PID/io`` of the current driver once; never raises."""
-        try:
-            pid = self.pid_getter()
-        except Exception:  # noqa: BLE001
-            log.debug("pid_getter failed", exc_info=True)
-            return
+    def _poll(self) -> None:
+        """Read ``/proc/PID/io`` of the current driver once."""
+        pid = self.pid_getter()
         if pid is None:
             return
         try:
@@ -122,6 +118,10 @@ class ProcIoCollector(PollingCollector):
         # within one process the values only grow; never go down
         self._cur_read = max(self._cur_read, rchar)
         self._cur_write = max(self._cur_write, wchar)
+
+    def status(self) -> dict[str, Any]:
+        """``driver_io``: the driver's cumulative rchar / wchar (bytes, over every driver pid seen)."""
+        return {"driver_io": {"read_bytes": self.read_bytes, "write_bytes": self.write_bytes}}
 
     def _observe(self, _options: CallbackOptions) -> Iterable[Observation]:
         base = self.instruments.attrs.base()

@@ -69,14 +69,12 @@ counts them), so a lost exit line cannot leak memory.
 from __future__ import annotations
 
 import json
-import logging
 from collections import deque
-from datetime import datetime
 
 from obsctl.collectors import LogCollector, is_failure
+from obsctl.collectors.logtime import elapsed_ms, parse_time_parts
 from obsctl.instruments import Instruments
 
-log = logging.getLogger(__name__)
 
 #: rclone (bazil.org/fuse) method name -> opcode label. Others: lower-cased.
 OPCODES: dict[str, str] = {
@@ -138,46 +136,6 @@ ERRNO_NAMES: dict[str, str] = {
     "context canceled": "eintr",
 }
 
-_epoch_cache: dict[str, float] = {}
-
-
-def parse_time_parts(value: str) -> tuple[float, float] | None:
-    """``(minute_epoch, seconds)`` of an rclone ``time`` field, or None.
-
-    ``2026-11-21T08:01:55.4007+00:00`` -> (epoch of 08:01:00 UTC, 55.4007).
-    The part up to the minute plus the zone is converted once and cached.
-    Kept in two parts so that differences keep microsecond precision (one
-    float of ~1.8e9 s has a resolution of ~0.24 us).
-    """
-    try:
-        end = len(value)
-        for i in range(19, len(value)):
-            c = value[i]
-            if c == "+" or c == "-" or c == "Z":
-                end = i
-                break
-        key = value[:16] + value[end:]
-        base = _epoch_cache.get(key)
-        if base is None:
-            base = datetime.fromisoformat(value[:16] + ":00" + value[end:]).timestamp()
-            if len(_epoch_cache) > 4096:
-                _epoch_cache.clear()
-            _epoch_cache[key] = base
-        return base, float(value[17:end])
-    except (ValueError, TypeError):
-        return None
-
-
-def parse_time(value: str) -> float | None:
-    """Seconds since the epoch of an rclone (or s3fs) log timestamp, or None."""
-    parts = parse_time_parts(value)
-    return None if parts is None else parts[0] + parts[1]
-
-
-def elapsed_ms(start: tuple[float, float], end: tuple[float, float]) -> float:
-    """Milliseconds from ``start`` to ``end`` (both from :func:`parse_time_parts`)."""
-    return ((end[0] - start[0]) + (end[1] - start[1])) * 1000.0
-
 
 def error_type(err: str) -> str:
     """errno-ish name for the ``err=`` text of an rclone exit line."""
@@ -231,8 +189,7 @@ class RcloneLogCollector(LogCollector):
         self.last_stats: dict | None = None
         self._last_errors: int | None = None
 
-    def feed(self, line: str) -> None:
-        """Parse one log line; never raises."""
+    def _feed(self, line: str) -> None:
         if "mount" not in line and '"stats"' not in line:
             return
         try:
@@ -241,20 +198,17 @@ class RcloneLogCollector(LogCollector):
             return
         if not isinstance(rec, dict):
             return
-        try:
-            stats = rec.get("stats")
-            if isinstance(stats, dict):
-                self._on_stats(stats)
+        stats = rec.get("stats")
+        if isinstance(stats, dict):
+            self._on_stats(stats)
+            return
+        source = rec.get("source")
+        if source is not None:
+            if not source.startswith("mount/"):
                 return
-            source = rec.get("source")
-            if source is not None:
-                if not source.startswith("mount/"):
-                    return
-            elif not str(rec.get("objectType", "")).startswith("*mount."):
-                return
-            self._on_op(rec)
-        except Exception:  # noqa: BLE001 - a side-car never takes the mount down
-            log.debug("rclone log line skipped: %r", line, exc_info=True)
+        elif not str(rec.get("objectType", "")).startswith("*mount."):
+            return
+        self._on_op(rec)
 
     def _on_op(self, rec: dict) -> None:
         msg = rec.get("msg")

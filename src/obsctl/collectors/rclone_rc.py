@@ -165,6 +165,11 @@ class RcloneRcCollector(PollingCollector):
         self._prev_errors: int | None = None
         self._prev_status: dict[tuple[str, str], float] | None = None
 
+    def status(self) -> dict[str, Any]:
+        """``driver_stats``: the last ``core/stats`` / ``vfs/stats`` answers, as rclone gave them."""
+        stats = {"last_core_stats": self.last_core_stats, "last_vfs_stats": self.last_vfs_stats}
+        return {"driver_stats": {name: value for name, value in stats.items() if value is not None}}
+
     # -- transport ---------------------------------------------------------
     def _request(self, method: str, path: str) -> str:
         status, body = rc_request(self.base_url, path, auth=self.auth, timeout=self.timeout,
@@ -182,14 +187,8 @@ class RcloneRcCollector(PollingCollector):
         return data if isinstance(data, dict) else None
 
     # -- polling -----------------------------------------------------------
-    def poll(self) -> None:
-        """Read core/stats, vfs/stats and (optionally) /metrics once."""
-        try:
-            self._poll()
-        except Exception:  # noqa: BLE001 - a side-car never takes the mount down
-            log.debug("rclone rc poll failed", exc_info=True)
-
     def _poll(self) -> None:
+        """Read core/stats, vfs/stats and (optionally) /metrics once."""
         core = self._get_json("core/stats")
         self.reachable = core is not None
         if core is not None:

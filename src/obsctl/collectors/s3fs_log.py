@@ -65,15 +65,13 @@ What is taken from which line:
 
 from __future__ import annotations
 
-import logging
 import re
 from collections import deque
 
 from obsctl.collectors import LogCollector
-from obsctl.collectors.rclone_log import elapsed_ms, parse_time_parts
+from obsctl.collectors.logtime import elapsed_ms, parse_time_parts
 from obsctl.instruments import Instruments
 
-log = logging.getLogger(__name__)
 
 _REQUEST = re.compile(r"> ([A-Z]+) \S+ HTTP/")
 _RESPONSE = re.compile(r"< HTTP/[\d.]+ (\d{3})")
@@ -121,13 +119,6 @@ class S3fsLogCollector(LogCollector):
     @property
     def pending(self) -> int:
         return len(self._pending)
-
-    def feed(self, line: str) -> None:
-        """Parse one log line; never raises."""
-        try:
-            self._feed(line)
-        except Exception:  # noqa: BLE001 - a side-car never takes the mount down
-            log.debug("s3fs log line skipped: %r", line, exc_info=True)
 
     def _feed(self, line: str) -> None:
         # "2026-11-21T07:58:05.458Z [CURL DBG] > GET ..." ; the timestamp is

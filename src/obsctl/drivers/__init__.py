@@ -1,10 +1,11 @@
 """FUSE drivers: how to launch each one and which collectors observe it.
 
-One module per driver. A driver turns a validated :class:`~obsctl.config.MountSpec`
-and :class:`~obsctl.credentials.Credentials` into a :class:`LaunchPlan` (argv
-and environment; the secret only ever in the environment), names the mount
-type it creates, picks the lines of its log worth forwarding and the lines
-that explain a failure, and builds its collectors once telemetry is up.
+One module per driver. A driver turns a validated :class:`~obsctl.config.MountSpec`,
+:class:`~obsctl.credentials.Credentials` and a :class:`PlanContext` into a
+:class:`LaunchPlan` (argv and environment; the secret only ever in the
+environment), names the mount type it creates, picks the lines of its log
+worth forwarding and the lines that explain a failure, and builds its
+collectors once telemetry is up. The contract is on :class:`Driver`.
 
 This module must stay cheap to import: the supervisor spawns the driver
 before the OpenTelemetry SDK is imported.
@@ -37,6 +38,17 @@ CREDENTIAL_WORDS = ("secret", "access-key", "password", "passwd", "pass", "token
 
 _CMDLINE_RISK = ("on the {impl} command line, where every local user can read it in "
                  "/proc/PID/cmdline")
+#: The role variables of obsctl.observability.fuse_driver that install drivers
+#: (roles/fuse_driver/defaults/main.yml): from the distribution, from pinned release files.
+DISTRO_DRIVERS = "fuse_driver_distro_drivers"
+RELEASE_DRIVERS = "fuse_driver_release_drivers"
+#: The texts the drivers' :class:`OptionRule` tables share (``{impl}`` is the driver's name).
+#: What to do instead of a credential option.
+CREDS = "pass credentials with credentials_from (--credentials-from env|stdin|profile|systemd)"
+#: The risk of an option that takes a secret as its value.
+CMDLINE = "would put a secret " + _CMDLINE_RISK
+#: What to do instead of an option that overrides the spec's endpoint / region / source.
+SPEC = "set endpoint, region and source in the mount spec (--endpoint, --region, SOURCE)"
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,41 @@ class OptionRule:
         return hit
 
 
+@dataclass(frozen=True)
+class PlanContext:
+    """What a driver's :meth:`Driver.plan` needs to know besides the spec and the credentials.
+
+    Built by the caller of ``plan`` (the supervisor, once per spawn, with
+    :meth:`for_mount`); a driver never reads these from anywhere else.
+
+    Attributes:
+        telemetry: the mount's validated telemetry configuration, or None for a
+            plan built without one. Drivers with their own exporter point it at
+            the configured endpoint (mountpoint-s3 ``--otlp-endpoint``).
+        listen: False: the driver must open no listening socket, not even on
+            loopback (telemetry mode ``none``: rclone runs without its rc API).
+        kernel_complete: True when the kernel source gives every FUSE quantity
+            on this host (:func:`obsctl.sources.kernel_complete`, Linux 6.18+):
+            drivers may then drop the debug logging they need only for FUSE
+            numbers (rclone logs at INFO instead of DEBUG).
+    """
+
+    telemetry: "TelemetryConfig | None" = None
+    listen: bool = True
+    kernel_complete: bool = False
+
+    @classmethod
+    def for_mount(cls, telemetry: "TelemetryConfig") -> "PlanContext":
+        """The context of a mount run with ``telemetry`` on this host.
+
+        ``listen`` is ``telemetry.exports_metrics`` (mode none opens no port);
+        ``kernel_complete`` is read from the running kernel's tracefs now.
+        """
+        from obsctl.sources import kernel_complete
+
+        return cls(telemetry=telemetry, listen=telemetry.exports_metrics, kernel_complete=kernel_complete())
+
+
 def normalise_option(option: str) -> tuple[str, str | None]:
     """``"--S3_Sse-Customer-Key=V"`` -> ``("s3-sse-customer-key", "V")`` (the form rules use)."""
     key, value = split_option(option.strip().lstrip("-"))
@@ -99,27 +146,78 @@ class LaunchPlan:
 
 
 class Driver:
-    """Base driver. Subclasses set ``name``, ``binary`` and ``install_hint`` and override the hooks."""
+    """Base driver: the contract every module of :mod:`obsctl.drivers` fulfils.
+
+    Subclasses set :attr:`name`, :attr:`binary`, :attr:`installed_by` and
+    :attr:`fstype`, implement :meth:`command` and override the log hooks.
+    A driver object holds no per-mount state: everything a launch depends on
+    is an argument of :meth:`plan`.
+
+    The contract of :meth:`plan` (``plan(spec, credentials, context)``):
+
+    * in: the validated :class:`~obsctl.config.MountSpec`, the S3
+      :class:`~obsctl.credentials.Credentials` or None (the driver then uses
+      its own default chain; the generic driver never gets any), and a
+      :class:`PlanContext` (telemetry configuration, whether a listening
+      socket is allowed, whether the kernel gives every FUSE number);
+    * out: a :class:`LaunchPlan`: ``argv`` (never a secret in it),
+      ``env`` (the complete environment: obsctl's, without inherited keys or
+      systemd's private variables, plus the credentials), ``fstype`` (the
+      type the mount shows in /proc/self/mountinfo, or None for any FUSE
+      type), ``secrets`` (every value to redact from forwarded log lines) and
+      ``extras`` (what the driver's collectors need: rclone's rc URL ...);
+    * errors: :class:`obsctl.config.ConfigError` when ``spec.options`` holds
+      a refused option (all of them named at once, never their values);
+      nothing is started or written, and no time is spent besides choosing a
+      free loopback port (rclone rc).
+
+    :meth:`plan` is a template: it checks the options, builds the
+    environment with :meth:`base_env` and :meth:`credential_env`, then asks
+    :meth:`command` for the argv. Options are read once, by
+    :meth:`option_items`, for both the check and the argv.
+    """
 
     name = ""
     binary = ""
-    #: What installs :attr:`binary`: the role variable (roles/fuse_driver/defaults/main.yml).
-    install_hint = ""
-    #: The telemetry configuration of the mount (set by the supervisor before
-    #: :meth:`plan`; None for a plan built without one). Drivers with their own
-    #: exporter point it at the configured endpoint (mountpoint-s3).
-    telemetry: "TelemetryConfig | None" = None
+    #: The role variable of obsctl.observability.fuse_driver that installs :attr:`binary`
+    #: (:data:`DISTRO_DRIVERS` or :data:`RELEASE_DRIVERS`), or "" (generic: the operator's daemon).
+    #: The role's argument_specs list the drivers of each (tests/unit/test_driver_registry.py).
+    installed_by = ""
+    #: The mount type in /proc/self/mountinfo (``fuse.rclone``), or None for any FUSE type.
+    fstype: str | None = None
     #: True when the driver takes S3 credentials.
     needs_credentials = True
-    #: False: open no listening socket (telemetry mode none). The supervisor sets it.
-    listen = True
-
     #: Options refused for this driver (see :meth:`check_options`).
     refused_options: tuple[OptionRule, ...] = ()
 
     def option_items(self, options: list[str]) -> list[str]:
-        """The single options a list of ``-o`` values stands for (s3fs splits on commas)."""
-        return list(options)
+        """The single options a list of option elements stands for, as the driver gets them.
+
+        A long flag given as two elements, ``["--dir-cache-time", "5s"]``,
+        is one option ``--dir-cache-time=5s`` (the way Go's pflag and clap read
+        a flag and the word after it); so a bare boolean flag must not be
+        followed by a word that is not its value (write ``--flag=true`` or
+        put ``--flag`` last). Every other element is one option. The check by
+        name and the argv both use this list, so a value can neither pass the
+        check as a separate "option" nor be shown in a refusal.
+        """
+        items: list[str] = []
+        pending: str | None = None
+        for element in options:
+            if pending is not None and not element.startswith("-"):
+                items.append(f"{pending}={element}")
+                pending = None
+                continue
+            if pending is not None:
+                items.append(pending)
+                pending = None
+            if element.startswith("--") and "=" not in element:
+                pending = element
+            else:
+                items.append(element)
+        if pending is not None:
+            items.append(pending)
+        return items
 
     def refuse_dash_option(self, option: str) -> str | None:
         """Why a raw ``-x`` / ``--flag`` option is refused, or None to check it by name."""
@@ -152,9 +250,20 @@ class Driver:
             elif any(word in name for word in CREDENTIAL_WORDS):
                 problems.append(
                     f"{shown}: would put a credential " + _CMDLINE_RISK.format(impl=self.name)
-                    + "; pass credentials with credentials_from (--credentials-from env|stdin|profile|systemd)")
+                    + "; " + CREDS)
         if problems:
             raise ConfigError(f"{self.name} option(s) refused:\n    " + "\n    ".join(problems))
+
+    @property
+    def install_hint(self) -> str:
+        """What installs :attr:`binary`, said to the operator (from :attr:`installed_by`), or ""."""
+        if self.installed_by == DISTRO_DRIVERS:
+            return (f"role obsctl.observability.fuse_driver ({DISTRO_DRIVERS}: [{self.name}]) "
+                    f"or apt-get install {self.binary}")
+        if self.installed_by == RELEASE_DRIVERS:
+            return (f"role obsctl.observability.fuse_driver with {RELEASE_DRIVERS}: [{self.name}] "
+                    "(and its sha256 in fuse_driver_releases, see docs/drivers.md)")
+        return ""
 
     def missing_binary(self, spec: "MountSpec") -> str | None:
         """Why the driver's program cannot be run, or None when it is on PATH.
@@ -175,9 +284,31 @@ class Driver:
         hint = f"; install it with {self.install_hint}" if self.install_hint else ""
         return f"{program}: not found on PATH ({where}), the {self.name} driver cannot start{hint}"
 
-    def plan(self, spec: "MountSpec", creds: "Credentials | None") -> LaunchPlan:
-        """Build argv and environment. Raises :class:`obsctl.config.ConfigError` on bad options."""
+    def plan(self, spec: "MountSpec", credentials: "Credentials | None", context: PlanContext) -> LaunchPlan:
+        """What to run for ``spec``: see the contract in the class docstring.
+
+        Raises:
+            ConfigError: a refused option in ``spec.options``.
+        """
+        self.check_options(spec.options)
+        env = self.base_env(spec)
+        launch = LaunchPlan(argv=[], env=env, fstype=self.fstype, secrets=self.credential_env(env, credentials))
+        launch.argv = self.command(spec, self.option_items(spec.options), context, launch)
+        return launch
+
+    def command(self, spec: "MountSpec", options: list[str], context: PlanContext, launch: LaunchPlan) -> list[str]:
+        """The driver's argv for ``spec``, with ``options`` (:meth:`option_items`, already checked).
+
+        ``launch`` holds the environment and secrets built so far: a driver
+        that needs more (rclone's rc password) adds to ``launch.env``,
+        ``launch.secrets`` and ``launch.extras``.
+        """
         raise NotImplementedError
+
+    @staticmethod
+    def spec_flags(spec: "MountSpec", read_only: list[str], allow_other: list[str]) -> list[str]:
+        """The driver's words for the spec's ``read_only`` and ``allow_other`` (each only when set)."""
+        return (list(read_only) if spec.read_only else []) + (list(allow_other) if spec.allow_other else [])
 
     def base_env(self, spec: "MountSpec") -> dict[str, str]:
         """obsctl's environment without credentials and systemd's private variables.
@@ -190,6 +321,14 @@ class Driver:
         if spec.endpoint and spec.endpoint.startswith("http://"):
             env.pop("AWS_CA_BUNDLE", None)
         return env
+
+    def credential_env(self, env: dict[str, str], creds: "Credentials | None") -> list[str]:
+        """Put ``creds`` into ``env`` where the driver reads them; returns the secret values.
+
+        Default: the AWS SDK variables (:meth:`aws_env`); rclone overrides it
+        with its remote's own variables.
+        """
+        return self.aws_env(env, creds)
 
     @staticmethod
     def aws_env(env: dict[str, str], creds: "Credentials | None") -> list[str]:
@@ -272,6 +411,22 @@ def refuse_short_flag(impl: str, option: str) -> str | None:
     if option.startswith("-") and not option.startswith("--"):
         return f"write the long form (--flag=value or flag=value): {impl} short flags are not checked by name"
     return None
+
+
+class LongFlagDriver(Driver):
+    """A driver whose options are long flags (Go's flag package, clap): goofys, geesefs, mount-s3.
+
+    Options become ``--name[=value]`` (:func:`long_flag`); single-dash flags
+    are refused (:func:`refuse_short_flag`).
+    """
+
+    def refuse_dash_option(self, option):
+        return refuse_short_flag(self.name, option)
+
+    @staticmethod
+    def flags(options: list[str]) -> list[str]:
+        """``options`` (:meth:`Driver.option_items`) as long flags."""
+        return [long_flag(option) for option in options]
 
 
 def get_driver(impl: str) -> Driver:

@@ -18,8 +18,8 @@ geesefs's own source (github.com/yandex-cloud/geesefs, commit 6e2bbab):
 
 from __future__ import annotations
 
-from obsctl.drivers.goofys import CMDLINE, CREDS, SPEC, GoofysDriver
-from obsctl.drivers import OptionRule
+from obsctl.drivers import CMDLINE, CREDS, RELEASE_DRIVERS, SPEC, OptionRule
+from obsctl.drivers.goofys import GoofysDriver  # geesefs is a goofys fork: same command line and logs
 
 #: ``--print-stats`` interval obsctl sets (seconds): the window of each stats line.
 STATS_SECONDS = 10
@@ -60,8 +60,7 @@ class GeesefsDriver(GoofysDriver):
 
     name = "geesefs"
     binary = "geesefs"
-    install_hint = ("role obsctl.observability.fuse_driver with fuse_driver_release_drivers: [geesefs] "
-                    "(and its sha256 in fuse_driver_releases, see docs/drivers.md)")
+    installed_by = RELEASE_DRIVERS
     refused_options = REFUSED_OPTIONS
     fstype = "fuse.geesefs"
 

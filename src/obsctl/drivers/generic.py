@@ -8,7 +8,7 @@ probe). The daemon must stay in the foreground (bindfs ``-f``, sshfs ``-f``).
 
 from __future__ import annotations
 
-from obsctl.drivers import Driver, LaunchPlan
+from obsctl.drivers import Driver
 
 
 class GenericDriver(Driver):
@@ -17,8 +17,9 @@ class GenericDriver(Driver):
     name = "generic"
     needs_credentials = False
 
-    def plan(self, spec, creds):
-        return LaunchPlan(argv=list(spec.command), env=self.base_env(spec), fstype=None)
+    def command(self, spec, options, context, launch):
+        """``spec.command`` as given (the generic driver has no options of its own)."""
+        return list(spec.command)
 
     def is_error(self, line):
         return bool(line.strip())

@@ -24,11 +24,7 @@ from __future__ import annotations
 
 import re
 
-from obsctl.drivers import Driver, LaunchPlan, OptionRule, long_flag, refuse_short_flag
-
-CREDS = "pass credentials with credentials_from (--credentials-from env|stdin|profile|systemd)"
-CMDLINE = "would put a secret on the {impl} command line, where every local user can read it in /proc/PID/cmdline"
-SPEC = "set endpoint, region and source in the mount spec (--endpoint, --region, SOURCE)"
+from obsctl.drivers import CMDLINE, RELEASE_DRIVERS, SPEC, LongFlagDriver, OptionRule
 
 #: Options refused for goofys, from its option reference (internal/flags.go of
 #: goofys 0.24). obsctl's own settings: credentials in AWS_* of goofys's
@@ -57,19 +53,15 @@ _ERROR_LEVELS = {"ERROR", "FATAL", "PANIC"}
 _FORWARD_LEVELS = _ERROR_LEVELS | {"WARNING", "INFO"}
 
 
-class GoofysDriver(Driver):
+class GoofysDriver(LongFlagDriver):
     """``goofys -f [--endpoint E] [--region R] [-o ro] [-o allow_other] [OPTIONS] BUCKET[:PREFIX] MOUNTPOINT``."""
 
     name = "goofys"
     binary = "goofys"
-    install_hint = ("role obsctl.observability.fuse_driver with fuse_driver_release_drivers: [goofys] "
-                    "(and its sha256 in fuse_driver_releases, see docs/drivers.md)")
+    installed_by = RELEASE_DRIVERS
     refused_options = REFUSED_OPTIONS
     #: The type in /proc/self/mountinfo (jacobsa/fuse: ``fuse.`` + Subtype).
     fstype = "fuse.goofys"
-
-    def refuse_dash_option(self, option):
-        return refuse_short_flag(self.name, option)
 
     def source_arg(self, bucket: str, prefix: str) -> str:
         """``BUCKET`` or ``BUCKET:PREFIX`` (goofys and geesefs usage)."""
@@ -79,24 +71,17 @@ class GoofysDriver(Driver):
         """Flags obsctl adds after ``-f`` and the mapped spec fields (geesefs: --print-stats)."""
         return []
 
-    def plan(self, spec, creds):
+    def command(self, spec, options, context, launch):
         bucket, prefix = spec.bucket_and_prefix()
-        self.check_options(spec.options)
-        env = self.base_env(spec)
-        hidden = self.aws_env(env, creds)
         argv = [self.binary, "-f"]
         if spec.endpoint:
             argv.append(f"--endpoint={spec.endpoint}")
         if spec.region:
             argv.append(f"--region={spec.region}")
-        if spec.read_only:
-            argv += ["-o", "ro"]
-        if spec.allow_other:
-            argv += ["-o", "allow_other"]
+        argv += self.spec_flags(spec, ["-o", "ro"], ["-o", "allow_other"])
         argv += self.own_flags(spec)
-        argv += [long_flag(option) for option in spec.options]
-        argv += [self.source_arg(bucket, prefix), spec.mountpoint]
-        return LaunchPlan(argv=argv, env=env, fstype=self.fstype, secrets=hidden)
+        argv += self.flags(options)
+        return argv + [self.source_arg(bucket, prefix), spec.mountpoint]
 
     @staticmethod
     def level(line: str) -> str | None:

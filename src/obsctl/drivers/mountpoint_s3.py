@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import re
 
-from obsctl.drivers import Driver, LaunchPlan, OptionRule, long_flag, refuse_short_flag
-from obsctl.drivers.goofys import SPEC
+from obsctl.drivers import RELEASE_DRIVERS, SPEC, LongFlagDriver, OptionRule, PlanContext
 
 _PROFILE = ('use credentials_from = "profile" with profile = "NAME" (--profile NAME): obsctl reads the profile '
             "and passes the keys in the driver's environment")
@@ -60,40 +59,37 @@ _LOG_LINE = re.compile(r"^\S+Z\s+(?P<level>TRACE|DEBUG|INFO|WARN|ERROR)\s+(?:Thr
 _FATAL_PREFIXES = ("Error: ",)
 
 
-class MountpointS3Driver(Driver):
+class MountpointS3Driver(LongFlagDriver):
     """``mount-s3 --foreground [--region R] [--endpoint-url E --force-path-style] [--prefix P/]
     [--read-only] [--allow-other] [--otlp-endpoint U --otlp-export-interval N] [OPTIONS] BUCKET MP``."""
 
     name = "mountpoint-s3"
     binary = "mount-s3"
-    install_hint = ("role obsctl.observability.fuse_driver with fuse_driver_release_drivers: [mountpoint-s3] "
-                    "(and its sha256 in fuse_driver_releases, see docs/drivers.md)")
+    installed_by = RELEASE_DRIVERS
     refused_options = REFUSED_OPTIONS
+    #: fuser with ``FSName("mountpoint-s3")`` and no subtype: plain ``fuse``.
+    fstype = "fuse"
 
-    def refuse_dash_option(self, option):
-        return refuse_short_flag(self.name, option)
-
-    def otlp_endpoint(self) -> str | None:
+    @staticmethod
+    def otlp_endpoint(context: PlanContext) -> str | None:
         """The endpoint mount-s3 exports its own metrics to, or None.
 
         The mount's ``[telemetry.metrics]`` endpoint when metrics are exported
         and its protocol is ``http/protobuf`` (the only one mount-s3 speaks);
-        None in mode ``none``, for a gRPC endpoint, or when no endpoint is set
-        (obsctl does not guess what the OTEL_* environment would pick).
+        None in mode ``none``, when the context allows no listener, for a gRPC
+        endpoint, or when no endpoint is set (obsctl does not guess what the
+        OTEL_* environment would pick).
         """
-        cfg = self.telemetry
-        if cfg is None or not cfg.exports_metrics or not self.listen:
+        cfg = context.telemetry
+        if cfg is None or not cfg.exports_metrics or not context.listen:
             return None
         endpoint = cfg.endpoint(cfg.metrics)
         if not endpoint or cfg.protocol(cfg.metrics, "metrics") != "http/protobuf":
             return None
         return endpoint
 
-    def plan(self, spec, creds):
+    def command(self, spec, options, context, launch):
         bucket, prefix = spec.bucket_and_prefix()
-        self.check_options(spec.options)
-        env = self.base_env(spec)
-        hidden = self.aws_env(env, creds)
         argv = [self.binary, "--foreground"]
         if spec.region:
             argv.append(f"--region={spec.region}")
@@ -101,20 +97,15 @@ class MountpointS3Driver(Driver):
             argv += [f"--endpoint-url={spec.endpoint}", "--force-path-style"]
         if prefix:
             argv.append(f"--prefix={prefix}/")
-        if spec.read_only:
-            argv.append("--read-only")
-        if spec.allow_other:
-            argv.append("--allow-other")
-        extras: dict[str, object] = {"otlp_endpoint": None}
-        endpoint = self.otlp_endpoint()
+        argv += self.spec_flags(spec, ["--read-only"], ["--allow-other"])
+        endpoint = self.otlp_endpoint(context)
+        launch.extras["otlp_endpoint"] = endpoint
         if endpoint:
-            assert self.telemetry is not None
-            interval = max(1, round(self.telemetry.metrics.export_interval_seconds))
+            assert context.telemetry is not None
+            interval = max(1, round(context.telemetry.metrics.export_interval_seconds))
             argv += [f"--otlp-endpoint={endpoint}", f"--otlp-export-interval={interval}"]
-            extras["otlp_endpoint"] = endpoint
-        argv += [long_flag(option) for option in spec.options]
-        argv += [bucket, spec.mountpoint]
-        return LaunchPlan(argv=argv, env=env, fstype="fuse", secrets=hidden, extras=extras)
+        argv += self.flags(options)
+        return argv + [bucket, spec.mountpoint]
 
     @staticmethod
     def level(line: str) -> str | None:

@@ -9,7 +9,7 @@ also travel only in the environment (``RCLONE_RC_USER``, ``RCLONE_RC_PASS``).
 Logging: ``--use-json-log --log-level DEBUG`` makes rclone log every FUSE
 operation on entry and exit, which :class:`~obsctl.collectors.rclone_log.
 RcloneLogCollector` pairs into per-operation latency and byte counts. When
-the kernel gives all of those (:func:`obsctl.sources.kernel_complete`, Linux
+the kernel gives all of those (:attr:`obsctl.drivers.PlanContext.kernel_complete`, Linux
 6.18+) rclone runs at ``INFO`` instead: its other sources (rc API, errors in
 the log) need no more, and debug logging costs rclone CPU (bench/fuse_trace.py).
 """
@@ -21,11 +21,12 @@ import secrets as _secrets
 import socket
 import subprocess
 
-from obsctl.drivers import Driver, LaunchPlan, OptionRule, split_option
+from obsctl.drivers import CMDLINE, CREDS, DISTRO_DRIVERS, Driver, OptionRule, split_option
 from obsctl.redact import redact
-from obsctl.sources import kernel_complete
 
 REMOTE = "obsctl"
+#: rclone reads the remote ``obsctl:`` from these variables ("config file from the environment").
+_ENV_PREFIX = f"RCLONE_CONFIG_{REMOTE.upper()}_"
 #: Backend flag prefixes of rclone 1.60 other than s3 (docs/content/flags.md, "Backend Flags").
 _OTHER_BACKENDS = (
     "acd", "alias", "azureblob", "b2", "box", "cache", "chunker", "combine", "compress", "crypt", "drive",
@@ -44,9 +45,6 @@ def free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
-_CMDLINE = "would put a secret on the {impl} command line, where every local user can read it in /proc/PID/cmdline"
-_CREDS = "pass credentials with credentials_from (--credentials-from env|stdin|profile|systemd)"
-
 #: Options refused for rclone, from the rclone 1.60 option reference
 #: (docs/content/flags.md: global and s3 backend flags; docs/content/commands/
 #: rclone_mount.md: mount flags). obsctl's own flags are: the remote in
@@ -54,8 +52,8 @@ _CREDS = "pass credentials with credentials_from (--credentials-from env|stdin|p
 #: DEBUG`` on stdout (collectors and redaction read it), the rc on 127.0.0.1
 #: with a random user/password, rclone in the foreground.
 REFUSED_OPTIONS = (
-    OptionRule(("s3-access-key-id", "s3-secret-access-key", "s3-session-token"), _CMDLINE, _CREDS),
-    OptionRule(("s3-sse-customer-key", "s3-sse-customer-key-base64", "s3-sse-customer-key-md5"), _CMDLINE,
+    OptionRule(("s3-access-key-id", "s3-secret-access-key", "s3-session-token"), CMDLINE, CREDS),
+    OptionRule(("s3-sse-customer-key", "s3-sse-customer-key-base64", "s3-sse-customer-key-md5"), CMDLINE,
                "give rclone the SSE-C key in obsctl's environment instead (rclone reads every flag from "
                "RCLONE_<FLAG>, e.g. RCLONE_S3_SSE_CUSTOMER_KEY, set from a systemd credential), never in -o"),
     OptionRule(("header", "header-upload", "header-download"),
@@ -100,9 +98,9 @@ class RcloneDriver(Driver):
 
     name = "rclone"
     binary = "rclone"
-    install_hint = ("role obsctl.observability.fuse_driver (fuse_driver_distro_drivers: [rclone]) "
-                    "or apt-get install rclone")
+    installed_by = DISTRO_DRIVERS
     refused_options = REFUSED_OPTIONS
+    fstype = "fuse.rclone"
 
     def refuse_dash_option(self, option):
         """Short flags (``-v``, ``-vv``, ``-q``) change the log obsctl reads; refuse every
@@ -111,51 +109,48 @@ class RcloneDriver(Driver):
             return "write the long form (--flag or flag=value): short flags such as -v / -q change rclone's log"
         return None
 
-    def plan(self, spec, creds):
+    def credential_env(self, env, creds):
+        """The keys in the remote's own variables (``RCLONE_CONFIG_OBSCTL_*``), with the
+        remote's type, provider, endpoint and region set by :meth:`command`."""
+        if creds is None:
+            return []
+        env[_ENV_PREFIX + "ACCESS_KEY_ID"] = creds.access_key_id
+        env[_ENV_PREFIX + "SECRET_ACCESS_KEY"] = creds.secret_access_key
+        if creds.session_token:
+            env[_ENV_PREFIX + "SESSION_TOKEN"] = creds.session_token
+        return list(creds.secrets())
+
+    def command(self, spec, options, context, launch):
         bucket, prefix = spec.bucket_and_prefix()
-        self.check_options(spec.options)
-        env = self.base_env(spec)
-        prefix_env = f"RCLONE_CONFIG_{REMOTE.upper()}_"
+        env = launch.env
         env.update({
-            prefix_env + "TYPE": "s3",
-            prefix_env + "PROVIDER": "Other" if spec.endpoint else "AWS",
-            prefix_env + "ENV_AUTH": "false",
+            _ENV_PREFIX + "TYPE": "s3",
+            _ENV_PREFIX + "PROVIDER": "Other" if spec.endpoint else "AWS",
+            _ENV_PREFIX + "ENV_AUTH": "false",
         })
         if spec.endpoint:
-            env[prefix_env + "ENDPOINT"] = spec.endpoint
+            env[_ENV_PREFIX + "ENDPOINT"] = spec.endpoint
         if spec.region:
-            env[prefix_env + "REGION"] = spec.region
-        hidden = []
-        if creds is not None:
-            env[prefix_env + "ACCESS_KEY_ID"] = creds.access_key_id
-            env[prefix_env + "SECRET_ACCESS_KEY"] = creds.secret_access_key
-            if creds.session_token:
-                env[prefix_env + "SESSION_TOKEN"] = creds.session_token
-            hidden += creds.secrets()
+            env[_ENV_PREFIX + "REGION"] = spec.region
         remote = f"{REMOTE}:{bucket}" + (f"/{prefix}" if prefix else "")
         argv = [self.binary, "mount", remote, spec.mountpoint, "--config", "",
-                "--use-json-log", "--log-level", "INFO" if kernel_complete() else "DEBUG"]
-        extras: dict = {}
-        if self.listen:
+                "--use-json-log", "--log-level", "INFO" if context.kernel_complete else "DEBUG"]
+        if context.listen:
             rc_port = free_loopback_port()
             rc_user, rc_pass = "obsctl", _secrets.token_urlsafe(24)
             env["RCLONE_RC_USER"], env["RCLONE_RC_PASS"] = rc_user, rc_pass
-            hidden.append(rc_pass)
+            launch.secrets.append(rc_pass)
             argv += ["--rc", "--rc-addr", f"127.0.0.1:{rc_port}", "--rc-enable-metrics"]
-            extras = {"rc_url": f"http://127.0.0.1:{rc_port}", "rc_auth": (rc_user, rc_pass)}
-        if spec.read_only:
-            argv.append("--read-only")
-        if spec.allow_other:
-            argv.append("--allow-other")
+            launch.extras.update(rc_url=f"http://127.0.0.1:{rc_port}", rc_auth=(rc_user, rc_pass))
+        argv += self.spec_flags(spec, ["--read-only"], ["--allow-other"])
         if spec.cache_mode:
             argv += ["--vfs-cache-mode", spec.cache_mode]
-        for option in spec.options:
-            argv.append(self._flag(option))
-        return LaunchPlan(argv=argv, env=env, fstype="fuse.rclone", secrets=hidden, extras=extras)
+        return argv + [self._flag(option) for option in options]
 
     @staticmethod
     def _flag(option: str) -> str:
-        """``-o`` option -> rclone flag: ``ro`` -> --read-only, ``key=v`` -> --key=v."""
+        """One option (of :meth:`option_items`) -> one rclone flag: ``ro`` -> ``--read-only``,
+        ``allow_other`` -> ``--allow-other``, ``key_name=v`` -> ``--key-name=v``, ``--flag[=v]`` unchanged."""
         if option.startswith("-"):
             return option
         key, value = split_option(option)

@@ -9,9 +9,8 @@ s3fs_log.S3fsLogCollector` pairs into request latency and status codes.
 
 from __future__ import annotations
 
-from obsctl.drivers import Driver, LaunchPlan, OptionRule
+from obsctl.drivers import CREDS, DISTRO_DRIVERS, Driver, OptionRule
 
-_CREDS = "pass credentials with credentials_from (--credentials-from env|stdin|profile|systemd)"
 
 #: Options refused for s3fs, from the s3fs 1.90 man page (doc/man/s3fs.1,
 #: OPTIONS). obsctl's own settings are: credentials in AWS_* of s3fs's
@@ -22,13 +21,13 @@ _CREDS = "pass credentials with credentials_from (--credentials-from env|stdin|p
 REFUSED_OPTIONS = (
     OptionRule(("passwd-file",),
                "would make {impl} read keys from a clear-text passwd file instead of what obsctl passes it",
-               _CREDS),
+               CREDS),
     OptionRule(("profile",), "would make {impl} pick its own credentials profile",
                'use credentials_from = "profile" with profile = "NAME" (--profile NAME)'),
     OptionRule(("iam-role", "ecs", "imdsv1only", "ibm-iam-auth", "ibm-iam-endpoint"),
                "would switch {impl} to another credential source than the one obsctl passes it "
                "(imdsv1only also drops IMDSv2's protection)",
-               "obsctl does not support instance or container credentials for s3fs; " + _CREDS),
+               "obsctl does not support instance or container credentials for s3fs; " + CREDS),
     OptionRule(("url", "host", "endpoint", "bucket"),
                "would override the endpoint / region / bucket obsctl set from the mount spec",
                "set endpoint, region and source in the mount spec (--endpoint, --region, SOURCE)"),
@@ -52,13 +51,20 @@ class S3fsDriver(Driver):
 
     name = "s3fs"
     binary = "s3fs"
-    install_hint = ("role obsctl.observability.fuse_driver (fuse_driver_distro_drivers: [s3fs]) "
-                    "or apt-get install s3fs")
+    installed_by = DISTRO_DRIVERS
     refused_options = REFUSED_OPTIONS
+    fstype = "fuse.s3fs"
 
     def option_items(self, options):
-        """``-o a,b`` is two options to s3fs (FUSE splits on commas): check each."""
-        return [item for option in options for item in option.split(",") if item.strip()]
+        """Each s3fs option once: ``["-o", "multireq_max=8"]`` is the option ``multireq_max=8``
+        (obsctl adds the ``-o``), and ``-o a,b`` is two options to s3fs (FUSE splits on commas).
+        A lone ``-o`` at the end stays, and is refused by :meth:`refuse_dash_option`."""
+        items: list[str] = []
+        for index, option in enumerate(options):
+            if option == "-o" and index + 1 < len(options):
+                continue
+            items += [item for item in option.split(",") if item.strip()]
+        return items
 
     def refuse_dash_option(self, option):
         """s3fs takes its options as ``-o NAME[=VALUE]``; a raw flag (``-d``, ``-opasswd_file=F``)
@@ -67,24 +73,18 @@ class S3fsDriver(Driver):
             return "give s3fs options as NAME[=VALUE] (obsctl passes each with -o and runs s3fs with -f)"
         return None
 
-    def plan(self, spec, creds):
+    def command(self, spec, options, context, launch):
         bucket, prefix = spec.bucket_and_prefix()
-        self.check_options(spec.options)
-        env = self.base_env(spec)
-        hidden = self.aws_env(env, creds)
         source = bucket + (f":/{prefix}" if prefix else "")
         argv = [self.binary, source, spec.mountpoint, "-f", "-o", "dbglevel=dbg", "-o", "curldbg"]
         if spec.endpoint:
             argv += ["-o", f"url={spec.endpoint}", "-o", "use_path_request_style"]
         if spec.region:
             argv += ["-o", f"endpoint={spec.region}"]
-        if spec.read_only:
-            argv += ["-o", "ro"]
-        if spec.allow_other:
-            argv += ["-o", "allow_other"]
-        for option in spec.options:
+        argv += self.spec_flags(spec, ["-o", "ro"], ["-o", "allow_other"])
+        for option in options:
             argv += ["-o", option]
-        return LaunchPlan(argv=argv, env=env, fstype="fuse.s3fs", secrets=hidden)
+        return argv
 
     def forward(self, line):
         return line if any(m in line for m in _FORWARD_MARKERS) else None
