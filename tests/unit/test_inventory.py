@@ -6,7 +6,7 @@ import os
 
 from obsctl import inventory, mounttable, tomlio
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins", "module_utils", "fixtures")
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "mountinfo")
 
 
 def fake_proc(tmp_path, pid, argv, comm, cgroup, fuse=True, cwd="/"):
@@ -48,7 +48,7 @@ def test_mixed(tmp_path):
         {"name": "gone", "source": "s3://b", "mountpoint": "/mnt/gone", "impl": "s3fs", "read_only": True}))
 
     mounts = inventory.fuse_mount_info(
-        mountinfo_path=os.path.join(FIXTURES, "mixed.txt"), root=str(root), proc=str(tmp_path / "proc"),
+        mountinfo_path=os.path.join(FIXTURES, "capture_mixed.txt"), root=str(root), proc=str(tmp_path / "proc"),
         fusectl=str(fusectl), probe=probe({"/tmp/cap/mnt/stale"}))
     table = [(m["mountpoint"], m["driver"], m["pid"], m["unit"], m["name"], m["health"], m["waiting"], m["read_only"])
              for m in mounts]
@@ -68,7 +68,7 @@ def test_mixed(tmp_path):
 def test_real_probe_on_a_stale_fixture(tmp_path):
     """The default probe stats the mountpoint; a path that does not exist here
     answers ENOENT, which is an answer (ok); only ENOTCONN is stale."""
-    mounts = inventory.fuse_mount_info(mountinfo_path=os.path.join(FIXTURES, "bindfs_stale.txt"),
+    mounts = inventory.fuse_mount_info(mountinfo_path=os.path.join(FIXTURES, "capture_bindfs_stale.txt"),
                                        root=str(tmp_path), proc=str(tmp_path), fusectl=str(tmp_path))
     assert [m["health"] for m in mounts] == ["ok"]
     assert errno.ENOTCONN in mounttable.STALE_ERRNOS

@@ -1,5 +1,5 @@
 """A malformed /proc/self/mountinfo line is skipped with one log line, never a traceback:
-the parser (obsctl.mounttable = plugins/module_utils/_mountinfo.py) and ``obsctl status``
+the parser (obsctl.mounttable) and ``obsctl status``
 over tests/fixtures/mountinfo/malformed.mountinfo (real lines of live.txt, a truncated
 line and a line without the " - " separator)."""
 

@@ -15,7 +15,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.
 
 def _ensure_collection_path():
     try:
-        import ansible_collections.obsctl.observability.plugins.module_utils._mountinfo  # noqa: F401
+        import ansible_collections.obsctl.observability.plugins.module_utils._obsctl  # noqa: F401
         return
     except ImportError:
         pass

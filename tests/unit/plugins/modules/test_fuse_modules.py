@@ -13,7 +13,7 @@ from ansible.module_utils.testing import patch_module_args  # noqa: E402
 
 from ansible_collections.obsctl.observability.plugins.modules import fuse_mount, fuse_mount_info  # noqa: E402
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "module_utils", "fixtures")
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "fixtures", "mountinfo")
 #: The obsctl program of this test environment (the obsctl role puts it in /opt/obsctl/bin).
 OBSCTL = os.path.join(os.path.dirname(sys.executable), "obsctl")
 
@@ -34,7 +34,7 @@ def call(module, args, capsys, check_mode=False, obsctl=OBSCTL):
 
 
 def test_info_over_fixture(capsys):
-    result = call(fuse_mount_info, {"mountinfo_path": os.path.join(FIXTURES, "mixed.txt"), "stat_timeout": 1,
+    result = call(fuse_mount_info, {"mountinfo_path": os.path.join(FIXTURES, "capture_mixed.txt"), "stat_timeout": 1,
                                     "ignore_missing": True}, capsys)
     assert result["changed"] is False
     assert [m["mountpoint"] for m in result["mounts"]] == [

@@ -1,9 +1,9 @@
 """Table-driven tests of the mountinfo parser over real captured mount tables.
 
-The fixtures in ./fixtures were captured from real rclone, s3fs and bindfs
-mounts (see fixtures/README.md), including a stale bindfs whose daemon was
-killed with SIGKILL. Fixtures captured by tests/fixtures/capture.sh
-(tests/fixtures/mountinfo/*.txt), when present, are parsed too.
+The fixtures tests/fixtures/mountinfo/capture_*.txt were captured from real
+rclone, s3fs and bindfs mounts (see README-captures.md there), including a
+stale bindfs whose daemon was killed with SIGKILL. Fixtures captured by
+tests/fixtures/capture.sh (tests/fixtures/mountinfo/*.txt) are parsed too.
 """
 
 import errno
@@ -12,15 +12,15 @@ import os
 
 import pytest
 
-from ansible_collections.obsctl.observability.plugins.module_utils import _mountinfo as mi
+from obsctl import mounttable as mi
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FIXTURES = os.path.join(HERE, "fixtures")
-REPO = os.path.abspath(os.path.join(HERE, "..", "..", "..", ".."))
+REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
+FIXTURES = os.path.join(REPO, "tests", "fixtures", "mountinfo")
 
 
 def fixture(name):
-    return os.path.join(FIXTURES, name)
+    return os.path.join(FIXTURES, "capture_" + name)
 
 
 # (fixture, [(mountpoint, fstype, subtype, source, connection, read-only)])
@@ -124,7 +124,7 @@ def test_fuse_waiting(tmp_path):
     assert mi.fuse_waiting(entry, root=str(tmp_path)) == 3
 
 
-SHARED_DIR = os.path.join(REPO, "tests", "fixtures", "mountinfo")
+SHARED_DIR = FIXTURES
 
 
 def _is_mount_table(path):
