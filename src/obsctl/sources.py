@@ -118,7 +118,7 @@ def kernel_source(instruments: Any, impl: str, mountpoint: str, driver_log: bool
 
     Args:
         instruments: the mount's :class:`~obsctl.instruments.Instruments`.
-        impl: driver name.
+        impl: driver name (its :attr:`~obsctl.drivers.Driver.protocol_answers` are not errors).
         mountpoint: the mount's absolute path.
         driver_log: False when nobody reads the driver's log (``obsctl sidecar``).
 
@@ -128,8 +128,10 @@ def kernel_source(instruments: Any, impl: str, mountpoint: str, driver_log: bool
         without kernel support it records nothing and warned once.
     """
     from obsctl.collectors.fuse_trace import FuseTraceCollector
+    from obsctl.drivers import DRIVERS
 
-    collector = FuseTraceCollector(instruments, mountpoint)
+    answers = DRIVERS[impl].protocol_answers if impl in DRIVERS else frozenset()
+    collector = FuseTraceCollector(instruments, mountpoint, driver_answers=answers)
     table = SourceTable(impl, lambda: collector.support.level, collector.stats, driver_log=driver_log)
     table.kernel = collector
     return collector, table

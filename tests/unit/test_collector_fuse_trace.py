@@ -257,3 +257,18 @@ def test_one_rule_for_protocol_answers(opcode, name, failure):
     """The rule the kernel collector and rclone's log collector share (obsctl.collectors)."""
     from obsctl.collectors import is_failure
     assert is_failure(opcode, name) is failure
+
+
+@pytest.mark.parametrize("impl, errors", [("rclone", {}), ("s3fs", {"eio": 1})])
+def test_driver_answers_are_not_errors(impl, errors):
+    """rclone answers GETXATTR(security.capability), which the kernel sends before a write,
+    with EIO (captured: a write through rclone 1.60.1 on kernel 6.18): its own protocol
+    answer, not a failed operation. The same answer from another driver is an error."""
+    from obsctl.drivers import DRIVERS
+
+    reader, col = collector(PAIRED, driver_answers=DRIVERS[impl].protocol_answers)
+    col.feed_chunk((FIXTURES / "rclone-write-getxattr-eio.txt").read_bytes())
+    ops, _lat, counted, _read, write = summary(reader)
+    assert ops == {"lookup": 1, "create": 1, "ioctl": 1, "getxattr": 1, "write": 1, "flush": 1}
+    assert counted == errors
+    assert write > 0

@@ -162,7 +162,9 @@ NOT_FAILURES = frozenset({
 })
 
 
-def is_failure(opcode: str, error_name: str) -> bool:
-    """False for the protocol answers of :data:`NOT_FAILURES` (``opcode``: the
-    lower-case label, ``error_name``: the lower-case errno name)."""
-    return (opcode, error_name) not in NOT_FAILURES and ("*", error_name) not in NOT_FAILURES
+def is_failure(opcode: str, error_name: str, driver_answers: frozenset[tuple[str, str]] = frozenset()) -> bool:
+    """False for the protocol answers of :data:`NOT_FAILURES` and for ``driver_answers``
+    (the driver's own, :attr:`obsctl.drivers.Driver.protocol_answers`); ``opcode``: the
+    lower-case label, ``error_name``: the lower-case errno name."""
+    return ((opcode, error_name) not in NOT_FAILURES and ("*", error_name) not in NOT_FAILURES
+            and (opcode, error_name) not in driver_answers)

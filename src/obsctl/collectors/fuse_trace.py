@@ -281,8 +281,12 @@ class FuseTraceCollector(PollingCollector):
 
     def __init__(self, instruments: Instruments, mountpoint: str, tracefs: str = DEFAULT_TRACEFS,
                  mountinfo_path: str = mounttable.MOUNTINFO_PATH, support: KernelSupport | None = None,
-                 max_pending: int = 4096, recover_after: int = 20) -> None:
+                 max_pending: int = 4096, recover_after: int = 20,
+                 driver_answers: frozenset[tuple[str, str]] = frozenset()) -> None:
         super().__init__(instruments)
+        #: The driver's own protocol answers (:attr:`obsctl.drivers.Driver.protocol_answers`),
+        #: not counted as errors in paired mode.
+        self.driver_answers = driver_answers
         self.mountpoint = mountpoint
         self.tracefs = tracefs
         self.mountinfo_path = mountinfo_path
@@ -511,7 +515,7 @@ class FuseTraceCollector(PollingCollector):
             record(opcode, (int(m.group(1)) * 1_000_000 + int(m.group(2)) - t_send) / 1000.0, attrs)
             if error < 0:
                 label = errno_label(error)
-                if is_failure(opcode, label):
+                if is_failure(opcode, label, self.driver_answers):
                     errors[label] = errors.get(label, 0) + 1
             elif opcode == "read":
                 read_bytes += int(m.group(9)) - REPLY_HEADER

@@ -189,6 +189,10 @@ class Driver:
     needs_credentials = True
     #: Options refused for this driver (see :meth:`check_options`).
     refused_options: tuple[OptionRule, ...] = ()
+    #: ``(opcode label, errno name)`` answers of this driver that are the protocol working,
+    #: not a failed operation, on top of :data:`obsctl.collectors.NOT_FAILURES` (which holds
+    #: those of every daemon); the kernel collector does not count them in ``obsctl_errors_total``.
+    protocol_answers: frozenset[tuple[str, str]] = frozenset()
 
     def option_items(self, options: list[str]) -> list[str]:
         """The single options a list of option elements stands for, as the driver gets them.
