@@ -106,3 +106,56 @@ def test_docs_say_obsctls_export_timeout():
     assert not wrong, f"obsctl's export timeout default is {expected:g} s; these say otherwise: {wrong}"
     # README (prose and TOML example), benchmarks, operations, roles, the unit template, the obsctl role
     assert len({where for where, _, _ in found}) >= 6, found
+
+
+# -- the internal role `common`: shared task files, no role dependencies -------------------
+
+ALL_ROLES = sorted(p.name for p in ROLES_DIR.iterdir() if (p / "meta" / "main.yml").is_file())
+
+
+@pytest.mark.parametrize("role", ALL_ROLES)
+def test_no_role_dependencies(role):
+    meta = _load(ROLES_DIR / role / "meta" / "main.yml")
+    assert not meta.get("dependencies"), f"{role}: meta/main.yml declares dependencies"
+
+
+def test_common_entry_points_are_its_task_files_and_defaults():
+    """common has one argument_specs entry point per task file (tasks_from NAME.yml
+    is validated against entry point NAME), documenting exactly its defaults."""
+    common = ROLES_DIR / "common"
+    specs = _load(common / "meta" / "argument_specs.yml")["argument_specs"]
+    assert sorted(specs) == sorted(p.stem for p in (common / "tasks").glob("*.yml"))
+    assert not (common / "tasks" / "main.yml").exists(), "common is internal: no main entry point"
+    defaults = _load(common / "defaults" / "main.yml") or {}
+    documented = {}
+    for entry in specs.values():
+        for name, option in (entry.get("options") or {}).items():
+            assert option.get("description") and option.get("type"), f"common: {name}"
+            documented[name] = option.get("default")
+    assert documented == defaults
+    assert all(name.startswith("common_") for name in defaults)
+
+
+def _role_files():
+    for path in sorted(ROLES_DIR.glob("*/*/*.yml")):
+        yield path, path.read_text(encoding="utf-8")
+
+
+def test_apt_prediction_and_mount_restart_exist_once():
+    """The check-mode prediction of apt installs and the restart of the running
+    mounts are written in roles/common only; the roles reach them from there."""
+    simulate = [p for p, text in _role_files() if "'--simulate'" in text]
+    assert simulate == [ROLES_DIR / "common" / "tasks" / "apt_packages.yml"], simulate
+    restart = [p for p, text in _role_files() if "obsctl-mount@.+" in text and "restarted" in text]
+    assert restart == [ROLES_DIR / "common" / "tasks" / "restart_mounts.yml"], restart
+    # the only other apt task: Docker's packages right after their repository is
+    # added, which apt-get --simulate could not predict before it exists
+    apt = [p for p, text in _role_files() if "ansible.builtin.apt:" in text]
+    assert apt == [ROLES_DIR / "common" / "tasks" / "apt_packages.yml",
+                   ROLES_DIR / "observability_stack" / "tasks" / "docker_repository.yml"], apt
+    for handlers in ROLES_DIR.glob("*/handlers/main.yml"):
+        for handler in _load(handlers) or []:
+            include = handler.get("ansible.builtin.include_tasks", "")
+            if "restart_mounts.yml" in include:
+                assert include == "{{ role_path | dirname }}/common/tasks/restart_mounts.yml"
+                assert (ROLES_DIR / "common" / "tasks" / "restart_mounts.yml").is_file()
