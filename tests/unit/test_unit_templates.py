@@ -67,7 +67,7 @@ def test_every_template_starts_with_the_managed_header(path):
 
 def test_obsctl_renders_the_same_unit_templates():
     su = pytest.importorskip("obsctl.systemd_units")
-    assert sorted(template for _, template in su.UNIT_TEMPLATES) == UNIT_TEMPLATES
+    assert sorted(pair[1] for pair in su.UNIT_TEMPLATES) == UNIT_TEMPLATES
 
 
 @pytest.mark.parametrize("template", UNIT_TEMPLATES)
