@@ -39,7 +39,7 @@ back to are the defaults of roles/telemetry_config/defaults/main.yml::
     traces_enabled           bool, default True
     metrics_enabled          bool, default True
     export_interval_seconds  int or float (seconds), default 30
-    export_timeout_seconds   int or float (seconds), default 5
+    export_timeout_seconds   int or float (seconds), default 3
     bind_address             "HOST:PORT" of the Prometheus endpoint; "" = none
     expose_prometheus        bool; written (``true``) only when true
 
@@ -95,13 +95,14 @@ MANAGED_KEYS = {
 
 #: Defaults of roles/telemetry_config/defaults/main.yml (the role passes every
 #: key; these apply to callers that leave one out, e.g. obsctl systemd install).
+#: The numbers are obsctl.config's defaults (tests/unit/test_roles_argument_specs.py).
 DEFAULTS = {
     "service_name": "obsctl-mount",
     "otlp_protocol": "grpc",
     "traces_enabled": True,
     "metrics_enabled": True,
     "export_interval_seconds": 30,
-    "export_timeout_seconds": 5,
+    "export_timeout_seconds": 3,
 }
 
 _TELEMETRY_INPUT_KEYS = (

@@ -99,8 +99,13 @@ def run_role(tmp: Path, extra: dict, *, check: bool = True,
                ANSIBLE_LOCALHOST_WARNING="False", ANSIBLE_INVENTORY_UNPARSED_WARNING="False",
                ANSIBLE_RETRY_FILES_ENABLED="False", ANSIBLE_STDOUT_CALLBACK="default",
                ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-tmp"), ANSIBLE_REMOTE_TEMP=str(tmp / "ansible-tmp"))
-    if collections:
-        env["ANSIBLE_COLLECTIONS_PATH"] = collections
+    # The role reaches its sibling obsctl.observability.common by name: this
+    # repository is the collection obsctl.observability.
+    own = tmp / "collections"
+    if not (own / "ansible_collections" / "obsctl" / "observability").exists():
+        (own / "ansible_collections" / "obsctl").mkdir(parents=True, exist_ok=True)
+        (own / "ansible_collections" / "obsctl" / "observability").symlink_to(REPO)
+    env["ANSIBLE_COLLECTIONS_PATH"] = ":".join([str(own)] + ([collections] if collections else []))
     proc = subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", "localhost,", "-e", f"@{extra_file}",
          "-e", f"ansible_python_interpreter={sys.executable}", str(playbook)],
