@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
+import sys
 from pathlib import Path
+
+# The polling helper of the repository's tests (tests/support/waiting.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+from support.waiting import wait_until  # noqa: E402  pylint: disable=wrong-import-position
 
 #: The secret access key the scenarios configure; it must never appear in a
 #: file, a command line or the journal of the target.
@@ -37,15 +41,10 @@ def otlp_value(name: str, **attrs: str):
 
 
 def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s; the OTLP receiver got: "
-                                 + json.dumps(otlp_state(), indent=1)[:3000])
-        time.sleep(0.5)
+    """:func:`support.waiting.wait_until`, showing what the OTLP receiver got when it times out."""
+    return wait_until(predicate, timeout,
+                      lambda: f"{what}; the OTLP receiver got: " + json.dumps(otlp_state(), indent=1)[:3000],
+                      interval=0.5)
 
 
 def mount_fstype(host, mountpoint: str) -> str | None:

@@ -3,8 +3,8 @@
 The templates under ``templates/`` are rendered two ways: by the obsctl role
 (Ansible's ``template`` module: ``ansible_managed`` is Ansible's, "Ansible
 managed" unless ansible.cfg or a variable says otherwise) and by ``obsctl
-systemd install`` (``obsctl.systemd_units.render``: ``ansible_managed`` is
-``systemd_units.MANAGED_BY``). Their first line is ``{{ ansible_managed |
+systemd install`` (``obsctl.engine.render``: ``ansible_managed`` is
+``obsctl.engine.MANAGED_BY``). Their first line is ``{{ ansible_managed |
 comment }}`` and nothing else, so:
 
 * the role's units start with Ansible's own header and never carry
@@ -66,7 +66,7 @@ def test_every_template_starts_with_the_managed_header(path):
 
 
 def test_obsctl_renders_the_same_unit_templates():
-    su = pytest.importorskip("obsctl.systemd_units")
+    su = pytest.importorskip("obsctl.engine")
     assert sorted(pair[1] for pair in su.UNIT_TEMPLATES) == UNIT_TEMPLATES
 
 
@@ -74,7 +74,7 @@ def test_obsctl_renders_the_same_unit_templates():
 def test_obsctl_systemd_install_path(template):
     """Rendered with the context install() gives: the header is MANAGED_BY,
     which is how `obsctl systemd install` knows the file is its own."""
-    su = pytest.importorskip("obsctl.systemd_units")
+    su = pytest.importorskip("obsctl.engine")
     pytest.importorskip("jinja2")
     text = su.render(template, obsctl_bin="/opt/obsctl/bin/obsctl", obsctl_venv_python=sys.executable)
     assert text.splitlines()[0].startswith("#"), text.splitlines()[0]
@@ -140,5 +140,5 @@ def test_role_path(role_rendered, unit):
     managed = constants.config.get_config_value("DEFAULT_MANAGED_STR")
     text = role_rendered[unit]
     assert text.startswith(comment(managed) + "\n"), text[:200]
-    su = pytest.importorskip("obsctl.systemd_units")
+    su = pytest.importorskip("obsctl.engine")
     assert su.MANAGED_BY not in text
