@@ -28,7 +28,8 @@ from obsctl.config import ConfigError
 #: Name of the systemd credential (LoadCredentialEncrypted=s3:FILE).
 SYSTEMD_CREDENTIAL_NAME = "s3"
 
-_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+#: The environment variables of S3 credentials, in the order they are written.
+ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,16 @@ class Credentials:
     def secrets(self) -> list[str]:
         """The values that must never appear in argv, files or logs."""
         return [s for s in (self.secret_access_key, self.session_token) if s]
+
+    def as_env(self) -> dict[str, str]:
+        """``{AWS_ACCESS_KEY_ID: ..., AWS_SECRET_ACCESS_KEY: ...[, AWS_SESSION_TOKEN: ...]}``."""
+        values = (self.access_key_id, self.secret_access_key, self.session_token)
+        return {key: value for key, value in zip(ENV_KEYS, values) if value}
+
+    def env_text(self) -> str:
+        """``KEY=VALUE`` lines that :func:`parse_env_lines` reads back: the clear text of the
+        systemd credential (``$CREDENTIALS_DIRECTORY/s3``) and of ``--credentials-from stdin``."""
+        return "".join(f"{key}={value}\n" for key, value in self.as_env().items())
 
 
 def _from_mapping(values: dict[str, str], origin: str) -> Credentials:
@@ -79,9 +90,9 @@ def parse_env_lines(text: str, origin: str) -> Credentials:
 def from_env(environ: dict[str, str] | None = None, scrub: bool = True) -> Credentials:
     """Read (and by default remove) the AWS_* variables of ``environ``/os.environ."""
     env = os.environ if environ is None else environ
-    creds = _from_mapping({k: env.get(k, "") for k in _KEYS}, "the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
+    creds = _from_mapping({k: env.get(k, "") for k in ENV_KEYS}, "the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
     if scrub:
-        for k in _KEYS:
+        for k in ENV_KEYS:
             env.pop(k, None)
     return creds
 

@@ -53,6 +53,7 @@ from typing import Any, Callable
 
 import msgspec
 
+from obsctl import credentials as creds_mod
 from obsctl import mounttable, tomlio
 from obsctl.config import ConfigError, build_mount_spec
 from obsctl.fileutil import atomic_write, fsync_dir
@@ -60,7 +61,7 @@ from obsctl.fileutil import atomic_write, fsync_dir
 STATES = ("mounted", "unmounted", "present", "absent", "remounted")
 
 #: Name of the systemd credential; obsctl reads ``$CREDENTIALS_DIRECTORY/s3``.
-CREDENTIAL_NAME = "s3"
+CREDENTIAL_NAME = creds_mod.SYSTEMD_CREDENTIAL_NAME
 UNIT_TEMPLATE = "obsctl-mount@.service"
 CONFIG_MODE, CREDENTIAL_MODE, UNIT_MODE = 0o640, 0o600, 0o644
 
@@ -83,12 +84,8 @@ NAME_RULE = "1-64 characters from A-Z a-z 0-9 _ . - starting with a letter or di
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _CRED_VALUE_RE = re.compile(r"^[!-~]+$")  # printable ASCII, no space
 
-#: (request key, environment variable) of the S3 credentials.
-CREDENTIAL_KEYS = (
-    ("access_key_id", "AWS_ACCESS_KEY_ID"),
-    ("secret_access_key", "AWS_SECRET_ACCESS_KEY"),
-    ("session_token", "AWS_SESSION_TOKEN"),
-)
+#: The request keys of the S3 credentials (the order of :data:`obsctl.credentials.ENV_KEYS`).
+CREDENTIAL_KEYS = ("access_key_id", "secret_access_key", "session_token")
 
 #: The keys of a mount spec file, in the order the writer sorts them anyway.
 SPEC_KEYS = ("name", "source", "mountpoint", "impl", "endpoint", "region", "profile",
@@ -115,6 +112,10 @@ class Credentials(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     access_key_id: str
     secret_access_key: str
     session_token: str | None = None
+
+    def as_credentials(self) -> creds_mod.Credentials:
+        """The :class:`obsctl.credentials.Credentials` obsctl mount reads from the systemd credential."""
+        return creds_mod.Credentials(self.access_key_id, self.secret_access_key, self.session_token or None)
 
 
 class Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -295,7 +296,7 @@ def _check_request(req: Request) -> list[str]:
             if _CONTROL_RE.search(option):
                 errors.append(f"{key}: control characters are not allowed ({option!r})")
     if req.credentials is not None:
-        for key, _env in CREDENTIAL_KEYS:
+        for key in CREDENTIAL_KEYS:
             value = getattr(req.credentials, key)
             if value is not None and not _CRED_VALUE_RE.match(value):
                 errors.append(f"credentials.{key}: printable ASCII without spaces expected")
@@ -377,7 +378,7 @@ def run_command(argv: list[str], data: bytes | None = None) -> tuple[int, str, s
     """Run ``argv`` with ``data`` on stdin, C locale, no pager, no AWS_* variables
     (a credential never reaches systemctl's environment). Never raises on a non-zero status."""
     env = dict(os.environ, SYSTEMD_PAGER="", SYSTEMD_COLORS="0", LC_ALL="C", LANG="C")
-    for _key, var in CREDENTIAL_KEYS:
+    for var in creds_mod.ENV_KEYS:
         env.pop(var, None)
     try:
         proc = subprocess.run(list(argv), input=data if data is not None else b"", capture_output=True,
@@ -385,22 +386,6 @@ def run_command(argv: list[str], data: bytes | None = None) -> tuple[int, str, s
     except FileNotFoundError:
         return 127, "", f"{argv[0]}: command not found"
     return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
-
-
-def credential_text(creds: Credentials) -> str:
-    """The clear text of the systemd credential: ``AWS_...=value`` lines (obsctl reads them)."""
-    return "".join(f"{env}={getattr(creds, key)}\n" for key, env in CREDENTIAL_KEYS if getattr(creds, key))
-
-
-def parse_env_lines(text: str) -> dict[str, str]:
-    """``KEY=VALUE`` lines to ``{KEY: VALUE}`` (blank and ``#`` lines skipped)."""
-    result = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            result[key.strip()] = value.strip()
-    return result
 
 
 def redacted_credentials(before: dict[str, str] | None, after: dict[str, str] | None) -> tuple[str, str]:
@@ -412,7 +397,7 @@ def redacted_credentials(before: dict[str, str] | None, after: dict[str, str] | 
         if this is None:
             return ""
         lines = []
-        for _key, env in CREDENTIAL_KEYS:
+        for env in creds_mod.ENV_KEYS:
             if env in this:
                 changed = other is not None and other.get(env) != this[env]
                 lines.append(f"{env}=<redacted{marker if changed else ''}>\n")
@@ -422,9 +407,16 @@ def redacted_credentials(before: dict[str, str] | None, after: dict[str, str] | 
 
 
 def decrypt_credential(run: Runner, path: Path) -> dict[str, str] | None:
-    """``systemd-creds decrypt`` of ``path`` into memory; None when it cannot be read."""
+    """``systemd-creds decrypt`` of ``path`` into memory, read as obsctl mount reads it
+    (:func:`obsctl.credentials.parse_env_lines`): ``{ENV_NAME: value}``, or None when it
+    cannot be decrypted or read."""
     rc, out, _err = run(["systemd-creds", "decrypt", f"--name={CREDENTIAL_NAME}", str(path), "-"])
-    return parse_env_lines(out) if rc == 0 else None
+    if rc != 0:
+        return None
+    try:
+        return creds_mod.parse_env_lines(out, str(path)).as_env()
+    except ConfigError:
+        return None
 
 
 def unit_state(run: Runner, unit: str) -> dict[str, Any]:
@@ -725,13 +717,13 @@ class Engine:
         before_creds = decrypt_credential(self.run, layout.credential) if have else None
         if have and before_creds is None:
             before_creds = {}  # unreadable (another host's key, damaged): replaced or removed
-        creds = req.credentials if want else None
-        after_creds = parse_env_lines(credential_text(creds)) if creds is not None else None
+        creds = req.credentials.as_credentials() if (want and req.credentials is not None) else None
+        after_creds = creds.as_env() if creds is not None else None
         if after_creds is not None:
             if before_creds != after_creds:
                 changed = True
                 self._act(f"encrypt credential {shown}")
-                self.tx.encrypt(self.run, layout.credential, credential_text(creds))
+                self.tx.encrypt(self.run, layout.credential, creds.env_text())
             elif _file_mode(layout.credential) != CREDENTIAL_MODE:
                 self._act(f"chmod {CREDENTIAL_MODE:o} {shown}")
                 self.tx.chmod(layout.credential, CREDENTIAL_MODE)

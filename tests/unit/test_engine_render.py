@@ -90,12 +90,15 @@ def test_credentials_from():
 
 
 def test_render_credentials():
-    text = engine.credential_text(engine.Credentials(access_key_id="AK", secret_access_key="S/K+"))
-    assert text == "AWS_ACCESS_KEY_ID=AK\nAWS_SECRET_ACCESS_KEY=S/K+\n"
-    assert engine.parse_env_lines(text) == {"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "S/K+"}
-    text = engine.credential_text(engine.Credentials(access_key_id="AK", secret_access_key="SK", session_token="T=="))
-    assert text.endswith("AWS_SESSION_TOKEN=T==\n")
-    assert engine.parse_env_lines(text)["AWS_SESSION_TOKEN"] == "T=="
+    """The credential's clear text is what obsctl mount reads back (obsctl.credentials)."""
+    from obsctl.credentials import parse_env_lines
+
+    creds = engine.Credentials(access_key_id="AK", secret_access_key="S/K+").as_credentials()
+    assert creds.env_text() == "AWS_ACCESS_KEY_ID=AK\nAWS_SECRET_ACCESS_KEY=S/K+\n"
+    assert parse_env_lines(creds.env_text(), "x") == creds
+    creds = engine.Credentials(access_key_id="AK", secret_access_key="SK", session_token="T==").as_credentials()
+    assert creds.env_text().endswith("AWS_SESSION_TOKEN=T==\n")
+    assert parse_env_lines(creds.env_text(), "x").session_token == "T=="
 
 
 def test_redaction():

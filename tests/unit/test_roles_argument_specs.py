@@ -159,3 +159,12 @@ def test_apt_prediction_and_mount_restart_exist_once():
             if "restart_mounts.yml" in include:
                 assert include == "{{ role_path | dirname }}/common/tasks/restart_mounts.yml"
                 assert (ROLES_DIR / "common" / "tasks" / "restart_mounts.yml").is_file()
+
+
+def test_fuse_mounts_preflight_uses_the_engine_name_rule():
+    """The role checks every name before the first mount is touched (nothing half-done across
+    the list); its pattern is the engine's (obsctl.engine.NAME_RE), which the module applies."""
+    from obsctl.engine import NAME_RE
+
+    text = (ROLES_DIR / "fuse_mounts/tasks/preflight.yml").read_text()
+    assert f"item.name is match('{NAME_RE.pattern}')" in text
