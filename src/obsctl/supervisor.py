@@ -518,12 +518,14 @@ class Supervisor:
             abort(self.proc, self.spec.mountpoint, self.mountinfo_path)
             return False
         self._span("restart", started, {"obsctl.restart.count": self.restarts})
+        self.state = "ready"
+        # Announced before the probe can say "up" again: obsctl_mount_up stays 0 from the
+        # driver's death until this line (tests/integration/test_lifecycle_faults.py).
+        print(f"obsctl: restarted {self.driver.name} (driver pid {self.proc.pid})", file=sys.stderr, flush=True)
         # health from a real probe again; a poll stuck on the old driver is not waited for
         # (the poller's next round then sets it)
         self._poll_collectors(wait=0.5)
-        self.state = "ready"
         self._write_state()
-        print(f"obsctl: restarted {self.driver.name} (driver pid {self.proc.pid})", file=sys.stderr, flush=True)
         return True
 
     def _stop_driver(self) -> None:

@@ -87,8 +87,10 @@ def test_mount_up_is_zero_from_driver_death_until_restarted(impl, bucket, s3_ser
     assert during and all(v == 0.0 for _t, v in during), f"gauge went back to 1 before the restart: {samples}"
     assert status_health not in (None, "ok"), f"status health {status_health!r} while the gauge says 0"
     wait_until(lambda: scrape_up(port) == 1.0, 10, "obsctl_mount_up == 1 after the restart")
-    st = status_entry(env, mountpoint)
-    assert st["health"] == "ok" and st["state"] == "ready" and st["restarts"] == 1, st
+    # the state file is written right after the probe's round: allow it that moment
+    st = wait_until(lambda: (e := status_entry(env, mountpoint))["health"] == "ok" and e, 5,
+                    lambda: f"status after the restart: {status_entry(env, mountpoint)}")
+    assert st["state"] == "ready" and st["restarts"] == 1, st
     assert m.stop(30) == 0, m.output()
     no_traceback(m)
 
