@@ -57,6 +57,7 @@ from obsctl import credentials as creds_mod
 from obsctl import mounttable, tomlio
 from obsctl.config import ConfigError, build_mount_spec
 from obsctl.fileutil import atomic_write, fsync_dir
+from obsctl.unmount import unmount_argv
 
 STATES = ("mounted", "unmounted", "present", "absent", "remounted")
 
@@ -456,19 +457,19 @@ def lazy_unmount(run: Runner, mountpoint: str) -> None:
     Raises:
         EngineError: it failed (its message).
     """
-    from obsctl.unmount import unmount_argv
-
     rc, out, err = run(unmount_argv(mountpoint, lazy=True))
     if rc != 0:
         raise EngineError(f"could not unmount {mountpoint}: {(err or out).strip()}")
 
 
 def mount_facts(mountpoint: str | None, mountinfo_path: str = mounttable.MOUNTINFO_PATH,
-                stat_timeout: float = 5.0, stat_fn: Callable[..., Any] = os.stat) -> dict[str, Any]:
+                stat_timeout: float = 5.0,
+                stat_fn: Callable[..., Any] = mounttable.HEALTH_PROBE) -> dict[str, Any]:
     """What is mounted at ``mountpoint`` (``/proc/self/mountinfo``) and whether it answers.
 
     Returns ``{mountpoint, health: ok|stale|missing, source, fstype, fuse: bool}``;
-    ``stale``: the driver is gone or the stat did not answer within ``stat_timeout`` seconds.
+    ``stale``: the driver is gone or the probe (``stat_fn``, default
+    :data:`obsctl.mounttable.HEALTH_PROBE`) did not answer within ``stat_timeout`` seconds.
     """
     if not mountpoint:
         return {"mountpoint": None, "health": "missing", "source": None, "fstype": None, "fuse": False}
@@ -602,13 +603,15 @@ class Engine:
     ``run`` runs commands (:data:`Runner`), ``root`` is the file system root
     (tests use a temporary directory), ``mountinfo_path`` / ``stat_fn`` /
     ``stat_timeout`` (seconds) what the mount facts read, ``sleep`` how it
-    waits. ``warn(msg)`` receives warnings (also returned as ``warnings``).
+    waits, ``settle_seconds`` how long a started mount has to answer.
+    Warnings are returned in the result (``warnings``).
     """
 
     def __init__(self, req: Request, run: Runner = run_command, check_mode: bool = False,
                  root: Path | str = "/", mountinfo_path: str = mounttable.MOUNTINFO_PATH,
                  sleep: Callable[[float], None] = time.sleep, stat_timeout: float = 5.0,
-                 stat_fn: Callable[..., Any] = os.stat, settle_seconds: float = SETTLE_SECONDS) -> None:
+                 stat_fn: Callable[..., Any] = mounttable.HEALTH_PROBE,
+                 settle_seconds: float = SETTLE_SECONDS) -> None:
         self.req = req
         self.run = run
         self.check_mode = check_mode

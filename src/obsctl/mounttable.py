@@ -167,13 +167,19 @@ def find_mount(mountpoint, path=MOUNTINFO_PATH, mounts=None):
 #: ECONNABORTED (the connection was aborted via /sys/fs/fuse/connections/N/abort).
 STALE_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
 
+#: The health probe call: ``statvfs(2)``. FUSE_STATFS always reaches the driver,
+#: where a ``stat`` of the root can be answered from the kernel's attribute cache
+#: (rclone: ``--attr-timeout`` 1 s) for a while after the driver died.
+HEALTH_PROBE = os.statvfs
 
-def probe_health(mountpoint, path=MOUNTINFO_PATH, mounts=None, stat=os.stat):
+
+def probe_health(mountpoint, path=MOUNTINFO_PATH, mounts=None, stat=HEALTH_PROBE):
     """Health of the mount at ``mountpoint``: ``ok``, ``stale`` or ``missing``.
 
     ``missing``: no entry in the mount table at that path. ``stale``: the entry
-    is there but a stat fails with ENOTCONN/ECONNABORTED (the driver is gone).
-    ``ok``: the entry is there and a stat answers. Any other stat error (EACCES
+    is there but the probe (``stat``, default :data:`HEALTH_PROBE`) fails with
+    ENOTCONN/ECONNABORTED (the driver is gone). ``ok``: the entry is there and
+    the probe answers. Any other error (EACCES
     for a mount without allow_other seen by another user) counts as ``ok``
     because the daemon did answer.
 
@@ -212,7 +218,7 @@ def fuse_waiting(entry, root=FUSECTL_PATH):
         return None
 
 
-def probe_health_within(mountpoint, timeout, path=MOUNTINFO_PATH, mounts=None, stat=os.stat):
+def probe_health_within(mountpoint, timeout, path=MOUNTINFO_PATH, mounts=None, stat=HEALTH_PROBE):
     """:func:`probe_health` that gives up after ``timeout`` seconds.
 
     A daemon that is alive but does not answer within ``timeout`` counts as

@@ -70,8 +70,7 @@ def current_health(mountpoint: str, mountinfo_path: str | None = None) -> str:
     as it is when called (tests inject a fixture there).
     """
     try:
-        # statvfs: FUSE_STATFS reaches the driver; a stat may come from the attribute cache.
-        health = mounttable.probe_health_within(mountpoint, STATUS_PROBE_TIMEOUT, stat=os.statvfs,
+        health = mounttable.probe_health_within(mountpoint, STATUS_PROBE_TIMEOUT,
                                                 path=mountinfo_path or mounttable.MOUNTINFO_PATH)
     except (OSError, ValueError):
         return "error"

@@ -162,3 +162,19 @@ def test_shared_live_fixture(driver, mountpoint):
     entry = mi.find_mount(mountpoint.strip(), mounts=mounts)
     assert entry is not None and mi.is_fuse(entry)
     assert mi.fuse_subtype(entry) in (driver, "")  # bindfs sets no subtype
+
+
+def test_every_health_probe_uses_statvfs_by_default():
+    """One probe rule (mounttable.HEALTH_PROBE = statvfs: FUSE_STATFS reaches the driver, a
+    stat may come from the attribute cache after it died) for the side-car's gauge, obsctl
+    status, the engine (fuse_mount, obsctl systemd install/check) and obsctl status --all."""
+    import inspect
+
+    from obsctl import engine
+    from obsctl.collectors.probe import MountProbe
+
+    assert mi.HEALTH_PROBE is os.statvfs
+    for function, parameter in ((mi.probe_health, "stat"), (mi.probe_health_within, "stat"),
+                                (MountProbe.__init__, "stat"), (engine.mount_facts, "stat_fn"),
+                                (engine.Engine.__init__, "stat_fn")):
+        assert inspect.signature(function).parameters[parameter].default is mi.HEALTH_PROBE, function

@@ -28,7 +28,6 @@ so the gauge says 0 from the next collection on, whatever the phase.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Any, Callable, Iterable
 
@@ -50,9 +49,7 @@ class MountProbe(PollingCollector):
         timeout: seconds to wait for the stat.
         mountinfo_path: the mount table (tests pass a fixture file).
         stat: the probe call (tests pass one that raises or blocks). Default
-            ``os.statvfs``: FUSE_STATFS always reaches the driver, where a
-            ``stat`` of the root can be answered from the kernel's attribute
-            cache (rclone: ``--attr-timeout`` 1 s) after the driver died.
+            :data:`obsctl.mounttable.HEALTH_PROBE` (``statvfs``).
 
     Attributes:
         health: ``ok`` | ``stale`` | ``missing`` | ``hung`` | ``error`` from
@@ -66,7 +63,7 @@ class MountProbe(PollingCollector):
         mountpoint: str,
         timeout: float = 2.0,
         mountinfo_path: str = mounttable.MOUNTINFO_PATH,
-        stat: Callable[[str], object] = os.statvfs,
+        stat: Callable[[str], object] = mounttable.HEALTH_PROBE,
     ) -> None:
         super().__init__(instruments)
         self.mountpoint = mountpoint
