@@ -1,4 +1,4 @@
-"""A synthetic node that emits the pilot metric set (DESIGN section 6a).
+"""A node of the rollout plan's shape: histograms, status ok/error (the "plan shape" fixture).
 
 Run as a script (``python tests/support/synthetic_node.py --help``). It
 drives the real OpenTelemetry SDK: instruments on a MeterProvider whose only
@@ -6,24 +6,35 @@ reader is the ``opentelemetry-exporter-prometheus`` PrometheusMetricReader,
 served by ``prometheus_client`` on 127.0.0.1 (port 0 = a free port chosen by
 the kernel). The first stdout line is ``listening 127.0.0.1:PORT``.
 
-The label contract it emits is the one docs/observability.md documents
-("The node metrics: label contract"):
+The Node overview dashboard and the node alerts must work on two shapes
+(docs/observability.md, "The node metrics"): what rust-dkg-engine really
+serves (summaries, its status values: tests/support/real_node.py) and this
+one, the rollout plan's: every duration a *histogram* (``_bucket`` with
+``le``), command status ``ok`` | ``error``, task status ``success`` |
+``failure``. It emits:
 
-* ``node_command_total{command, status}`` counter, status ``ok`` | ``error``;
-* ``node_command_duration_seconds{command, status}`` histogram, seconds;
-* ``node_task_runs_total{task, status}`` counter, status ``success`` | ``failure``;
-* ``node_task_duration_seconds{task, status}`` histogram, seconds;
-* ``node_sync_last_success_unix`` gauge, Unix time in seconds of the last
-  successful sync (no labels besides job/instance).
+* the plan's list: ``node_command_total{command, status}`` counter,
+  ``node_command_duration_seconds{command, status}`` histogram,
+  ``node_task_runs_total{task, status}`` counter,
+  ``node_task_duration_seconds{task, status}`` histogram;
+* in the plan's shape, the real node's metrics the dashboard reads and the
+  plan did not list (names and labels as rust-dkg-engine's
+  crates/dkg-observability/src/command.rs:24-37 and task.rs:20-26 define
+  them): ``node_command_execution_delay_seconds{command, status}`` and
+  ``node_task_cadence_seconds{task}`` histograms,
+  ``node_command_queue_depth`` and ``node_command_queue_fill_ratio`` gauges.
+
+The plan's ``node_sync_last_success_unix`` is gone: the real node has no
+such gauge and nothing reads it any more.
 
 Every ``--interval`` seconds (default 0.2) it runs one "command" per name of
 :data:`COMMANDS` (``--error-ratio`` of them fail, decided by a counter, not
-a random draw, so the ratio is exact over every 1/ratio commands), one
-"task" per name of :data:`TASKS` (``--failure-ratio`` of them fail) and, when
-``--sync-stuck`` is not given, one successful sync. With ``--sync-stuck``
-the last success stays ``--sync-age`` seconds before the start, as a node
-whose sync stopped making progress. Durations are the real wall time of a
-short sleep (``--work-seconds``), so the histograms hold measured values.
+a random draw, so the ratio is exact over every 1/ratio commands) and one
+"task" per name of :data:`TASKS` (``--failure-ratio`` of them fail); the
+queue gauges say ``--queue-depth`` of :data:`QUEUE_SIZE`. Durations are the
+real wall time of a short sleep (``--work-seconds``) and the cadence the
+measured time between two starts of a task, so the histograms hold measured
+values.
 """
 
 from __future__ import annotations
@@ -50,6 +61,9 @@ TASKS: tuple[str, ...] = ("compact", "snapshot")
 #: the range of an RPC command or a background task of a node
 DURATION_BUCKETS_S: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+#: queue capacity the fill ratio is relative to: rust-dkg-engine's
+#: COMMAND_QUEUE_SIZE (src/commands/constants.rs:9)
+QUEUE_SIZE = 256
 
 
 def _every_nth(ratio: float) -> int:
@@ -73,14 +87,14 @@ def run(argv: Sequence[str] | None = None) -> int:
                         help="fraction of commands with status=error (0..1)")
     parser.add_argument("--failure-ratio", type=float, default=0.25,
                         help="fraction of task runs with status=failure (0..1)")
-    parser.add_argument("--sync-stuck", action="store_true",
-                        help="never advance node_sync_last_success_unix")
-    parser.add_argument("--sync-age", type=float, default=3600.0,
-                        help="with --sync-stuck: age in seconds of the last success")
+    parser.add_argument("--queue-depth", type=int, default=3,
+                        help=f"commands waiting in the queue (0..{QUEUE_SIZE})")
     args = parser.parse_args(argv)
     for name in ("error_ratio", "failure_ratio"):
         if not 0 <= getattr(args, name) <= 1:
             parser.error(f"--{name.replace('_', '-')} must be between 0 and 1")
+    if not 0 <= args.queue_depth <= QUEUE_SIZE:
+        parser.error(f"--queue-depth must be between 0 and {QUEUE_SIZE}")
 
     registry = CollectorRegistry()
     reader = PrometheusMetricReader(registry=registry)
@@ -101,14 +115,24 @@ def run(argv: Sequence[str] | None = None) -> int:
     task_s = meter.create_histogram(
         "node_task_duration", unit="s", description="Task run duration",
         explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS_S))
-    last_sync = [time.time() - args.sync_age if args.sync_stuck else time.time()]
+    delay_s = meter.create_histogram(
+        "node_command_execution_delay", unit="s", description="Command wait before it runs",
+        explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS_S))
+    cadence_s = meter.create_histogram(
+        "node_task_cadence", unit="s", description="Seconds between two starts of a task",
+        explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS_S))
 
-    def observe_sync(_options: CallbackOptions) -> list[Observation]:
-        return [Observation(last_sync[0])]
+    def observe_depth(_options: CallbackOptions) -> list[Observation]:
+        return [Observation(args.queue_depth)]
 
-    meter.create_observable_gauge(
-        "node_sync_last_success_unix", callbacks=[observe_sync], unit="",
-        description="Unix time (s) of the last successful sync")
+    def observe_fill(_options: CallbackOptions) -> list[Observation]:
+        return [Observation(args.queue_depth / QUEUE_SIZE)]
+
+    meter.create_observable_gauge("node_command_queue_depth", callbacks=[observe_depth], unit="",
+                                  description="Commands waiting in the queue")
+    meter.create_observable_gauge("node_command_queue_fill_ratio", callbacks=[observe_fill], unit="",
+                                  description="Queue depth / queue capacity (0..1)")
+    last_start: dict[str, float] = {}
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_a: stop.set())
@@ -126,14 +150,18 @@ def run(argv: Sequence[str] | None = None) -> int:
             labels = {kind: name, "status": statuses[1] if every and n % every == 0 else statuses[0]}
             count.add(1, labels)
             duration.record(time.monotonic() - started, labels)
+            if kind == "command":
+                delay_s.record(args.work_seconds / 2, labels)
+            else:
+                if name in last_start:
+                    cadence_s.record(started - last_start[name], {"task": name})
+                last_start[name] = started
 
     n = 0
     while not stop.is_set():
         n += 1
         work("command", COMMANDS, commands, command_s, ("ok", "error"), err_every, n)
         work("task", TASKS, tasks, task_s, ("success", "failure"), fail_every, n)
-        if not args.sync_stuck:
-            last_sync[0] = time.time()
         stop.wait(args.interval)
     server.shutdown()
     provider.shutdown()
