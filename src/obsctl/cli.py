@@ -32,7 +32,7 @@ import threading
 import time
 from typing import Any, Sequence
 
-from obsctl import __version__, credentials, inventory, mounttable, statefile
+from obsctl import __version__, credentials, mounttable, statefile
 from obsctl.config import ConfigError, TelemetryConfig, default_telemetry_path, load_telemetry, parse_telemetry
 from obsctl.drivers import get_driver
 from obsctl.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
@@ -209,6 +209,8 @@ def _report(items: list[dict[str, Any]], as_json: bool, empty: str,
 
 def cmd_status_all(args: argparse.Namespace) -> int:
     """``obsctl status --all [--json]``: :func:`obsctl.inventory.fuse_mount_info`."""
+    from obsctl import inventory  # start-up cost: tomlkit (it reads the mount specs), kept off obsctl mount's path
+
     try:
         mounts = inventory.fuse_mount_info(mountinfo_path=args.mountinfo, stat_timeout=args.stat_timeout)
     except (OSError, ValueError) as exc:
