@@ -138,7 +138,6 @@ class Supervisor:
                  mountinfo_path: str = mounttable.MOUNTINFO_PATH) -> None:
         self.mountinfo_path = mountinfo_path
         self.spec = spec
-        self.telemetry_cfg = telemetry
         self.credentials = credentials
         self.runtime_dir = runtime_dir
         self.driver = driver
@@ -171,8 +170,9 @@ class Supervisor:
             MountError: the binary is missing or not executable (at once).
             ConfigError: the driver refused the spec's options.
         """
-        # Mode none opens no port at all, not even rclone's loopback rc API (PlanContext.listen).
-        self.plan = self.driver.plan(self.spec, self.credentials, plan_context(self.telemetry_cfg))
+        # Mode none opens no port at all, not even rclone's loopback rc API (PlanContext.listen);
+        # the observer's config is the current one (a reload changes it for the next spawn).
+        self.plan = self.driver.plan(self.spec, self.credentials, plan_context(self.observer.telemetry_cfg))
         spawned = time.time_ns()
         try:
             self.proc = subprocess.Popen(
