@@ -6,16 +6,16 @@ Run as root (FUSE mounts), from the venv that has obsctl, moto[server] and boto3
 
 In one run it:
 
-1. starts ``moto_server -H 127.0.0.1 -p PORT`` (the one next to sys.executable)
+1. starts ``moto_server`` on loopback (tests/support/s3server.py, the tests' own)
    and uploads the object of ``--size-mib`` MiB with boto3's multipart
    ``upload_file``. moto copies the WHOLE object for every ranged GET and s3fs
    reads with many ~10 MiB ranged GETs, so s3fs reads a 1 GiB moto object at
    ~11 MiB/s (~90 s per read, quadratic in size): the s3fs variants read a
    second object of ``--s3fs-size-mib`` (default 256) MiB instead, which the
    output says. ``--s3fs-size-mib 1024`` restores one object for both;
-2. starts a tiny OTLP/gRPC receiver on loopback (accepts every Export call,
-   answers with an empty success response, counts the calls), the
-   ``remote`` telemetry target of obsctl;
+2. starts the tests' OTLP receiver on loopback (tests/support/otlp_receiver.py:
+   gRPC and http/protobuf, answers every Export with success, counts the calls),
+   the ``remote`` telemetry target of obsctl;
 3. for each variant and each run (variants interleaved round-robin, after one
    uncounted warm-up round), on a FRESH mount each time:
 
@@ -63,15 +63,14 @@ measure at all (no moto, no driver, not root).
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
 import datetime as _dt
 import json
 import os
 import platform
+import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -82,6 +81,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # the test support: one S3 server, one OTLP receiver, one mountinfo reader
+
+from support.net import free_port  # noqa: E402
+from support.obsctl import mount_entry  # noqa: E402
+from support.otlp_receiver import OtlpReceiver  # noqa: E402
+from support.s3server import S3Server  # noqa: E402
+
 MiB = 1 << 20
 BUCKET = "obsctl-bench"
 KEY = "bench-object.bin"
@@ -90,7 +97,6 @@ S3FS_DEFAULT_MIB = 256
 ACCESS_KEY = "bench-access-key"
 SECRET_KEY = "bench-secret-key-0123456789"
 REMOTE = "obsctl"  # same env remote name obsctl's rclone driver uses
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "bench" / "results" / "mount_overhead-latest.json"
 
 AIMS = {
@@ -113,30 +119,6 @@ def log(msg: str) -> None:
 
 # ---------------------------------------------------------------------------
 # small helpers
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _unescape(field_: str) -> str:
-    import re
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field_)
-
-
-def mount_entry(mountpoint: str) -> str | None:
-    """fstype of the top-most mount at ``mountpoint`` in /proc/self/mountinfo, or None."""
-    found = None
-    with open("/proc/self/mountinfo", "r") as handle:
-        for line in handle:
-            fields = line.split(" ")
-            if _unescape(fields[4]) != mountpoint:
-                continue
-            sep = fields.index("-", 6)
-            found = fields[sep + 1]
-    return found
-
 
 def proc_status(pid: int) -> dict[str, int]:
     """VmHWM / VmRSS / RssAnon / RssFile in KiB from /proc/PID/status ({} when gone).
@@ -210,62 +192,13 @@ def tool_version(argv: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------
-# S3 server and OTLP receiver
+# S3 server (tests/support/s3server.py) and OTLP receiver (tests/support/otlp_receiver.py)
 
-def moto_binary() -> str | None:
-    candidate = Path(sys.executable).parent / "moto_server"
-    return str(candidate) if candidate.exists() else shutil.which("moto_server")
-
-
-class Moto:
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "moto.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        binary = moto_binary()
-        if binary is None:
-            raise SystemExit("moto_server not found next to sys.executable nor on PATH (pip install 'moto[server]')")
-        env = dict(os.environ)
-        env.pop("INITIAL_NO_AUTH_ACTION_COUNT", None)
-        with open(self.log_path, "wb") as out:
-            self.proc = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(self.port)],
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                         env=env, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"moto_server exited: {self.log_path.read_text()[-2000:]}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-                return
-            time.sleep(0.05)
-        raise SystemExit("moto_server did not listen within 30 s")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
-def s3_client(endpoint: str) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=ACCESS_KEY,
-                        aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
-                        config=Config(retries={"max_attempts": 2}))
-
-
-def upload_object(endpoint: str, key: str, size_mib: int, workdir: Path) -> float:
+def upload_object(s3: S3Server, key: str, size_mib: int, workdir: Path) -> float:
     """Upload one object of ``size_mib`` MiB with boto3's multipart upload_file. Returns seconds."""
     from boto3.s3.transfer import TransferConfig
 
-    client = s3_client(endpoint)
+    client = s3.client(access_key=ACCESS_KEY, secret_key=SECRET_KEY)
     with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(Bucket=BUCKET)
     path = workdir / key
@@ -287,84 +220,13 @@ def upload_object(endpoint: str, key: str, size_mib: int, workdir: Path) -> floa
     return elapsed
 
 
-class OtlpSink:
-    """A minimal OTLP/gRPC receiver: any unary call gets an empty (= success) reply.
-
-    An empty protobuf message is a valid ExportMetricsServiceResponse /
-    ExportTraceServiceResponse (no partial_success), so the exporter records a
-    success. Only grpcio is needed (obsctl's gRPC exporter already depends on it).
-    """
-
-    def __init__(self) -> None:
-        self.calls: dict[str, int] = {}
-        self.bytes = 0
-        self._lock = threading.Lock()
-        self.server: Any = None
-        self.port: int | None = None
-
-    def start(self) -> "OtlpSink":
-        import grpc
-
-        sink = self
-
-        def _export(request: bytes, context: Any) -> bytes:
-            return b""
-
-        class _Any(grpc.GenericRpcHandler):
-            def service(self, details: Any) -> Any:
-                with sink._lock:
-                    sink.calls[details.method] = sink.calls.get(details.method, 0) + 1
-                return grpc.unary_unary_rpc_method_handler(_export)
-
-        self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
-        self.server.add_generic_rpc_handlers((_Any(),))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop(0.5).wait(5)
-
-
-class OtlpHttpSink:
-    """OTLP http/protobuf receiver on 127.0.0.1: answers every POST with 200 and an
-    empty protobuf body (a valid Export*ServiceResponse), counts the calls."""
-
-    def __init__(self) -> None:
-        self.calls: dict[str, int] = {}
-        self.server: Any = None
-        self.port: int | None = None
-
-    def start(self) -> "OtlpHttpSink":
-        import http.server
-
-        sink = self
-
-        class _Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                sink.calls[self.path] = sink.calls.get(self.path, 0) + 1
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+def otlp_calls(receiver: OtlpReceiver) -> dict[str, int]:
+    """``{"metrics grpc": n, "traces http/protobuf": n, ...}``: the exports the receiver got."""
+    calls: dict[str, int] = {}
+    for request in receiver.requests():
+        key = f"{request.signal} {request.transport}"
+        calls[key] = calls.get(key, 0) + 1
+    return calls
 
 
 # ---------------------------------------------------------------------------
@@ -514,7 +376,7 @@ def run_once(v: Variant, ctx: Ctx, run_no: int) -> dict[str, Any]:
         # -- time to ready
         deadline = t0 + ctx.ready_timeout
         while True:
-            if mount_entry(mp) == fstype:
+            if (mount_entry(mp) or {}).get("fstype") == fstype:
                 os.stat(mp)
                 ready = time.perf_counter() - t0
                 break
@@ -589,7 +451,6 @@ def run_once(v: Variant, ctx: Ctx, run_no: int) -> dict[str, Any]:
         result["driver_hwm_mib"] = hwm
     text = log_path.read_text(errors="replace")
     if v.kind == "obsctl":
-        import re
         m = re.search(r"mounted .* in ([0-9.]+) s", text)
         result["self_reported_ready_s"] = float(m.group(1)) if m else None
         result["said_mounted"] = "mounted" in text
@@ -762,9 +623,8 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     base_env = {k: v for k, v in os.environ.items()
                 if not k.startswith(("OTEL_", "RCLONE_", "AWS_ACCESS_KEY", "AWS_SECRET", "AWS_SESSION"))}
-    moto = Moto(workdir)
-    sink = OtlpSink()
-    http_sink = OtlpHttpSink()
+    moto = S3Server(auth=False)
+    sink = OtlpReceiver()
     try:
         # boto3 over plain http to loopback: the host CA bundle is irrelevant
         os.environ.pop("AWS_CA_BUNDLE", None)
@@ -779,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             log(f"moto_server on {moto.endpoint}; uploading {key}: {sizes_mib[driver]} MiB "
                 "(multipart, boto3 upload_file)")
-            upload_s[key] = upload_object(moto.endpoint, key, sizes_mib[driver], workdir)
+            upload_s[key] = upload_object(moto, key, sizes_mib[driver], workdir)
             log(f"uploaded in {upload_s[key]:.1f} s ({sizes_mib[driver] / upload_s[key]:.0f} MiB/s)")
         if s3fs_mib < args.size_mib and any(v.driver == "s3fs" for v in variants):
             notes.append(
@@ -787,17 +647,11 @@ def main(argv: list[str] | None = None) -> int:
                 "whole object for every ranged GET and s3fs reads with many ~10 MiB ranged GETs, so s3fs "
                 f"throughput against moto falls with object size (1 GiB: ~11 MiB/s, ~90 s per read); "
                 "its MiB/s is a moto figure, only the obsctl/bare ratio matters")
-        try:
-            sink.start()
-            otlp = f"OTLP/gRPC sink on 127.0.0.1:{sink.port} (accepts every Export, empty success reply)"
-        except Exception as exc:  # noqa: BLE001
-            sink.port = free_port()
-            otlp = f"no grpcio ({exc}); 'remote' variants export to closed port {sink.port}"
-            notes.append(otlp)
+        sink.start()
+        otlp = (f"OTLP receiver of tests/support (gRPC on 127.0.0.1:{sink.grpc_port}, http/protobuf on "
+                f"127.0.0.1:{sink.http_port} for the '-http' variants)")
         closed_port = free_port()
-        http_sink.start()
-        otlp += f"; OTLP http/protobuf sink on 127.0.0.1:{http_sink.port} ('-http' variants)"
-        ctx = Ctx(otlp_http_port=http_sink.port, workdir=workdir, endpoint=moto.endpoint, obsctl=obsctl or "obsctl", otlp_port=sink.port,
+        ctx = Ctx(otlp_http_port=sink.http_port, workdir=workdir, endpoint=moto.endpoint, obsctl=obsctl or "obsctl", otlp_port=sink.grpc_port,
                   closed_port=closed_port, none_config=none_config, sizes={d: m * MiB for d, m in sizes_mib.items()}, keys=keys,
                   block=args.block_kib * 1024, settle=args.settle, base_env=base_env)
         results: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
@@ -832,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
             "git_commit": tool_version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
             "size_mib": args.size_mib, "object_mib": sizes_mib, "runs": args.runs, "warmup": args.warmup, "settle_s": args.settle, "block_kib": args.block_kib,
             "upload_s": upload_s, "total_measure_s": total_s, "otlp": otlp,
-            "otlp_calls": dict(sink.calls), "otlp_http_calls": dict(http_sink.calls), "aims": AIMS, "notes": notes,
+            "otlp_calls": otlp_calls(sink), "aims": AIMS, "notes": notes,
             "argv": {v.name: command(v, ctx, f"MP-{v.name}")[0] for v in variants},
         }
         print_report(meta, variants, summary, rows)
@@ -845,7 +699,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         sink.stop()
-        http_sink.stop()
         moto.stop()
         for mp in workdir.glob("mnt-*"):
             force_unmount(str(mp))

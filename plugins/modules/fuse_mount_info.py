@@ -34,8 +34,8 @@ options:
     default: /proc/self/mountinfo
   stat_timeout:
     description:
-      - Seconds to wait for a mount to answer the health probe (a C(stat) of
-        the mountpoint). A mount that does not answer in time is V(stale).
+      - Seconds to wait for a mount to answer the health probe (a C(statvfs) of
+        the mountpoint). A mount that does not answer in time is V(hung).
     type: float
     default: 5.0
   obsctl_path:
@@ -129,8 +129,9 @@ mounts:
       sample: data
     health:
       description:
-        - V(ok) (answers), V(stale) (driver gone, C(Transport endpoint is not connected), or no answer within O(stat_timeout)),
-          V(missing) (configured, not mounted).
+        - V(ok) (answers), V(stale) (driver gone, C(Transport endpoint is not connected)),
+          V(hung) (the driver runs but did not answer within O(stat_timeout)), V(missing) (configured, not mounted).
+        - The same words as C(obsctl status --json) and C(obsctl systemd check) (the one probe of obsctl).
       type: str
       sample: ok
     waiting:

@@ -8,14 +8,16 @@
     obsctl sidecar --pid PID --mountpoint P [--impl X] [--rc-url URL]
     obsctl systemd install|uninstall|apply|check ...
 
-Exit status: 0 success (also a mount stopped by SIGTERM before it was
-ready); 1 the mount failed or a command could not do its job; 2 bad usage,
-an invalid config file or an unusable mountpoint (missing, not a directory,
-already mounted, already run by a live obsctl): nothing was started.
+Exit status (:data:`obsctl.errors.EXIT_OK` ...): 0 success (also a mount stopped
+by SIGTERM before it was ready); 1 the mount failed or a command could not do
+its job; 2 bad usage, an invalid config file or an unusable mountpoint
+(missing, not a directory, already mounted, already run by a live obsctl):
+nothing was started.
 What happens on each fault: docs/operations.md.
 
 Only the standard library, msgspec and obsctl's light modules are imported
-before the driver is spawned; the OpenTelemetry SDK comes later.
+before the driver is spawned; the OpenTelemetry SDK comes later
+(:meth:`obsctl.observer.MountObserver.start`); rich only with ``obsctl top``.
 """
 
 from __future__ import annotations
@@ -26,21 +28,21 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any, Sequence
 
-from obsctl import __version__
+from obsctl import __version__, credentials, mounttable, statefile
+from obsctl.config import ConfigError, TelemetryConfig, default_telemetry_path, load_telemetry, parse_telemetry
+from obsctl.drivers import get_driver
+from obsctl.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from obsctl.mountargs import add_mount_arguments, mount_spec_from_args
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-#: Where the per-mount state files live; OBSCTL_RUNTIME_DIR overrides it.
-DEFAULT_RUNTIME_DIR = "/run/obsctl"
-
-
-def runtime_dir() -> str:
-    """``$OBSCTL_RUNTIME_DIR`` or /run/obsctl."""
-    return os.environ.get("OBSCTL_RUNTIME_DIR", DEFAULT_RUNTIME_DIR)
+from obsctl.mountspec import check_file
+from obsctl.paths import runtime_dir
+from obsctl.procutil import pid_running
+from obsctl.sidecar import Sidecar
+from obsctl.supervisor import MountError, Supervisor
+from obsctl.unmount import recover_orphan
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -127,8 +129,6 @@ def _positive_seconds(text: str) -> float:
 
 
 def _telemetry(args: argparse.Namespace, path: str | None) -> Any:
-    from obsctl.config import TelemetryConfig, default_telemetry_path, load_telemetry, parse_telemetry
-
     if path:
         cfg = load_telemetry(path)
     elif default_telemetry_path().exists():
@@ -150,11 +150,6 @@ def _telemetry(args: argparse.Namespace, path: str | None) -> Any:
 
 def cmd_mount(args: argparse.Namespace, command: list[str]) -> int:
     """``obsctl mount``: see :class:`obsctl.supervisor.Supervisor`."""
-    from obsctl import credentials
-    from obsctl.config import ConfigError
-    from obsctl.drivers import get_driver
-    from obsctl.supervisor import MountError, Supervisor
-
     try:
         spec = mount_spec_from_args(args, command)
         telemetry = _telemetry(args, spec.telemetry_config)
@@ -183,9 +178,6 @@ def cmd_mount(args: argparse.Namespace, command: list[str]) -> int:
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
     """``obsctl sidecar``: see :class:`obsctl.sidecar.Sidecar`."""
-    from obsctl.config import ConfigError
-    from obsctl.sidecar import Sidecar
-
     try:
         sidecar = Sidecar(args.pid, args.mountpoint, args.impl, args.source or args.mountpoint,
                           _telemetry(args, args.telemetry_config), runtime_dir(), rc_url=args.rc_url)
@@ -196,17 +188,6 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"obsctl: {exc}", file=sys.stderr)
         return EXIT_FAILED
-
-
-def read_states(directory: str | None = None) -> list[dict[str, Any]]:
-    """Every mount's state (:func:`obsctl.statefile.read_states` of ``directory`` or the runtime dir).
-
-    Raises:
-        OSError: the state directory exists but cannot be listed.
-    """
-    from obsctl.statefile import read_states as _read
-
-    return _read(directory or runtime_dir(), strict=True)
 
 
 def _report(items: list[dict[str, Any]], as_json: bool, empty: str,
@@ -228,7 +209,7 @@ def _report(items: list[dict[str, Any]], as_json: bool, empty: str,
 
 def cmd_status_all(args: argparse.Namespace) -> int:
     """``obsctl status --all [--json]``: :func:`obsctl.inventory.fuse_mount_info`."""
-    from obsctl import inventory
+    from obsctl import inventory  # start-up cost: tomlkit (it reads the mount specs), kept off obsctl mount's path
 
     try:
         mounts = inventory.fuse_mount_info(mountinfo_path=args.mountinfo, stat_timeout=args.stat_timeout)
@@ -245,7 +226,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.all:
         return cmd_status_all(args)
     try:
-        states = read_states()
+        states = statefile.read_states(runtime_dir(), strict=True)
     except OSError as exc:
         print(f"obsctl: cannot read the mount states in {runtime_dir()}/mounts: {exc.strerror or exc} "
               "(set OBSCTL_RUNTIME_DIR to obsctl's runtime directory)", file=sys.stderr)
@@ -281,10 +262,6 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     unmounted (busy: retried, then detached lazily) and its state file is
     removed. Exit 0 when nothing is mounted there afterwards, 1 otherwise.
     """
-    from obsctl import mounttable, statefile
-    from obsctl.procutil import pid_running
-    from obsctl.unmount import recover_orphan
-
     target = os.path.normpath(os.path.abspath(args.mountpoint))
     state = statefile.state_for(runtime_dir(), target)
     if state is None:
@@ -329,8 +306,6 @@ def cmd_unmount(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     """``obsctl config check PATH``: 0 and a summary, or 2 and what is wrong."""
-    from obsctl.config import ConfigError, check_file
-
     try:
         print(check_file(args.path))
     except ConfigError as exc:
@@ -364,8 +339,6 @@ def _setup_logging(level: str) -> None:
     Exceptions that escape a background thread (an exporter's, a server's)
     are logged as one line too, through ``threading.excepthook``.
     """
-    import threading
-
     debug = level == "DEBUG"
     handler = logging.StreamHandler()
     handler.setFormatter(_OneLineFormatter("obsctl: %(levelname)s: %(name)s: %(message)s", debug))
@@ -406,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "status":
         return cmd_status(args)
     if args.command == "top":
-        from obsctl import top
+        from obsctl import top  # start-up cost: rich, only for obsctl top
         return top.run(once=args.once, as_json=args.json, interval=args.interval, wait=args.wait)
     if args.command == "sidecar":
         return cmd_sidecar(args)
@@ -415,6 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         return cmd_config_check(args)
     if args.command == "systemd":
+        # start-up cost: the engine (its unit files, jinja2 at render time), only for obsctl systemd
         from obsctl import systemd_units
         if args.systemd_command == "install":
             return systemd_units.cmd_install(args, command)

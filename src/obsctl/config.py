@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from obsctl.errors import ConfigError  # noqa: F401  (re-exported: callers of the schema catch it from here)
 
 #: Default OTLP/gRPC endpoint of the local collector (mode = "local").
 LOCAL_OTLP_ENDPOINT = "http://127.0.0.1:4317"
@@ -45,10 +46,6 @@ LEGACY_TELEMETRY_KEYS = {
 }
 
 _S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-
-
-class ConfigError(ValueError):
-    """A config file or command line that cannot be used; ``str()`` says why and how to fix it."""
 
 
 def _check_endpoint(value: str | None, key: str = "otlp_endpoint",
@@ -232,7 +229,7 @@ class MountSpec(_Strict):
     source: str
     mountpoint: str
     name: str | None = None
-    #: A key of :data:`obsctl.drivers.DRIVERS` (checked in ``__post_init__``).
+    #: A key of :data:`obsctl.drivers.DRIVERS` (checked by :func:`obsctl.mountspec.check_with_driver`).
     impl: str = "rclone"
     endpoint: str | None = None
     region: str | None = None
@@ -248,12 +245,8 @@ class MountSpec(_Strict):
     max_restarts: Annotated[int, msgspec.Meta(ge=0, le=100)] = 3
 
     def __post_init__(self) -> None:
-        from obsctl.drivers import DRIVERS  # cheap; drivers import this module lazily
-
-        if self.impl not in DRIVERS:
-            raise ValueError(
-                f"impl {self.impl!r} is not a driver obsctl knows: use one of {', '.join(DRIVERS)} "
-                "(or impl = \"generic\" with the daemon's foreground command line)")
+        """The rules of the spec alone; those that need the driver registry (``impl`` known, its
+        options) are :func:`obsctl.mountspec.check_with_driver`'s."""
         _check_endpoint(self.endpoint, "endpoint", "http://127.0.0.1:9000")
         if not self.mountpoint:
             raise ValueError("mountpoint is empty")
@@ -271,9 +264,6 @@ class MountSpec(_Strict):
                 raise ValueError('credentials_from = "profile" needs profile = "NAME" (--profile)')
         if self.cache_mode and self.impl != "rclone":
             raise ValueError("cache_mode is an rclone option (--vfs-cache-mode)")
-        if self.options:
-            from obsctl.drivers import get_driver  # cheap; drivers import this module
-            get_driver(self.impl).check_options(self.options)  # ConfigError (a ValueError)
 
     def bucket_and_prefix(self) -> tuple[str, str]:
         """``("bucket", "prefix/without/slashes")`` from ``s3://bucket/prefix``.
@@ -390,12 +380,13 @@ def load_telemetry(path: str | os.PathLike[str]) -> TelemetryConfig:
     return parse_telemetry(_read_toml(path), str(path))
 
 
-def load_mount_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> MountSpec:
-    """Read a mount spec TOML file, apply command-line ``overrides``, validate.
+def read_mount_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The document of a mount spec TOML file with command-line ``overrides`` applied (not validated).
+
+    The validated spec is :func:`obsctl.mountspec.load_mount_spec`'s.
 
     Raises:
-        ConfigError: unreadable file, invalid TOML, unknown key, or a value
-            that fails validation (the message names the key).
+        ConfigError: unreadable file, invalid TOML, or a ``[telemetry]`` table in it.
     """
     data = _read_toml(path)
     if "telemetry" in data:
@@ -403,33 +394,23 @@ def load_mount_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | No
             f"{path}: a mount spec has no [telemetry] table; put telemetry in its own file "
             "and point to it with telemetry_config = \"/etc/obsctl/telemetry.toml\"")
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return build_mount_spec(data, str(path))
+    return data
 
 
-def build_mount_spec(data: dict[str, Any], origin: str = "command line") -> MountSpec:
-    """Validate a mount spec given as a dict. Raises :class:`ConfigError`."""
+def convert_mount_spec(data: dict[str, Any], origin: str = "command line") -> MountSpec:
+    """The schema's half of a mount spec's validation (types, keys, the rules of :class:`MountSpec`).
+
+    Use :func:`obsctl.mountspec.build_mount_spec`, which adds the driver's rules.
+
+    Raises:
+        ConfigError: the message names ``origin`` and the key.
+    """
     return _convert(data, MountSpec, origin)
 
 
-def check_file(path: str | os.PathLike[str]) -> str:
-    """Validate a telemetry or mount spec file; return what it is.
-
-    A file with a ``[telemetry]`` table is a telemetry config, one with a
-    ``source`` key a mount spec. Returns a one-line summary.
-
-    Raises:
-        ConfigError: the file is neither or is invalid.
-    """
-    data = _read_toml(path)
-    if "telemetry" in data:
-        cfg = parse_telemetry(data, str(path))
-        return f"{path}: valid telemetry config (mode {cfg.mode})"
-    if "source" in data or "mountpoint" in data:
-        spec = build_mount_spec(data, str(path))
-        return f"{path}: valid mount spec ({spec.source} on {spec.mountpoint}, {spec.impl})"
-    raise ConfigError(
-        f"{path}: neither a telemetry config (no [telemetry] table) "
-        "nor a mount spec (no source / mountpoint keys)")
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A TOML file as a dict. Raises :class:`ConfigError` naming the file and what is wrong with it."""
+    return _read_toml(path)
 
 
 def default_telemetry_path() -> Path:

@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import IO
 
-from obsctl.config import ConfigError
+from obsctl.errors import ConfigError
 
 #: Name of the systemd credential (LoadCredentialEncrypted=s3:FILE).
 SYSTEMD_CREDENTIAL_NAME = "s3"

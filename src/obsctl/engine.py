@@ -6,7 +6,7 @@ install | uninstall`` and install.sh (through the roles, which call the
 module). What it owns, for mount ``NAME``:
 
 * ``/etc/obsctl/mounts/NAME.toml`` (0640, no secret), validated by the same
-  rules ``obsctl mount`` reads it with (:func:`obsctl.config.build_mount_spec`)
+  rules ``obsctl mount`` reads it with (:func:`obsctl.mountspec.build_mount_spec`)
   and written by the one TOML writer (:func:`obsctl.tomlio.render_mount_spec`);
 * with credentials: ``/etc/obsctl/credentials/NAME.cred`` (0600, encrypted by
   ``systemd-creds encrypt --name=s3 - FILE`` fed on stdin: the clear text
@@ -54,8 +54,9 @@ from typing import Any, Callable
 import msgspec
 
 from obsctl import credentials as creds_mod
-from obsctl import mounttable, tomlio
-from obsctl.config import ConfigError, build_mount_spec
+from obsctl import health, mounttable, tomlio
+from obsctl.config import ConfigError
+from obsctl.mountspec import build_mount_spec
 from obsctl.fileutil import atomic_write, fsync_dir
 from obsctl.unmount import unmount_argv
 
@@ -93,8 +94,9 @@ SPEC_KEYS = ("name", "source", "mountpoint", "impl", "endpoint", "region", "prof
              "credentials_from", "read_only", "allow_other", "cache_mode", "options",
              "command", "ready_timeout_seconds", "telemetry_config", "max_restarts")
 
-#: Seconds the engine waits, after ``systemctl start`` returned, for the mount to answer.
-SETTLE_SECONDS = 10.0
+#: Seconds the engine waits, after ``systemctl start`` returned, for the mount to answer
+#: (the one value of :mod:`obsctl.health`, also ``obsctl systemd check``'s).
+SETTLE_SECONDS = health.SETTLE_SECONDS
 
 
 class EngineError(Exception):
@@ -242,7 +244,7 @@ def render(template: str, **context: Any) -> str:
     Ansible's ``comment`` filter and ``ansible_managed`` (:data:`MANAGED_BY`)
     are provided, so the unit templates render to the same units as the obsctl role's.
     """
-    import jinja2
+    import jinja2  # start-up cost: only commands that render unit files load jinja2
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
@@ -467,9 +469,9 @@ def mount_facts(mountpoint: str | None, mountinfo_path: str = mounttable.MOUNTIN
                 stat_fn: Callable[..., Any] = mounttable.HEALTH_PROBE) -> dict[str, Any]:
     """What is mounted at ``mountpoint`` (``/proc/self/mountinfo``) and whether it answers.
 
-    Returns ``{mountpoint, health: ok|stale|missing, source, fstype, fuse: bool}``;
-    ``stale``: the driver is gone or the probe (``stat_fn``, default
-    :data:`obsctl.mounttable.HEALTH_PROBE`) did not answer within ``stat_timeout`` seconds.
+    Returns ``{mountpoint, health, source, fstype, fuse: bool}``; ``health`` is
+    :func:`obsctl.health.probe`'s word (``ok``, ``stale``: the driver is gone, ``hung``:
+    the probe, ``stat_fn``, did not answer within ``stat_timeout`` seconds, ``missing``).
     """
     if not mountpoint:
         return {"mountpoint": None, "health": "missing", "source": None, "fstype": None, "fuse": False}
@@ -479,7 +481,7 @@ def mount_facts(mountpoint: str | None, mountinfo_path: str = mounttable.MOUNTIN
         return {"mountpoint": mountpoint, "health": "missing", "source": None, "fstype": None, "fuse": False}
     return {
         "mountpoint": mountpoint,
-        "health": mounttable.probe_health_within(mountpoint, stat_timeout, mounts=mounts, stat=stat_fn),
+        "health": health.probe(mountpoint, stat_timeout, mountinfo_path, mounts=mounts, stat=stat_fn),
         "source": entry.source, "fstype": entry.fstype, "fuse": mounttable.is_fuse(entry),
     }
 
@@ -691,7 +693,7 @@ class Engine:
 
     def _unit_templates(self) -> None:
         """The unit templates (``install_units``): written when missing or ours, never the role's."""
-        context = {"obsctl_bin": obsctl_bin(), "obsctl_venv_python": sys.executable}
+        context = {"obsctl_bin": obsctl_bin()}
         for filename, template in UNIT_TEMPLATES:
             path = self.layout.unit_dir / filename
             current = _read(path)
@@ -830,17 +832,17 @@ class Engine:
         self._daemon_reload()
         self._enable(before)
         active = before["active_state"] in ("active", "activating", "reloading")
-        health = before_mount["health"]
-        if health == "ok" and not active:
+        word = before_mount["health"]
+        if word == health.OK and not active:
             raise EngineError(f"{mountpoint} is already mounted by something else ({before_mount['fstype']}, "
                               f"{before_mount['source']}) and {self.layout.unit} is not running: "
                               "not taking it over")
-        if health == "stale":
-            self._act(f"lazy unmount of the stale mount at {mountpoint} (transport endpoint is not connected)")
+        if word in health.UNANSWERED:
+            self._act(f"lazy unmount of the {word} mount at {mountpoint} (it does not answer)")
             if not self.check_mode:
                 lazy_unmount(self.run, mountpoint)
         self._ensure_mountpoint(mountpoint)
-        if active and health == "ok" and not files_changed and not force:
+        if active and word == health.OK and not files_changed and not force:
             return
         verb = "restart" if active else "start"
         self._act(f"{verb} {self.layout.unit}")
@@ -867,20 +869,15 @@ class Engine:
     def _start(self, verb: str, mountpoint: str) -> None:
         unit = self.layout.unit
         rc, out, err = self.run(["systemctl", verb, unit])
-        health = "missing"
+        word = health.MISSING
         if rc == 0:
             # READY=1 comes after the mount is in the table; allow a short lag anyway.
-            deadline = time.monotonic() + self.settle_seconds
-            while True:
-                health = self._mount(mountpoint)["health"]
-                if health == "ok" or time.monotonic() >= deadline:
-                    break
-                self.sleep(0.5)
-        if rc == 0 and health == "ok":
+            word = health.wait_until_ok(lambda: self._mount(mountpoint)["health"], self.settle_seconds, self.sleep)
+        if rc == 0 and word == health.OK:
             return
         journal = journal_tail(self.run, unit)
         problem = (f"systemctl {verb} {unit} failed (rc={rc}): {(err or out).strip()}" if rc != 0
-                   else f"{unit} started but {mountpoint} is {health}")
+                   else f"{unit} started but {mountpoint} is {word}")
         rollback_errors = self.rollback(mountpoint)
         self.changed = bool(rollback_errors)
         msg = f"{problem}; rolled back the changes of this run"
@@ -912,7 +909,7 @@ class Engine:
             rc, _out, err = self.run(["systemctl", *args])
             if rc != 0 and args[0] != "reset-failed":
                 errors.append(f"systemctl {' '.join(args)}: {err.strip()}")
-        if not was_active and mountpoint and self._mount(mountpoint)["health"] == "stale":
+        if not was_active and mountpoint and self._mount(mountpoint)["health"] in health.UNANSWERED:
             try:
                 lazy_unmount(self.run, mountpoint)
             except EngineError as exc:
@@ -929,8 +926,8 @@ class Engine:
             if now["fuse"] and now["health"] != "missing":
                 self._act(f"lazy unmount of {mountpoint}")
                 lazy_unmount(self.run, mountpoint)
-        elif mountpoint and before_mount["fuse"] and before_mount["health"] == "stale":
-            self._act(f"lazy unmount of the stale mount at {mountpoint}")
+        elif mountpoint and before_mount["fuse"] and before_mount["health"] in health.UNANSWERED:
+            self._act(f"lazy unmount of the {before_mount['health']} mount at {mountpoint}")
         if before["active_state"] == "failed" and not self.check_mode:
             self.run(["systemctl", "reset-failed", self.layout.unit])  # a failed instance would linger
 

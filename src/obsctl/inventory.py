@@ -12,8 +12,8 @@ Sources, per mount:
   (rclone mount, s3fs, bindfs, goofys, geesefs, mount-s3 all do; the lowest
   PID wins), its ``comm`` and the systemd unit of its cgroup
   (``/proc/PID/cgroup``);
-* health: a ``stat`` of the mountpoint within ``stat_timeout`` seconds
-  (:func:`obsctl.mounttable.probe_health_within`);
+* health: the one bounded probe (:func:`obsctl.health.probe`: a ``statvfs`` of the
+  mountpoint within ``stat_timeout`` seconds): ``ok``, ``stale``, ``hung``;
 * ``waiting``: ``/sys/fs/fuse/connections/N/waiting``;
 * the obsctl mount name: ``/etc/obsctl/mounts/NAME.toml`` whose mountpoint it is.
   Configured mounts that are not mounted are listed with health ``missing``.
@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from obsctl import mounttable, tomlio
+from obsctl import health, mounttable, tomlio
 
 
 def unit_from_cgroup(text: str) -> str | None:
@@ -114,11 +114,11 @@ def configured_mounts(root: str = "/") -> dict[str, dict[str, Any]]:
 
 def fuse_mount_info(mountinfo_path: str = mounttable.MOUNTINFO_PATH, stat_timeout: float = 5.0,
                     root: str = "/", proc: str = "/proc", fusectl: str = mounttable.FUSECTL_PATH,
-                    probe: Callable[..., str] = mounttable.probe_health_within) -> list[dict[str, Any]]:
+                    probe: Callable[..., str] = health.probe) -> list[dict[str, Any]]:
     """Every FUSE mount on the host, then the configured obsctl mounts that are missing.
 
     Each entry: ``{mountpoint, source, fstype, driver, connection, read_only, pid, unit,
-    name, health: ok|stale|missing, waiting}`` (see the module docstring for the sources;
+    name, health: ok|stale|hung|missing (:mod:`obsctl.health`), waiting}`` (see the module docstring for the sources;
     ``stat_timeout`` in seconds).
 
     Raises:
@@ -160,6 +160,6 @@ def fuse_mount_info(mountinfo_path: str = mounttable.MOUNTINFO_PATH, stat_timeou
             "mountpoint": mountpoint, "source": spec.get("source"), "fstype": None,
             "driver": spec.get("impl"), "connection": None, "read_only": bool(spec.get("read_only")),
             "pid": None, "unit": f"obsctl-mount@{spec['name']}.service", "name": spec["name"],
-            "health": "missing", "waiting": None,
+            "health": health.MISSING, "waiting": None,
         })
     return result

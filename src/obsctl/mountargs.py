@@ -1,7 +1,7 @@
 """The mount options of ``obsctl mount`` and ``obsctl systemd install``, and the spec they build.
 
 Shared by :mod:`obsctl.cli` and :mod:`obsctl.systemd_units` (neither imports the other
-for it): the same flags, the same validation (:func:`obsctl.config.build_mount_spec`).
+for it): the same flags, the same validation (:func:`obsctl.mountspec.build_mount_spec`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import argparse
 from typing import Any, Sequence
 
 from obsctl.drivers import DRIVERS
+from obsctl.errors import ConfigError
+from obsctl.mountspec import build_mount_spec, load_mount_spec, with_options
 
 
 def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,8 +52,6 @@ def mount_spec_from_args(args: argparse.Namespace, command: list[str]) -> Any:
     Raises:
         obsctl.config.ConfigError: invalid spec, or no SOURCE / MOUNTPOINT without ``--config``.
     """
-    from obsctl.config import ConfigError, build_mount_spec, load_mount_spec
-
     options = split_options(args.options)
     read_only = args.read_only or ("ro" in options) or None
     allow_other = args.allow_other or ("allow_other" in options) or None
@@ -69,7 +69,7 @@ def mount_spec_from_args(args: argparse.Namespace, command: list[str]) -> Any:
     if args.config:
         spec = load_mount_spec(args.config, overrides)
         if options:
-            spec = spec.model_copy(update={"options": [*spec.options, *options]})
+            spec = with_options(spec, options)
         return spec
     if not args.source or not args.mountpoint:
         raise ConfigError("mount needs SOURCE and MOUNTPOINT (or --config MOUNT.toml)")

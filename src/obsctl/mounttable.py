@@ -183,8 +183,8 @@ def probe_health(mountpoint, path=MOUNTINFO_PATH, mounts=None, stat=HEALTH_PROBE
     for a mount without allow_other seen by another user) counts as ``ok``
     because the daemon did answer.
 
-    This stat can block on a hung (not dead) daemon; callers that must stay
-    responsive run it in a thread with a timeout.
+    This stat can block on a hung (not dead) daemon: every caller goes through
+    :class:`obsctl.health.Probe`, which bounds it in time (``hung``).
     """
     if find_mount(mountpoint, path=path, mounts=mounts) is None:
         return "missing"
@@ -216,31 +216,3 @@ def fuse_waiting(entry, root=FUSECTL_PATH):
             return int(handle.read().strip())
     except (IOError, OSError, ValueError, IndexError):
         return None
-
-
-def probe_health_within(mountpoint, timeout, path=MOUNTINFO_PATH, mounts=None, stat=HEALTH_PROBE):
-    """:func:`probe_health` that gives up after ``timeout`` seconds.
-
-    A daemon that is alive but does not answer within ``timeout`` counts as
-    ``stale``. The probe runs in a daemon thread, so a hung FUSE request never
-    keeps the caller (or its interpreter's exit) waiting.
-    """
-    import threading
-
-    if find_mount(mountpoint, path=path, mounts=mounts) is None:
-        return "missing"
-    outcome = []
-
-    def _probe():
-        try:
-            stat(mountpoint)
-        except OSError as exc:
-            outcome.append("stale" if exc.errno in STALE_ERRNOS else "ok")
-            return
-        outcome.append("ok")
-
-    worker = threading.Thread(target=_probe, name="probe-health")
-    worker.daemon = True
-    worker.start()
-    worker.join(timeout)
-    return outcome[0] if outcome else "stale"

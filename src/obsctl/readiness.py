@@ -19,7 +19,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from obsctl import mounttable
+from obsctl import health, mounttable
 from obsctl.config import MountSpec
 from obsctl.drivers import Driver, LaunchPlan
 from obsctl.logpump import LogPump
@@ -152,32 +152,23 @@ class ReadyWait:
             raise MountError(self.failure(f"{self.driver.name} exited before its bucket check finished"))
 
     def _check_answers(self) -> None:
-        """Stat the mount root and read one directory entry in a thread, until the deadline."""
-        outcome: dict[str, Any] = {}
+        """Stat the mount root and read one directory entry (a :class:`obsctl.health.Attempt`), until the deadline."""
+        def _probe() -> bool:
+            os.stat(self.spec.mountpoint)
+            with os.scandir(self.spec.mountpoint) as entries:
+                return next(entries, None) is None
 
-        def _probe() -> None:
-            try:
-                os.stat(self.spec.mountpoint)
-                with os.scandir(self.spec.mountpoint) as entries:
-                    outcome["empty"] = next(entries, None) is None
-                outcome["ok"] = True
-            except OSError as exc:
-                outcome["error"] = exc
-
-        worker = threading.Thread(target=_probe, name="ready-probe", daemon=True)
-        worker.start()
-        while worker.is_alive():
-            worker.join(STEP)
-            if worker.is_alive():
-                self._check()
-                if time.monotonic() > self.deadline:
-                    raise self._timeout("the mount root did not answer a directory read")
-        if outcome.get("ok"):
-            problem = self.driver.verify(self.plan, outcome["empty"])
+        attempt = health.Attempt(_probe, "ready-probe")
+        while not attempt.done(STEP):
+            self._check()
+            if time.monotonic() > self.deadline:
+                raise self._timeout("the mount root did not answer a directory read")
+        if attempt.error is None:
+            problem = self.driver.verify(self.plan, bool(attempt.result))
             if problem:
                 raise MountError(problem)
             return
-        exc = outcome.get("error")
+        exc = attempt.error
         time.sleep(0.2)  # let the driver log why before we quote it
         self._check()
         raise MountError(self.failure(

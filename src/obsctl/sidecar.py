@@ -27,15 +27,16 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
 
 from obsctl import mounttable
-from obsctl.collectors import collector_status
-from obsctl.config import ConfigError, TelemetryConfig
-from obsctl.procutil import pid_running
-from obsctl.sources import kernel_source
-from obsctl.statefile import remove_state, state_file_path, write_state
-from obsctl.supervisor import generic_collectors
+from obsctl.config import TelemetryConfig
+from obsctl.drivers import DRIVERS, LaunchPlan, get_driver
+from obsctl.errors import ConfigError
+from obsctl.observer import DriverConnection, MountLabels, MountObserver
+from obsctl.procutil import pid_running, start_time
+
+#: How often the observed process and a stop request are checked (s).
+WATCH_INTERVAL = 0.1
 
 
 class Sidecar:
@@ -44,11 +45,14 @@ class Sidecar:
     Args:
         pid: the driver's process id (must exist).
         mountpoint: where it mounted (must be a FUSE mount now).
-        impl: label for ``impl`` (rclone, s3fs, generic ...).
+        impl: label for ``impl`` (rclone, s3fs, generic ...); a driver obsctl
+            knows also brings its own polling collectors (rclone's rc API with
+            ``rc_url``).
         source: label for ``bucket`` (``s3://bucket/prefix`` or any text).
         telemetry: validated telemetry config.
         runtime_dir: where the state file goes.
-        rc_url: rclone's ``--rc-addr`` URL, when rclone runs with ``--rc``.
+        rc_url: rclone's ``--rc-addr`` URL, when rclone runs with ``--rc``
+            (user and password from RCLONE_RC_USER / RCLONE_RC_PASS, as rclone reads them).
         poll_interval: seconds between collector polls.
 
     Raises:
@@ -64,76 +68,51 @@ class Sidecar:
         entry = mounttable.find_mount(self.mountpoint)
         if entry is None or not mounttable.is_fuse(entry):
             raise ConfigError(f"{self.mountpoint} is not a FUSE mount ({entry.fstype if entry else 'nothing mounted'})")
+        if rc_url and impl != "rclone":
+            raise ConfigError(f"--rc-url is rclone's remote control API: it needs --impl rclone, not {impl}")
         self.impl = impl
-        self.source = source
-        self.bucket = source[len("s3://"):].partition("/")[0] if source.startswith("s3://") else source
-        self.telemetry_cfg = telemetry
+        self.driver = get_driver(impl) if impl in DRIVERS else None
         self.rc_url = rc_url
-        self.poll_interval = poll_interval
-        self.state_path = state_file_path(runtime_dir, self.mountpoint)
+        bucket = source[len("s3://"):].partition("/")[0] if source.startswith("s3://") else source
+        labels = MountLabels(self.mountpoint, source, bucket, impl, resource={"obsctl.sidecar": "true"})
+        #: Telemetry, collectors and the state file (state ``observing``): the same as ``obsctl mount``'s.
+        self.observer = MountObserver(
+            labels, telemetry, runtime_dir, state="observing", poll_interval=poll_interval, driver_log=False,
+            driver_answers=self.driver.protocol_answers if self.driver else frozenset())
         self.stop_requested = threading.Event()
-        self.started_at = time.time()
 
     def _pid(self) -> int | None:
         return self.pid if pid_running(self.pid) else None
 
+    def connection(self) -> DriverConnection:
+        """The observed driver: its pid, and for rclone with ``rc_url`` the rc API (as
+        :meth:`obsctl.drivers.rclone.RcloneDriver.polling_collectors` reads it from a plan)."""
+        plan = LaunchPlan(argv=[], env={}, fstype=None)
+        if self.rc_url:
+            user, password = os.environ.get("RCLONE_RC_USER"), os.environ.get("RCLONE_RC_PASS")
+            plan.extras.update(rc_url=self.rc_url, rc_auth=(user, password) if user and password else None)
+        return DriverConnection(self._pid, start_time(self.pid), self.driver, plan)
+
     def run(self) -> int:
         """Observe until SIGTERM/SIGINT (returns 0) or the process exits (returns 1)."""
-        from obsctl.instruments import MountAttributes
-        from obsctl.telemetry import Telemetry
-
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_args: self.stop_requested.set())
-        self.telemetry = Telemetry(self.telemetry_cfg, MountAttributes(self.bucket, self.impl, self.mountpoint),
-                                   resource_attributes={"obsctl.mount.source": self.source,
-                                                        "obsctl.mount.impl": self.impl,
-                                                        "obsctl.sidecar": "true"})
-        ins = self.telemetry.instruments
-        self.proc_io, self.probe, collectors = generic_collectors(ins, self.mountpoint, self._pid)
-        self.collectors = collectors
-        kernel, self.sources = kernel_source(ins, self.impl, self.mountpoint, driver_log=False)
-        collectors.append(kernel)
-        if self.rc_url:
-            from obsctl.collectors.rclone_rc import RcloneRcCollector
-
-            user, password = os.environ.get("RCLONE_RC_USER"), os.environ.get("RCLONE_RC_PASS")
-            collectors.append(RcloneRcCollector(ins, self.rc_url, auth=(user, password) if user and password else None))
+        observer = self.observer
+        observer.attach(self.connection())
+        observer.start()
+        observer.ready_at = time.time()
         print(f"obsctl: observing {self.mountpoint} ({self.impl}, pid {self.pid})", file=sys.stderr, flush=True)
+        observer.poll()
+        observer.write_state()
+        observer.start_polling(lambda: True)
         code = 0
-        first = True
-        while True:
-            for collector in collectors:
-                collector.poll()
-            self._write_state()
-            if first:
-                self.telemetry.flush()
-                first = False
+        while not self.stop_requested.wait(WATCH_INTERVAL):
             if self._pid() is None:
-                print(f"obsctl: pid {self.pid} exited; {self.mountpoint} is {self.probe.health}", file=sys.stderr)
+                observer.stop_polling()
+                observer.poll()
+                print(f"obsctl: pid {self.pid} exited; {self.mountpoint} is {observer.probe.health}",
+                      file=sys.stderr)
                 code = 1
                 break
-            if self.stop_requested.wait(self.poll_interval):
-                break
-        for collector in collectors:
-            collector.close()
-        remove_state(self.state_path)
-        self.telemetry.shutdown()
+        observer.close()
         return code
-
-    def _write_state(self) -> None:
-        totals = self.telemetry.instruments.totals
-        state: dict[str, Any] = {
-            "name": None, "mountpoint": self.mountpoint, "source": self.source, "bucket": self.bucket,
-            "impl": self.impl, "state": "observing", "pid": os.getpid(), "driver_pid": self._pid(),
-            "driver_start": None,
-            "started_at": self.started_at,
-            "read_bytes": int(totals.get("obsctl_fs_read_bytes", 0)),
-            "write_bytes": int(totals.get("obsctl_fs_write_bytes", 0)),
-            "errors": int(totals.get("obsctl_errors", 0)),
-            **collector_status(self.collectors),  # health, driver_io, driver_stats
-            "telemetry_mode": self.telemetry_cfg.mode,
-            "last_export": self.telemetry.export_status.as_dict(),
-            "live": self.telemetry.instruments.live(),
-            "sources": self.sources.as_dict(),
-        }
-        write_state(self.state_path, state)

@@ -65,6 +65,7 @@ def kernel_complete() -> bool:
 
     Used by drivers to drop the debug logging they need only for FUSE numbers.
     """
+    # start-up cost: fuse_trace imports the OpenTelemetry API; this module is imported before the spawn
     from obsctl.collectors.fuse_trace import detect_support
 
     return detect_support().level == "paired"
@@ -113,25 +114,27 @@ class SourceTable:
         return self.view(instruments, log_source) if log_source else instruments
 
 
-def kernel_source(instruments: Any, impl: str, mountpoint: str, driver_log: bool = True) -> tuple[Any, SourceTable]:
+def kernel_source(instruments: Any, impl: str, mountpoint: str, driver_log: bool = True,
+                  driver_answers: frozenset[tuple[str, str]] = frozenset()) -> tuple[Any, SourceTable]:
     """The kernel collector of a mount and its source table.
 
     Args:
         instruments: the mount's :class:`~obsctl.instruments.Instruments`.
-        impl: driver name (its :attr:`~obsctl.drivers.Driver.protocol_answers` are not errors).
+        impl: driver name (which log source :data:`DRIVER_GIVES` names).
         mountpoint: the mount's absolute path.
         driver_log: False when nobody reads the driver's log (``obsctl sidecar``).
+        driver_answers: the driver's :attr:`~obsctl.drivers.Driver.protocol_answers`
+            (not counted as errors).
 
     Returns:
         ``(FuseTraceCollector, SourceTable)``; the collector is a polling
         collector (poll it with the others, close it at shutdown). On a host
         without kernel support it records nothing and warned once.
     """
+    # start-up cost: the collector imports the OpenTelemetry API; callers import this module before the spawn
     from obsctl.collectors.fuse_trace import FuseTraceCollector
-    from obsctl.drivers import DRIVERS
 
-    answers = DRIVERS[impl].protocol_answers if impl in DRIVERS else frozenset()
-    collector = FuseTraceCollector(instruments, mountpoint, driver_answers=answers)
+    collector = FuseTraceCollector(instruments, mountpoint, driver_answers=driver_answers)
     table = SourceTable(impl, lambda: collector.support.level, collector.stats, driver_log=driver_log)
     table.kernel = collector
     return collector, table

@@ -9,12 +9,12 @@ the mount. Keys (all always present; None when unknown):
 * ``state``: ``ready`` | ``restarting`` | ``stopping`` | ``failed`` |
   ``observing`` (side-car), as written; :func:`read_states` turns it into
   ``dead`` when the writer (``pid``) no longer runs;
-* ``health``: the mount's health as its writer last saw it (the same value
-  ``obsctl_mount_up`` is computed from, see
-  :class:`obsctl.collectors.probe.MountProbe`); for a dead writer
+* ``health``: the mount's health as its writer last saw it (a word of
+  :mod:`obsctl.health`, the same value ``obsctl_mount_up`` is computed from,
+  see :class:`obsctl.collectors.probe.MountProbe`); for a dead writer
   :func:`read_states` replaces it with what the mount is now:
   ``orphaned`` (still mounted and answering, nobody supervises it),
-  ``stale`` (mounted, ENOTCONN) or ``missing`` (gone);
+  ``stale`` (mounted, ENOTCONN), ``hung`` (no answer) or ``missing`` (gone);
 * ``pid`` (the writer), ``driver_pid`` and ``driver_start`` (the driver's
   start time in clock ticks, so a recycled pid is never taken for it);
 * counters and telemetry fields the writer adds.
@@ -28,7 +28,7 @@ import logging
 import os
 from typing import Any
 
-from obsctl import mounttable
+from obsctl import health, mounttable
 from obsctl.fileutil import atomic_write
 from obsctl.procutil import pid_running
 
@@ -36,10 +36,6 @@ log = logging.getLogger("obsctl")
 
 #: Seconds ``obsctl status`` waits for a stat of a dead writer's mountpoint.
 STATUS_PROBE_TIMEOUT = 1.0
-
-#: The one health value that means "mounted and answering" (``obsctl_mount_up`` 1).
-HEALTH_OK = "ok"
-
 
 def state_file_path(runtime_dir: str, mountpoint: str) -> str:
     """``RUNTIME_DIR/mounts/<mountpoint, / as ->.json`` (``-`` escaped as ``\\x2d``, like systemd-escape)."""
@@ -63,18 +59,15 @@ def remove_state(path: str) -> None:
 
 
 def current_health(mountpoint: str, mountinfo_path: str | None = None) -> str:
-    """What a mount nobody supervises is now: ``orphaned``, ``stale`` or ``missing``
-    (``error`` when the mount table cannot be read).
+    """What a mount nobody supervises is now: ``orphaned`` (answers), or the probe's
+    ``stale`` / ``hung`` / ``missing`` / ``error`` (:func:`obsctl.health.probe`, within
+    :data:`STATUS_PROBE_TIMEOUT` s).
 
     ``mountinfo_path``: the mount table, default :data:`obsctl.mounttable.MOUNTINFO_PATH`
     as it is when called (tests inject a fixture there).
     """
-    try:
-        health = mounttable.probe_health_within(mountpoint, STATUS_PROBE_TIMEOUT,
-                                                path=mountinfo_path or mounttable.MOUNTINFO_PATH)
-    except (OSError, ValueError):
-        return "error"
-    return "orphaned" if health == HEALTH_OK else health
+    word = health.probe(mountpoint, STATUS_PROBE_TIMEOUT, mountinfo_path or mounttable.MOUNTINFO_PATH)
+    return health.ORPHANED if word == health.OK else word
 
 
 def read_states(runtime_dir: str, strict: bool = False) -> list[dict[str, Any]]:

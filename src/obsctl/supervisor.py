@@ -9,13 +9,14 @@ The lifecycle (DESIGN section 1; what happens on each fault: docs/operations.md)
    (:func:`obsctl.unmount.preflight`, exit status 2 otherwise);
 2. spawn the driver (credentials in its environment only, its own session,
    ``PR_SET_PDEATHSIG`` = SIGTERM so it unmounts and exits if obsctl is
-   killed), start the log pump (:mod:`obsctl.logpump`), and only then import
-   the OpenTelemetry SDK, in a thread, so its import time overlaps the
-   driver's start;
+   killed), start the log pump (:mod:`obsctl.logpump`), attach it to the
+   mount's :class:`~obsctl.observer.MountObserver` and only then start the
+   observer (the OpenTelemetry SDK) in a thread, so its import time overlaps
+   the driver's start;
 3. ready (:mod:`obsctl.readiness`), then sd_notify READY=1 and a ``mount``
    span; the first metric export follows about a second later;
 4. steady state: the main thread watches the driver every
-   :data:`WATCH_INTERVAL` s; a poller thread polls the collectors and
+   :data:`WATCH_INTERVAL` s; the observer's poller thread polls the collectors and
    rewrites the state file (:mod:`obsctl.statefile`) every ``poll_interval``
    s, so a collector blocked on a hung driver never delays a stop. A driver that dies: the mount's
    health (:class:`obsctl.collectors.probe.MountProbe`, the one owner of
@@ -28,6 +29,8 @@ The lifecycle (DESIGN section 1; what happens on each fault: docs/operations.md)
    lazily), stop the driver, drain its log, poll the collectors a last
    time, export the final values within the export timeout, exit 0.
 
+Everything about observing the mount (telemetry, collectors, polls, the
+state file) is the observer's; this module keeps the lifecycle only.
 Failure before ready is fail-closed: the driver is stopped, nothing stays
 mounted, and :class:`MountError` carries the driver's own last error line.
 """
@@ -45,30 +48,25 @@ import threading
 import time
 from typing import Any, Callable
 
-from obsctl import mounttable, statefile
+from obsctl import health, mounttable, statefile
 from obsctl.config import MountSpec, TelemetryConfig
 from obsctl.credentials import Credentials
-from obsctl.drivers import Driver, LaunchPlan, PlanContext
+from obsctl.drivers import Driver, LaunchPlan
 from obsctl.logpump import LogPump
-from obsctl.procutil import describe_exit, pid_running, start_time
+from obsctl.observer import DriverConnection, MountLabels, MountObserver, plan_context
+from obsctl.procutil import describe_exit, start_time
 from obsctl.readiness import Interrupted, MountError, ReadyWait
-from obsctl.sources import kernel_source
-from obsctl.statefile import state_file_path
 from obsctl.unmount import (
     DETACHED, FAILED, MountpointError, abort, ensure_fusectl, preflight, recover_orphan, stop_process,
     unmount, unmount_once, warn,
 )
 
-__all__ = ["MountError", "Interrupted", "Supervisor", "generic_collectors", "pid_running", "state_file_path",
-           "sd_notify"]
+__all__ = ["MountError", "Interrupted", "Supervisor", "sd_notify"]
 
 log = logging.getLogger("obsctl")
 
 #: How often the driver process and a stop request are checked (s).
 WATCH_INTERVAL = 0.05
-#: How long the steady-state stat probe may block on a hung driver (s): a
-#: poll never delays a stop by more than this.
-PROBE_TIMEOUT = 0.8
 #: How long a failed start waits for the telemetry import to finish, to
 #: record the failed ``mount`` span (s). Spawn errors do not wait at all.
 FAILED_SPAN_WAIT = 2.0
@@ -121,26 +119,6 @@ def sd_notify(message: str) -> bool:
         return False
 
 
-def generic_collectors(instruments: Any, mountpoint: str, pid_getter: Callable[[], int | None],
-                       probe_timeout: float = 2.0,
-                       mountinfo_path: str = mounttable.MOUNTINFO_PATH) -> tuple[Any, Any, list[Any]]:
-    """The collectors that observe any FUSE driver: /proc/PID/io, the FUSE
-    connection's ``waiting``, the bounded stat probe.
-
-    The one list the supervisor and ``obsctl sidecar`` attach to every mount.
-    ``probe_timeout`` (s) and ``mountinfo_path`` are the probe's
-    (:class:`~obsctl.collectors.probe.MountProbe`).
-    Returns ``(proc_io, probe, [proc_io, fuse_conn, probe])``.
-    """
-    from obsctl.collectors.fuse_conn import FuseConnCollector
-    from obsctl.collectors.probe import MountProbe
-    from obsctl.collectors.proc_io import ProcIoCollector
-
-    proc_io = ProcIoCollector(instruments, pid_getter)
-    probe = MountProbe(instruments, mountpoint, timeout=probe_timeout, mountinfo_path=mountinfo_path)
-    return proc_io, probe, [proc_io, FuseConnCollector(instruments, mountpoint), probe]
-
-
 class Supervisor:
     """Supervise one mount from spawn to final export.
 
@@ -160,36 +138,18 @@ class Supervisor:
                  mountinfo_path: str = mounttable.MOUNTINFO_PATH) -> None:
         self.mountinfo_path = mountinfo_path
         self.spec = spec
-        self.telemetry_cfg = telemetry
         self.credentials = credentials
         self.runtime_dir = runtime_dir
         self.driver = driver
-        self.poll_interval = poll_interval
-        self.bucket = spec.bucket_and_prefix()[0]
         self.stop_requested = threading.Event()
         self.signals = 0
         self.proc: subprocess.Popen[bytes] | None = None
-        self.driver_start: int | None = None
         self.plan: LaunchPlan | None = None
         self.pump: LogPump | None = None
-        self.telemetry: Any = None
-        self._telemetry_error: BaseException | None = None
-        self._telemetry_ready = threading.Event()
-        self.polling: list[Any] = []
-        self.generic_polling: list[Any] = []
-        self.probe: Any = None
-        self.proc_io: Any = None
-        self.sources: Any = None
-        self.state = "starting"
-        self.restarts = 0
-        self.started_at = time.time()
-        self.ready_at: float | None = None
-        self.state_path = state_file_path(runtime_dir, spec.mountpoint)
-        self._first_export: threading.Timer | None = None
-        self._poll_lock = threading.Lock()
-        self._state_lock = threading.Lock()
-        self._poller_stop = threading.Event()
-        self._poller: threading.Thread | None = None
+        labels = MountLabels(spec.mountpoint, spec.source, spec.bucket_and_prefix()[0], driver.name, spec.name)
+        #: Telemetry, collectors, the state file: everything but the lifecycle.
+        self.observer = MountObserver(labels, telemetry, runtime_dir, poll_interval=poll_interval,
+                                      mountinfo_path=mountinfo_path, driver_answers=driver.protocol_answers)
 
     # -- signals ---------------------------------------------------------
     def request_stop(self, *_args: Any) -> None:
@@ -210,8 +170,9 @@ class Supervisor:
             MountError: the binary is missing or not executable (at once).
             ConfigError: the driver refused the spec's options.
         """
-        # Mode none opens no port at all, not even rclone's loopback rc API (PlanContext.listen).
-        self.plan = self.driver.plan(self.spec, self.credentials, PlanContext.for_mount(self.telemetry_cfg))
+        # Mode none opens no port at all, not even rclone's loopback rc API (PlanContext.listen);
+        # the observer's config is the current one (a reload changes it for the next spawn).
+        self.plan = self.driver.plan(self.spec, self.credentials, plan_context(self.observer.telemetry_cfg))
         spawned = time.time_ns()
         try:
             self.proc = subprocess.Popen(
@@ -223,11 +184,10 @@ class Supervisor:
                              or f"{self.plan.argv[0]}: not found") from None
         except PermissionError:
             raise MountError(f"{self.plan.argv[0]}: permission denied (not executable)") from None
-        self.driver_start = start_time(self.proc.pid)
         self.pump = LogPump(self.proc.stdout, self.driver, self.plan.secrets)
         self.pump.start()
-        if self.telemetry is not None:
-            self._attach_collectors()
+        self.observer.attach(DriverConnection(self._driver_pid, start_time(self.proc.pid), self.driver,
+                                              self.plan, self.pump))
         return spawned
 
     def _wait_ready(self) -> None:
@@ -239,148 +199,8 @@ class Supervisor:
         last = self.pump.last_error() if self.pump else ""
         return f"{what}: {last}" if last else what
 
-    # -- telemetry -------------------------------------------------------
-    def _init_telemetry(self) -> None:
-        try:
-            from obsctl.instruments import MountAttributes
-            from obsctl.telemetry import Telemetry
-
-            attrs = MountAttributes(self.bucket, self.driver.name, self.spec.mountpoint)
-            extra = {"obsctl.mount.source": self.spec.source, "obsctl.mount.impl": self.driver.name}
-            if self.spec.name:
-                extra["obsctl.mount.name"] = self.spec.name
-            self.telemetry = Telemetry(self.telemetry_cfg, attrs, resource_attributes=extra)
-            self.proc_io, self.probe, self.generic_polling = generic_collectors(
-                self.telemetry.instruments, self.spec.mountpoint, self._driver_pid,
-                probe_timeout=PROBE_TIMEOUT, mountinfo_path=self.mountinfo_path)
-            kernel, self.sources = kernel_source(self.telemetry.instruments, self.driver.name, self.spec.mountpoint)
-            self.generic_polling.append(kernel)
-        except BaseException as exc:  # reported by the main thread
-            self._telemetry_error = exc
-        finally:
-            self._telemetry_ready.set()
-
-    def _attach_collectors(self) -> None:
-        assert self.plan is not None and self.pump is not None
-        ins = self.telemetry.instruments
-        for old in self.polling:
-            if old not in self.generic_polling:
-                old.close()
-        self.polling = list(self.generic_polling) + self.driver.polling_collectors(ins, self.plan)
-        self.pump.attach([c.feed for c in self.driver.log_collectors(self.sources.driver_view(ins), self.plan)])
-
     def _driver_pid(self) -> int | None:
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
-
-    def _poll_collectors(self, wait: float | None = None) -> bool:
-        """Poll every collector once (one poller at a time); False when another poll held the lock past ``wait`` s.
-
-        The state file is rewritten as soon as the probe's health changed,
-        so ``obsctl status`` does not lag the gauge behind slower collectors.
-        Collectors never raise (:class:`obsctl.collectors.Collector`).
-        """
-        if not self._poll_lock.acquire(timeout=-1 if wait is None else wait):
-            return False
-        try:
-            for collector in self.polling:
-                before = self.probe.health if collector is self.probe else None
-                collector.poll()
-                if collector is self.probe and self.probe.health != before:
-                    self._write_state()
-        finally:
-            self._poll_lock.release()
-        return True
-
-    def _poll_loop(self) -> None:
-        """The collector poller thread: every ``poll_interval`` s while ready, poll and write the state file.
-
-        Polls run off the main thread, so a collector blocked on a hung
-        driver (the probe's 0.8 s, rclone rc's 1 s per request) never delays
-        the driver watch or a stop.
-        """
-        while not self._poller_stop.wait(self.poll_interval):
-            if self.state == "ready":
-                self._poll_collectors()
-                if self.state == "ready":
-                    self._write_state()
-
-    def _stop_poller(self) -> None:
-        self._poller_stop.set()
-        if self._poller is not None:
-            self._poller.join(2.0)
-
-    def _span(self, name: str, start_ns: int, attributes: dict[str, Any], error: str | None = None) -> None:
-        if self.telemetry is None:
-            return
-        try:
-            from opentelemetry.trace import Status, StatusCode
-
-            span = self.telemetry.tracer.start_span(name, start_time=start_ns, attributes={
-                "obsctl.mount.source": self.spec.source, "obsctl.mount.impl": self.driver.name,
-                "obsctl.mount.mountpoint": self.spec.mountpoint, **attributes})
-            if error:
-                span.set_status(Status(StatusCode.ERROR, error))
-            span.end()
-        except Exception:  # telemetry never takes the lifecycle down
-            log.debug("span %s failed", name, exc_info=True)
-
-    def _shutdown_telemetry(self) -> None:
-        """Final export, bounded by the export timeout; a failure is one warning line, never a traceback."""
-        if self.telemetry is None:
-            return
-        try:
-            self.telemetry.shutdown()
-        except Exception as exc:  # noqa: BLE001
-            log.warning("final telemetry export failed: %s", exc)
-
-    # -- health and state file ---------------------------------------------
-    def _set_health(self, health: str, state: str | None = None) -> None:
-        """Record that the mount cannot serve (``down``, ``stopping``) and write the state file at once."""
-        if state is not None:
-            self.state = state
-        if self.probe is not None:
-            self.probe.mark(health)
-        self._write_state()
-
-    def status(self) -> dict[str, Any]:
-        """The JSON object ``obsctl status`` shows for this mount (format: :mod:`obsctl.statefile`).
-
-        ``health``, ``driver_io`` and ``driver_stats`` are the collectors' own
-        parts (:meth:`obsctl.collectors.Collector.status`).
-        """
-        from obsctl.collectors import collector_status  # cheap: no OpenTelemetry import
-
-        totals = self.telemetry.instruments.totals if self.telemetry else {}
-        collected = collector_status(self.polling)
-        return {
-            "name": self.spec.name,
-            "mountpoint": self.spec.mountpoint,
-            "source": self.spec.source,
-            "bucket": self.bucket,
-            "impl": self.driver.name,
-            "state": self.state,
-            "pid": os.getpid(),
-            "driver_pid": self._driver_pid(),
-            "driver_start": self.driver_start if self._driver_pid() else None,
-            "started_at": self.started_at,
-            "ready_at": self.ready_at,
-            "restarts": self.restarts,
-            "health": collected["health"],
-            "read_bytes": int(totals.get("obsctl_fs_read_bytes", 0)),
-            "write_bytes": int(totals.get("obsctl_fs_write_bytes", 0)),
-            "fs_ops": int(totals.get("obsctl_fs_ops", 0)),
-            "errors": int(totals.get("obsctl_errors", 0)),
-            "driver_io": collected["driver_io"],
-            "driver_stats": collected["driver_stats"],
-            "telemetry_mode": self.telemetry_cfg.mode,
-            "last_export": self.telemetry.export_status.as_dict() if self.telemetry else None,
-            "live": self.telemetry.instruments.live() if self.telemetry else None,
-            "sources": self.sources.as_dict() if self.sources is not None else None,
-        }
-
-    def _write_state(self) -> None:
-        with self._state_lock:
-            statefile.write_state(self.state_path, self.status())
 
     # -- main --------------------------------------------------------------
     def _recover(self) -> None:
@@ -416,60 +236,55 @@ class Supervisor:
         """
         self._recover()
         preflight(self.spec.mountpoint, self.mountinfo_path)
+        observer = self.observer
         spawned = time.time_ns()
         telemetry_thread: threading.Thread | None = None
         try:
             spawned = self._spawn()
-            telemetry_thread = threading.Thread(target=self._init_telemetry, name="telemetry-init", daemon=True)
-            telemetry_thread.start()
+            telemetry_thread = observer.start_in_background()
             self._wait_ready()
         except Interrupted:
-            self.state = "stopped"
+            observer.state = "stopped"
             abort(self.proc, self.spec.mountpoint, self.mountinfo_path)
             print(f"obsctl: stopped before the mount was ready; nothing is mounted at {self.spec.mountpoint}",
                   file=sys.stderr, flush=True)
             return 0
         except BaseException as exc:
-            self.state = "failed"
+            observer.state = "failed"
             abort(self.proc, self.spec.mountpoint, self.mountinfo_path)
-            if telemetry_thread is not None and self._telemetry_ready.wait(FAILED_SPAN_WAIT) \
-                    and self.telemetry is not None:
-                self._span("mount", spawned, {}, error=str(exc))
-                self.telemetry.instruments.add_error("mount_failed")
-                self._shutdown_telemetry()
+            if telemetry_thread is not None and observer.started.wait(FAILED_SPAN_WAIT) \
+                    and observer.telemetry is not None:
+                observer.span("mount", spawned, {}, error=str(exc))
+                observer.add_error("mount_failed")
+                observer.close(final_poll=False)
             raise
-        self.ready_at = time.time()
-        while not self._telemetry_ready.wait(WATCH_INTERVAL):
+        observer.ready_at = time.time()
+        while not observer.started.wait(WATCH_INTERVAL):
             if self.stop_requested.is_set() or self.proc is None or self.proc.poll() is not None:
                 break
-        if self._telemetry_error is not None or not self._telemetry_ready.is_set():
-            error = self._telemetry_error
+        if observer.start_error is not None or not observer.started.is_set():
+            error = observer.start_error
             self._stop_driver()
             if error is None:
                 return 0
             raise MountError(f"telemetry could not start: {error}")
         ensure_fusectl()
-        self._attach_collectors()
-        self.sources.kernel.poll()  # trace from the first request after READY
-        self.state = "ready"
-        ready_s = self.ready_at - spawned / 1e9
-        self._span("mount", spawned, {"obsctl.mount.ready_seconds": ready_s})
+        observer.sources.kernel.poll()  # trace from the first request after READY
+        observer.state = "ready"
+        ready_s = observer.ready_at - spawned / 1e9
+        observer.span("mount", spawned, {"obsctl.mount.ready_seconds": ready_s})
         # The state file says "ready" before systemd and the terminal hear it,
         # so `obsctl status` right after READY=1 already lists the mount.
-        self._poll_collectors()
-        self._write_state()
+        observer.poll()
+        observer.write_state()
         sd_notify(f"READY=1\nSTATUS=mounted {self.spec.source} on {self.spec.mountpoint}")
         print(f"obsctl: mounted {self.spec.source} on {self.spec.mountpoint} "
               f"({self.driver.name}, driver pid {self.proc.pid}) in {ready_s:.2f} s", file=sys.stderr, flush=True)
-        self._first_export = threading.Timer(1.0, self.telemetry.flush)
-        self._first_export.daemon = True
-        self._first_export.start()
         return self._supervise()
 
     def _supervise(self) -> int:
         exit_code = 0
-        self._poller = threading.Thread(target=self._poll_loop, name="collector-poll", daemon=True)
-        self._poller.start()
+        self.observer.start_polling(lambda: self.observer.state == "ready")
         while not self.stop_requested.wait(WATCH_INTERVAL):
             if self.proc is not None and self.proc.poll() is not None:
                 if not self._handle_driver_exit():
@@ -485,25 +300,26 @@ class Supervisor:
         a stop was requested meanwhile (the caller's loop sees it).
         """
         assert self.proc is not None and self.pump is not None
+        observer = self.observer
         code = self.proc.returncode
         died_ns = time.time_ns()
-        self._set_health("down", "restarting" if self.restarts < self.spec.max_restarts else "failed")
+        observer.mark(health.DOWN, "restarting" if observer.restarts < self.spec.max_restarts else "failed")
         # A dead driver's mount answers ENOTCONN; nothing can be waiting on it: lazy at once.
         if not unmount_once(self.spec.mountpoint, path=self.mountinfo_path):
             unmount_once(self.spec.mountpoint, lazy=True, path=self.mountinfo_path)
         self.pump.join(1)
         reason = self._failure(f"{self.driver.name} {describe_exit(code)}")
         print(f"obsctl: {reason}", file=sys.stderr, flush=True)
-        self.telemetry.instruments.add_error("driver_exit")
-        self._span("driver.exit", died_ns, {"process.exit.code": code}, error=reason)
-        if self.restarts >= self.spec.max_restarts:
-            print(f"obsctl: giving up after {self.restarts} restart(s) (max_restarts)", file=sys.stderr, flush=True)
+        observer.add_error("driver_exit")
+        observer.span("driver.exit", died_ns, {"process.exit.code": code}, error=reason)
+        if observer.restarts >= self.spec.max_restarts:
+            print(f"obsctl: giving up after {observer.restarts} restart(s) (max_restarts)", file=sys.stderr,
+                  flush=True)
             return False
-        backoff = min(MAX_BACKOFF, 2.0 ** self.restarts)
+        backoff = min(MAX_BACKOFF, 2.0 ** observer.restarts)
         if self.stop_requested.wait(backoff):
             return True
-        self.restarts += 1
-        self.telemetry.instruments.add_restart()
+        observer.add_restart()
         started = time.time_ns()
         try:
             self._spawn()
@@ -512,20 +328,20 @@ class Supervisor:
             abort(self.proc, self.spec.mountpoint, self.mountinfo_path)
             return True
         except Exception as exc:  # MountError, or ConfigError from the driver's plan
-            self._span("restart", started, {"obsctl.restart.count": self.restarts}, error=str(exc))
+            observer.span("restart", started, {"obsctl.restart.count": observer.restarts}, error=str(exc))
             print(f"obsctl: restart failed: {exc}", file=sys.stderr, flush=True)
-            self.state = "failed"
+            observer.state = "failed"
             abort(self.proc, self.spec.mountpoint, self.mountinfo_path)
             return False
-        self._span("restart", started, {"obsctl.restart.count": self.restarts})
-        self.state = "ready"
+        observer.span("restart", started, {"obsctl.restart.count": observer.restarts})
+        observer.state = "ready"
         # Announced before the probe can say "up" again: obsctl_mount_up stays 0 from the
         # driver's death until this line (tests/integration/test_lifecycle_faults.py).
         print(f"obsctl: restarted {self.driver.name} (driver pid {self.proc.pid})", file=sys.stderr, flush=True)
         # health from a real probe again; a poll stuck on the old driver is not waited for
         # (the poller's next round then sets it)
-        self._poll_collectors(wait=0.5)
-        self._write_state()
+        observer.poll(wait=0.5)
+        observer.write_state()
         return True
 
     def _stop_driver(self) -> None:
@@ -543,20 +359,14 @@ class Supervisor:
 
     def _shutdown(self, exit_code: int) -> int:
         started = time.time_ns()
-        if self._first_export is not None:
-            self._first_export.cancel()
+        observer = self.observer
         sd_notify("STOPPING=1")
-        self._set_health("stopping", "stopping" if exit_code == 0 else "failed")
-        self._poller_stop.set()
+        observer.mark(health.STOPPING, "stopping" if exit_code == 0 else "failed")
+        observer.stop_polling(join=False)
         self._stop_driver()
-        self._stop_poller()  # a poll blocked on the old driver ends once the driver is gone
+        observer.stop_polling()  # a poll blocked on the old driver ends once the driver is gone
+        observer.span("unmount", started, {})
         # Every log line is in now (the pump hit EOF): the counters are final.
-        for collector in self.polling:
-            if collector is not self.proc_io and collector is not self.probe:
-                collector.poll()
-            collector.close()
-        self._span("unmount", started, {})
-        statefile.remove_state(self.state_path)
-        self._shutdown_telemetry()
+        observer.close()
         print(f"obsctl: unmounted {self.spec.mountpoint}", file=sys.stderr, flush=True)
         return exit_code

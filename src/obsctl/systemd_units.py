@@ -15,10 +15,12 @@ mount's desired state (the fuse_mount module drives the same engine through
 * ``apply --json [--check] [--diff]``: one :class:`obsctl.engine.Request` as
   JSON on stdin (secrets included: never in argv), the result as JSON on
   stdout;
-* ``check --name NAME``: the timer's health check (:func:`check`).
+* ``check --name NAME``: the timer's health check (:func:`check`); the
+  check unit (templates/obsctl-mount-check@.service.j2) runs this command.
 
-Exit status (as the rest of the CLI): 0 done; 1 failed (a failed start rolled
-this run's changes back); 2 bad usage or invalid input (nothing was changed).
+Exit status (:data:`obsctl.errors.EXIT_OK` ..., as the rest of the CLI): 0 done;
+1 failed (a failed start rolled this run's changes back); 2 bad usage or invalid
+input (nothing was changed).
 With ``apply --json`` stdout holds one JSON object in every case: the result,
 or ``{"failed": true, "msg": ..., "rolled_back": ..., "journal": [...]}``.
 """
@@ -31,14 +33,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-from obsctl import engine
-from obsctl.config import ConfigError
+from obsctl import credentials as creds_mod
+from obsctl import engine, health, tomlio
+from obsctl.config import parse_telemetry
 from obsctl.engine import EngineError, Layout, Request, Runner, check_name, journal_tail, run_command, unit_state
+from obsctl.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError
 from obsctl.mountargs import mount_spec_from_args
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from obsctl.mountspec import load_mount_spec
 
 
 def request_from_args(args: argparse.Namespace, command: list[str]) -> Request:
@@ -50,10 +53,6 @@ def request_from_args(args: argparse.Namespace, command: list[str]) -> Request:
     Raises:
         ConfigError: invalid name, spec or telemetry, or no credentials where they were asked for.
     """
-    from obsctl import credentials as creds_mod
-    from obsctl.config import parse_telemetry
-    from obsctl import tomlio
-
     if not args.name:
         raise ConfigError("obsctl systemd install needs --name NAME (it names obsctl-mount@NAME.service)")
     check_name(args.name)
@@ -164,23 +163,26 @@ def cmd_apply(args: argparse.Namespace, stdin: Any = None, stdout: Any = None) -
 
 
 def check(name: str, root: Path = Path("/"), run: Runner = run_command, out: Callable[[str], None] = print,
-          probe_timeout: float = 5.0, settle_seconds: float = 15.0) -> int:
-    """Health check of mount ``name``; repairs what it can. Returns the exit status.
+          probe_timeout: float = 5.0, settle_seconds: float = health.SETTLE_SECONDS,
+          sleep: Callable[[float], None] = time.sleep) -> int:
+    """``obsctl systemd check --name NAME``: health check of mount ``name`` (the timer's); repairs what it can.
+
+    Returns the exit status (0 / 1 / 2, as the rest of the CLI). The mount's health is
+    :func:`obsctl.health.probe`'s word (``probe_timeout`` s), the one ``obsctl status``
+    and the fuse_mount_info module report:
 
     * unit active, mount ``ok``: nothing to do (0);
-    * unit active, mount ``stale`` (driver gone, "Transport endpoint is not
-      connected", or no answer within ``probe_timeout`` seconds) or ``missing``:
-      ``systemctl restart`` -- obsctl unmounts the dead mount lazily and
-      mounts again (0 when the mount answers afterwards, else 1);
+    * unit active, mount ``stale`` (driver gone), ``hung`` (no answer) or
+      ``missing``: ``systemctl restart`` -- obsctl unmounts the dead mount
+      lazily and mounts again (0 when the mount answers within
+      ``settle_seconds``, :func:`obsctl.health.wait_until_ok`, else 1);
     * unit ``failed`` (systemd gave up after its start limit):
       ``reset-failed`` + ``start`` (0 / 1 the same way);
     * unit inactive: stopped on purpose, left alone (0).
     """
-    from obsctl import mounttable
-    from obsctl.config import load_mount_spec
-
-    layout = Layout(name, root)
     try:
+        check_name(name)
+        layout = Layout(name, root)
         spec = load_mount_spec(layout.spec)
     except ConfigError as exc:
         out(f"obsctl: {exc}")
@@ -192,8 +194,8 @@ def check(name: str, root: Path = Path("/"), run: Runner = run_command, out: Cal
     if state == "inactive":
         out(f"obsctl: {layout.unit} is stopped; left alone")
         return EXIT_OK
-    health = mounttable.probe_health_within(spec.mountpoint, probe_timeout) if state == "active" else "n/a"
-    if state == "active" and health == "ok":
+    word = health.probe(spec.mountpoint, probe_timeout) if state == "active" else "n/a"
+    if state == "active" and word == health.OK:
         out(f"obsctl: {spec.mountpoint} is healthy")
         return EXIT_OK
     if state == "failed":
@@ -201,37 +203,14 @@ def check(name: str, root: Path = Path("/"), run: Runner = run_command, out: Cal
         run(["systemctl", "reset-failed", layout.unit])
         rc, _out, _err = run(["systemctl", "start", layout.unit])
     else:
-        out(f"obsctl: {spec.mountpoint} is {health} while {layout.unit} runs; remounting")
+        out(f"obsctl: {spec.mountpoint} is {word} while {layout.unit} runs; remounting")
         rc, _out, _err = run(["systemctl", "restart", layout.unit])
-    deadline = time.monotonic() + settle_seconds
-    health = "missing"
-    while rc == 0:
-        health = mounttable.probe_health_within(spec.mountpoint, probe_timeout)
-        if health == "ok" or time.monotonic() >= deadline:
-            break
-        time.sleep(0.5)
-    if rc == 0 and health == "ok":
+    word = health.MISSING
+    if rc == 0:
+        word = health.wait_until_ok(lambda: health.probe(spec.mountpoint, probe_timeout), settle_seconds, sleep)
+    if rc == 0 and word == health.OK:
         out(f"obsctl: {spec.mountpoint} is mounted again")
         return EXIT_OK
-    out(f"obsctl: repair of {spec.mountpoint} failed (mount {health}); last log lines:\n"
+    out(f"obsctl: repair of {spec.mountpoint} failed (mount {word}); last log lines:\n"
         + "\n".join(journal_tail(run, layout.unit)))
     return EXIT_FAILED
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m obsctl.systemd_units check NAME`` (the health-check unit's command)."""
-    parser = argparse.ArgumentParser(prog="python -m obsctl.systemd_units")
-    sub = parser.add_subparsers(dest="command", required=True)
-    chk = sub.add_parser("check", help="health-check one mount and remount it when stale")
-    chk.add_argument("name")
-    args = parser.parse_args(argv)
-    try:
-        check_name(args.name)
-    except ConfigError as exc:
-        print(f"obsctl: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    return check(args.name)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

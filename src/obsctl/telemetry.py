@@ -331,9 +331,10 @@ class Telemetry:
         cost a file descriptor, not a thread. The limits are in
         :data:`PROMETHEUS_SERVER`.
         """
+        # start-up cost: the Prometheus exporter and its server load only in mode local
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from prometheus_client import CollectorRegistry, make_wsgi_app
-        from waitress.server import create_server
+        from prometheus_client import CollectorRegistry, make_wsgi_app  # start-up cost: as above
+        from waitress.server import create_server  # start-up cost: as above
 
         host, _sep, port = bind_address.rpartition(":")
         host = host.strip("[]")

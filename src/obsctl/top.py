@@ -1,7 +1,7 @@
 """``obsctl top``: a live terminal view of every obsctl mount on this host.
 
 Reads the per-mount state files that ``obsctl status`` reads
-(:func:`obsctl.cli.read_states`, RUNTIME_DIR/mounts/*.json, rewritten by each
+(:func:`obsctl.statefile.read_states`, RUNTIME_DIR/mounts/*.json, rewritten by each
 supervisor every poll: 2 s by default) once per refresh (1 s by default) and
 shows, per mount: name, mountpoint, driver, state/health, read and write
 MiB/s through the mount, FUSE operations/s, errors/s, requests waiting in
@@ -24,10 +24,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from typing import Any, Callable
 
+from rich import box
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from obsctl import paths, statefile
 from obsctl.topstats import MountRow, Tracker
 
 #: Width of a frame printed to something that is not a terminal (a pipe or a
@@ -58,10 +66,6 @@ def _state(row: MountRow) -> str:
 
 def render(rows: list[MountRow], now: float, interval: float) -> Any:
     """The rich renderable of one frame: a header line and one table row per mount."""
-    from rich import box
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
 
     header = Text(f"obsctl top  {time.strftime('%H:%M:%S', time.localtime(now))}  "
                   f"{len(rows)} mount{'s' if len(rows) != 1 else ''}  refresh {interval:g} s  "
@@ -90,8 +94,6 @@ def render(rows: list[MountRow], now: float, interval: float) -> Any:
 
 
 def _console(force_plain: bool = False) -> Any:
-    from rich.console import Console
-
     if force_plain or not sys.stdout.isatty():
         width = int(os.environ.get("COLUMNS") or PLAIN_WIDTH)
         return Console(file=sys.stdout, force_terminal=False, no_color=True, highlight=False,
@@ -125,19 +127,18 @@ def run(once: bool = False, as_json: bool = False, interval: float = 1.0, wait: 
         interval: seconds between refreshes of the live view (> 0).
         wait: ``--once``: at most this many seconds to wait for every mount's
             next state write (the supervisor writes every 2 s by default).
-        runtime_dir: where the state files are (default: ``obsctl.cli.runtime_dir()``).
+        runtime_dir: where the state files are (default: :func:`obsctl.paths.runtime_dir`).
 
     Returns 1, with a message on stderr, when the state directory cannot be
     read (permission, not a directory).
     """
-    from obsctl.cli import read_states
-    from obsctl.cli import runtime_dir as default_runtime_dir
+    directory = runtime_dir or paths.runtime_dir()
 
     def read() -> list[dict[str, Any]]:
         try:
-            return read_states(runtime_dir)
+            return statefile.read_states(directory, strict=True)
         except OSError as exc:
-            where = os.path.join(runtime_dir or default_runtime_dir(), "mounts")
+            where = os.path.join(directory, "mounts")
             raise StateDirError(
                 f"cannot read the mount states in {where}: {exc.strerror or exc} "
                 "(run obsctl top as root or as a member of the directory's group, "
@@ -165,10 +166,6 @@ def _run(read: Callable[[], list[dict[str, Any]]], once: bool, as_json: bool, in
                 console.print(render(rows, time.time(), interval))
             sys.stdout.write("".join(line.rstrip() + "\n" for line in capture.get().splitlines()))
         return 0
-
-    import signal
-
-    from rich.live import Live
 
     # Ctrl-C (SIGINT) and SIGTERM only set a flag, checked every 50 ms: no
     # KeyboardInterrupt can then land in the middle of a redraw or of Live's

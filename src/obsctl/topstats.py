@@ -236,7 +236,7 @@ class Tracker:
         return float(value) if isinstance(value, (int, float)) else None
 
     def update(self, states: list[dict[str, Any]]) -> list[MountRow]:
-        """Feed the states read now (``obsctl.cli.read_states``); returns one
+        """Feed the states read now (:func:`obsctl.statefile.read_states`); returns one
         row per state, in the given order. Mounts that disappeared are forgotten."""
         seen = set()
         rows = []

@@ -25,8 +25,9 @@ import time
 from typing import Any
 
 from obsctl import mounttable
-from obsctl.config import ConfigError
+from obsctl.errors import ConfigError
 from obsctl.procutil import holders, same_process
+from obsctl.statefile import remove_state
 
 log = logging.getLogger("obsctl")
 
@@ -186,8 +187,6 @@ def recover_orphan(state: dict[str, Any], busy_wait: float = BUSY_WAIT) -> list[
     Raises:
         RuntimeError: something is still mounted afterwards.
     """
-    from obsctl.statefile import remove_state
-
     mountpoint = str(state.get("mountpoint") or "")
     done = []
     driver_pid, driver_start = state.get("driver_pid"), state.get("driver_start")

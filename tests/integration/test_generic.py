@@ -84,6 +84,9 @@ def test_sidecar_observes_a_mount_it_did_not_start(bindfs_source, mountpoint, ru
                       >= 32 * 1024, 15, "the bytes bindfs wrote to /dev/fuse (the read) in /proc/PID/io")
         st = [e for e in status_json(env) if e.get("mountpoint") == str(mountpoint)]
         assert len(st) == 1 and st[0]["state"] == "observing" and st[0]["driver_pid"] == bindfs.pid, st
+        # one state-file schema (obsctl.observer.MountObserver.status), the same as obsctl mount's
+        assert st[0]["restarts"] == 0 and st[0]["ready_at"] >= st[0]["started_at"] and st[0]["fs_ops"] >= 0, st
+        assert st[0]["driver_start"] is not None and st[0]["health"] == "ok", st
         refused = run_obsctl("unmount", str(mountpoint), env=env)
         assert refused.returncode == 1 and "only observed" in refused.stderr
         assert is_mounted(mountpoint)

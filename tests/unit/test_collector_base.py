@@ -122,18 +122,19 @@ STATE_KEYS = {"name", "mountpoint", "source", "bucket", "impl", "state", "pid", 
 
 
 def test_supervisor_status_keeps_the_state_file_shape(tmp_path):
-    from obsctl.config import build_mount_spec, parse_telemetry
+    from obsctl.config import parse_telemetry
+    from obsctl.mountspec import build_mount_spec
     from obsctl.drivers import get_driver
     from obsctl.supervisor import Supervisor
 
     spec = build_mount_spec({"source": "s3://bucket", "mountpoint": str(tmp_path / "m"), "impl": "rclone"})
     sup = Supervisor(spec, parse_telemetry({"telemetry": {"mode": "none"}}), None, str(tmp_path), get_driver("rclone"))
-    status = sup.status()  # before telemetry: no collector yet
+    status = sup.observer.status()  # before telemetry: no collector yet
     assert set(status) == STATE_KEYS
     assert {k: status[k] for k in EMPTY_STATUS} == EMPTY_STATUS
     _reader, ins = in_memory(ATTRS)
     probe = MountProbe(ins, str(tmp_path / "m"))
     probe.mark("stopping")
-    sup.polling = [probe]
-    status = sup.status()
+    sup.observer.polling = [probe]
+    status = sup.observer.status()
     assert set(status) == STATE_KEYS and status["health"] == "stopping"

@@ -81,7 +81,7 @@ def test_hung_daemon_is_bounded():
     assert probe.health == "hung" and len(calls) == 1
     assert observed(reader) == [(attrs.with_mountpoint(), 0)]
     release.set()
-    probe._thread.join(2)
+    probe._probe._attempt.done(2)
     probe.poll()
     assert len(calls) == 2
     assert probe.health == "ok"

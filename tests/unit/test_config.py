@@ -9,7 +9,8 @@ import pytest
 
 from obsctl import credentials
 from obsctl.cli import main
-from obsctl.config import ConfigError, build_mount_spec, check_file, load_telemetry, parse_telemetry
+from obsctl.config import ConfigError, load_telemetry, parse_telemetry
+from obsctl.mountspec import build_mount_spec, check_file
 from obsctl.drivers import PlanContext, get_driver, redact
 
 VALID = """

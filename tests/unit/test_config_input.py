@@ -8,7 +8,8 @@ import tomllib
 
 import pytest
 
-from obsctl.config import ConfigError, build_mount_spec, load_telemetry, parse_telemetry
+from obsctl.config import ConfigError, load_telemetry, parse_telemetry
+from obsctl.mountspec import build_mount_spec
 from obsctl.instruments import MountAttributes
 from obsctl.telemetry import Telemetry
 

@@ -4,7 +4,8 @@ and what to do instead; ordinary options pass through unchanged."""
 
 import pytest
 
-from obsctl.config import ConfigError, build_mount_spec
+from obsctl.config import ConfigError
+from obsctl.mountspec import build_mount_spec
 from obsctl.drivers import PlanContext, get_driver
 
 VALUE = "Sup3rSecretValue"

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from obsctl.cli import _parser
-from obsctl.config import ConfigError, build_mount_spec
+from obsctl.config import ConfigError
+from obsctl.mountspec import build_mount_spec
 from obsctl.drivers import DISTRO_DRIVERS, DRIVERS, RELEASE_DRIVERS, Driver, get_driver
 
 ROOT = Path(__file__).resolve().parents[2]

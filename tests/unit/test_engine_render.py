@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from obsctl import engine, tomlio
-from obsctl.config import load_mount_spec
+from obsctl.mountspec import load_mount_spec
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from obsctl import statefile
-from obsctl.config import build_mount_spec
+from obsctl.mountspec import build_mount_spec
 from obsctl.drivers import PlanContext
 from obsctl.drivers.generic import GenericDriver
 from obsctl.logpump import LogPump
@@ -299,18 +299,18 @@ def test_supervisor_crash_restart_with_backoff_and_sigterm_order(tmp_path, fake_
     table, log = fake_host
     sup = make_supervisor(tmp_path, table, max_restarts=2)
     thread, result = run_in_thread(sup)
-    wait_for(lambda: sup.state == "ready" and sup.probe is not None and sup.probe.health == "ok"
-             and Path(sup.state_path).exists())
+    wait_for(lambda: sup.observer.state == "ready" and sup.observer.probe is not None and sup.observer.probe.health == "ok"
+             and Path(sup.observer.state_path).exists())
     first = sup.proc.pid
-    state = json.loads(Path(sup.state_path).read_text())
+    state = json.loads(Path(sup.observer.state_path).read_text())
     assert state["health"] == "ok" and state["driver_pid"] == first
 
     os.kill(first, signal.SIGKILL)  # crash: its mount line stays, like a dead FUSE mount
-    wait_for(lambda: sup.probe.health == "down", 1.0)
+    wait_for(lambda: sup.observer.probe.health == "down", 1.0)
     died = time.monotonic()
-    wait_for(lambda: json.loads(Path(sup.state_path).read_text())["health"] == "down", 0.5)
+    wait_for(lambda: json.loads(Path(sup.observer.state_path).read_text())["health"] == "down", 0.5)
     # "ready" is announced first, then the probe's round says "ok"
-    wait_for(lambda: sup.restarts == 1 and sup.state == "ready" and sup.probe.health == "ok")
+    wait_for(lambda: sup.observer.restarts == 1 and sup.observer.state == "ready" and sup.observer.probe.health == "ok")
     assert time.monotonic() - died >= 0.9, "restarted before the 1 s backoff"
     assert sup.proc.pid != first
 
@@ -321,14 +321,14 @@ def test_supervisor_crash_restart_with_backoff_and_sigterm_order(tmp_path, fake_
     # SIGTERM order: unmount first, then the driver exits by itself; nothing is left mounted
     assert events[-2:] == ["fusermount3 -u", "driver: exit after unmount"], events
     assert table.read_text() == ""
-    assert not Path(sup.state_path).exists()
+    assert not Path(sup.observer.state_path).exists()
 
 
 def test_supervisor_gives_up_when_restarts_are_spent(tmp_path, fake_host):
     table, log = fake_host
     sup = make_supervisor(tmp_path, table, max_restarts=0)
     thread, result = run_in_thread(sup)
-    wait_for(lambda: sup.state == "ready")
+    wait_for(lambda: sup.observer.state == "ready")
     os.kill(sup.proc.pid, signal.SIGKILL)
     thread.join(10)
     assert result["code"] == 1 and table.read_text() == ""
@@ -401,11 +401,11 @@ def test_next_mount_forgets_a_dead_sidecar_state_without_touching_anything(tmp_p
     sup = make_supervisor(tmp_path, table)
     bystander = subprocess.Popen(["sleep", "30"])
     try:
-        statefile.write_state(sup.state_path, {"mountpoint": sup.spec.mountpoint, "state": "observing",
+        statefile.write_state(sup.observer.state_path, {"mountpoint": sup.spec.mountpoint, "state": "observing",
                                                "pid": _dead_pid(), "driver_pid": bystander.pid,
                                                "driver_start": start_time(bystander.pid)})
         sup._recover()
-        assert not Path(sup.state_path).exists()
+        assert not Path(sup.observer.state_path).exists()
         assert bystander.poll() is None
     finally:
         bystander.kill()
@@ -415,7 +415,7 @@ def test_next_mount_forgets_a_dead_sidecar_state_without_touching_anything(tmp_p
 def test_next_mount_refuses_a_mountpoint_a_live_obsctl_runs(tmp_path, fake_host):
     table, _log = fake_host
     sup = make_supervisor(tmp_path, table)
-    statefile.write_state(sup.state_path, {"mountpoint": sup.spec.mountpoint, "state": "ready", "pid": os.getpid()})
+    statefile.write_state(sup.observer.state_path, {"mountpoint": sup.spec.mountpoint, "state": "ready", "pid": os.getpid()})
     with pytest.raises(MountpointError, match="already run by obsctl"):
         sup.run()
     assert sup.proc is None

@@ -12,6 +12,7 @@ import os
 
 import pytest
 
+from obsctl import health
 from obsctl import mounttable as mi
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -89,10 +90,13 @@ HEALTH = [
 def test_health(name, mountpoint, dead, expected):
     mounts = mi.read_mounts(fixture(name))
     assert mi.probe_health(os.path.normpath(mountpoint), mounts=mounts, stat=_Stat(dead)) == expected
-    assert mi.probe_health_within(os.path.normpath(mountpoint), 2, mounts=mounts, stat=_Stat(dead)) == expected
+    assert health.probe(os.path.normpath(mountpoint), 2, fixture(name), stat=_Stat(dead)) == expected
+    assert health.probe(os.path.normpath(mountpoint), 2, mounts=mounts, stat=_Stat(dead)) == expected
 
 
-def test_probe_within_times_out_as_stale():
+def test_probe_that_does_not_answer_is_hung():
+    """The one bounded probe: no answer within the timeout is ``hung`` (alive, not answering), never
+    ``stale`` (driver gone): the word obsctl status, status --all, the engine and the check unit share."""
     import threading
     gate = threading.Event()
     mounts = mi.read_mounts(fixture("rclone.txt"))
@@ -101,7 +105,7 @@ def test_probe_within_times_out_as_stale():
         gate.wait(5)
 
     try:
-        assert mi.probe_health_within("/tmp/cap/mnt/rclone", 0.2, mounts=mounts, stat=hung) == "stale"
+        assert health.probe("/tmp/cap/mnt/rclone", 0.2, mounts=mounts, stat=hung) == health.HUNG
     finally:
         gate.set()
 
@@ -174,7 +178,7 @@ def test_every_health_probe_uses_statvfs_by_default():
     from obsctl.collectors.probe import MountProbe
 
     assert mi.HEALTH_PROBE is os.statvfs
-    for function, parameter in ((mi.probe_health, "stat"), (mi.probe_health_within, "stat"),
+    for function, parameter in ((mi.probe_health, "stat"), (health.probe, "stat"), (health.Probe.__init__, "stat"),
                                 (MountProbe.__init__, "stat"), (engine.mount_facts, "stat_fn"),
                                 (engine.Engine.__init__, "stat_fn")):
         assert inspect.signature(function).parameters[parameter].default is mi.HEALTH_PROBE, function

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from obsctl.collectors.geesefs_log import GeesefsStatsCollector, window_counts
-from obsctl.config import ConfigError, build_mount_spec, parse_telemetry
+from obsctl.config import ConfigError, parse_telemetry
+from obsctl.mountspec import build_mount_spec
 from obsctl.credentials import Credentials
 from obsctl.drivers import PlanContext, get_driver
 from obsctl.drivers.geesefs import STATS_SECONDS

@@ -69,12 +69,15 @@ def test_generic_has_no_driver_source():
 
 
 def _rclone_log_level(context=None):
-    from obsctl.config import build_mount_spec, parse_telemetry
+    from obsctl.config import parse_telemetry
+    from obsctl.mountspec import build_mount_spec
     from obsctl.drivers import PlanContext
     from obsctl.drivers.rclone import RcloneDriver
 
     if context is None:  # what the supervisor passes: read from this host's kernel
-        context = PlanContext.for_mount(parse_telemetry({"telemetry": {"mode": "none"}}))
+        from obsctl.observer import plan_context
+
+        context = plan_context(parse_telemetry({"telemetry": {"mode": "none"}}))
     plan = RcloneDriver().plan(build_mount_spec({"source": "s3://bucket", "mountpoint": "/mnt/x", "impl": "rclone"}),
                                None, context)
     return plan.argv[plan.argv.index("--log-level") + 1]
@@ -93,15 +96,16 @@ def test_rclone_debug_log_only_when_the_kernel_cannot_give_everything(monkeypatc
     assert _rclone_log_level() == expected
 
 
-def test_plan_context_for_mount_follows_the_telemetry_mode():
+def test_plan_context_follows_the_telemetry_mode():
     """Mode none opens no port (no rclone rc API); a mode that exports lets rclone serve its rc on loopback."""
-    from obsctl.config import build_mount_spec, parse_telemetry
-    from obsctl.drivers import PlanContext
+    from obsctl.config import parse_telemetry
+    from obsctl.mountspec import build_mount_spec
     from obsctl.drivers.rclone import RcloneDriver
+    from obsctl.observer import plan_context
 
     spec = build_mount_spec({"source": "s3://bucket", "mountpoint": "/mnt/x", "impl": "rclone"})
-    none = PlanContext.for_mount(parse_telemetry({"telemetry": {"mode": "none"}}))
-    local = PlanContext.for_mount(parse_telemetry({"telemetry": {"mode": "local"}}))
+    none = plan_context(parse_telemetry({"telemetry": {"mode": "none"}}))
+    local = plan_context(parse_telemetry({"telemetry": {"mode": "local"}}))
     assert not none.listen and local.listen and local.telemetry.mode == "local"
     quiet = RcloneDriver().plan(spec, None, none)
     assert "--rc" not in quiet.argv and "rc_url" not in quiet.extras and "RCLONE_RC_PASS" not in quiet.env

@@ -58,8 +58,8 @@ def test_unit_templates_render():
     assert engine.MANAGED_BY in service
     timer = engine.render("obsctl-mount@.timer.j2")
     assert "OnUnitActiveSec=5min" in timer and "Unit=obsctl-mount-check@%i.service" in timer
-    check = engine.render("obsctl-mount-check@.service.j2", obsctl_venv_python="/opt/obsctl/bin/python")
-    assert "ExecStart=/opt/obsctl/bin/python -m obsctl.systemd_units check %i" in check
+    check = engine.render("obsctl-mount-check@.service.j2", obsctl_bin="/opt/obsctl/bin/obsctl")
+    assert "ExecStart=/opt/obsctl/bin/obsctl systemd check --name %i" in check
 
 
 def test_install_writes_everything_and_starts(host, tmp_path, monkeypatch):
@@ -142,7 +142,7 @@ def test_apply_json_answers_json_in_every_case(monkeypatch):
     and obsctl mount's own message (the fuse_mount module shows it as it is)."""
     args = _parser().parse_args(["systemd", "apply", "--json", "--check"])
     for raw, needle in ((b'{"name": "d", "src": "s3://My_Bucket", "path": "/mnt/d"}', "not a valid S3 bucket name"),
-                        (b'{"name": "d", "src": "s3://b", "path": "/mnt/d", "impl": "nope"}',
+                        (b'{"name": "d", "src": "s3://bkt", "path": "/mnt/d", "impl": "nope"}',
                          "impl 'nope' is not a driver obsctl knows"),
                         (b'{"name": "d", "colour": 1}', "unknown field `colour`"),
                         (b"not json", "expected one JSON object")):

@@ -18,7 +18,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from obsctl import config, tomlcheck, tomlio
+from obsctl import config, mountspec, tomlcheck, tomlio
 from obsctl.config import ConfigError, parse_telemetry
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "node" / "config.toml"
@@ -110,7 +110,7 @@ def test_mount_spec_round_trip_and_none_left_out():
     assert tomllib.loads(text) == {k: v for k, v in spec.items() if v is not None}
     keys = [line.split(" = ")[0] for line in text.splitlines()[1:]]
     assert keys == sorted(keys)
-    spec_obj = config.build_mount_spec({k: v for k, v in spec.items() if v is not None})
+    spec_obj = mountspec.build_mount_spec({k: v for k, v in spec.items() if v is not None})
     assert spec_obj.mountpoint == spec["mountpoint"]
 
 

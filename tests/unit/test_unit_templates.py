@@ -76,7 +76,7 @@ def test_obsctl_systemd_install_path(template):
     which is how `obsctl systemd install` knows the file is its own."""
     su = pytest.importorskip("obsctl.engine")
     pytest.importorskip("jinja2")
-    text = su.render(template, obsctl_bin="/opt/obsctl/bin/obsctl", obsctl_venv_python=sys.executable)
+    text = su.render(template, obsctl_bin="/opt/obsctl/bin/obsctl")
     assert text.splitlines()[0].startswith("#"), text.splitlines()[0]
     assert su.MANAGED_BY in _header_text(text)[0]
     assert _header_text(text)[0].startswith(su.MANAGED_BY)

@@ -1,28 +1,23 @@
-"""Is the mount up and answering? ``obsctl_mount_up`` from a bounded stat.
+"""Is the mount up and answering? ``obsctl_mount_up`` from the one bounded health probe.
 
-Source: :func:`obsctl.mounttable.probe_health`: the mount's line in
-/proc/self/mountinfo (``missing`` without one) and a ``statvfs(2)`` of the
-mountpoint (``stale`` on ENOTCONN "Transport endpoint is not connected" /
-ECONNABORTED: the driver is gone but the kernel mount stays; real copies in
-tests/fixtures/mountinfo/stale.txt and stale_stat.txt). A stat on a hung
-(alive but not answering) driver blocks in the kernel, so
-:meth:`MountProbe.poll` runs the probe in a daemon thread and waits at most
-``timeout`` seconds: no answer -> ``hung``. While a probe is still blocked,
-the next polls do not start another one (they would block too and pile up
-threads) and report ``hung``.
+Source: :class:`obsctl.health.Probe` (the mount's line in
+/proc/self/mountinfo, ``missing`` without one; a ``statvfs(2)`` of the
+mountpoint, ``stale`` on ENOTCONN / ECONNABORTED; no answer within
+``timeout`` s: ``hung``; real mount-table copies in tests/fixtures/mountinfo/).
+The words are :mod:`obsctl.health`'s, the same ``obsctl status --all``, the
+fuse_mount_info module and ``obsctl systemd check`` report.
 
 Recorded as the observable gauge ``obsctl_mount_up`` {bucket, impl,
-mountpoint}: 1 when :attr:`MountProbe.health` is ``ok``, 0 for ``stale``,
-``missing``, ``hung`` or a failed probe. Nothing is reported before the
-first poll.
+mountpoint}: 1 when :attr:`MountProbe.health` is ``ok``, 0 for any other
+word. Nothing is reported before the first poll.
 
-:class:`MountProbe` is the one owner of "is the mount up": the gauge and the
-``health`` of the state file (``obsctl status``) both read
-:attr:`MountProbe.health`. Besides its own polls, the supervisor reports the
-phases in which the mount cannot serve, the moment they begin, through
-:meth:`MountProbe.mark` (``down`` once the driver has exited, through the
-restart backoff and the restart's ready wait, ``stopping`` during shutdown),
-so the gauge says 0 from the next collection on, whatever the phase.
+:class:`MountProbe` is the one owner of "is the mount up" for a running
+mount: the gauge and the ``health`` of the state file (``obsctl status``)
+both read :attr:`MountProbe.health`. Besides its own polls, the supervisor
+reports the phases in which the mount cannot serve, the moment they begin,
+through :meth:`MountProbe.mark` (``down`` once the driver has exited,
+through the restart backoff and the restart's ready wait, ``stopping``
+during shutdown), so the gauge says 0 from the next collection on.
 """
 
 from __future__ import annotations
@@ -33,6 +28,7 @@ from typing import Any, Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from obsctl import health as health_words
 from obsctl import mounttable
 from obsctl.collectors import PollingCollector
 from obsctl.instruments import Instruments
@@ -71,7 +67,7 @@ class MountProbe(PollingCollector):
         self.mountinfo_path = mountinfo_path
         self.stat = stat
         self.health: str | None = None
-        self._thread: threading.Thread | None = None
+        self._probe = health_words.Probe(mountpoint, timeout, mountinfo_path, stat)
         self._lock = threading.Lock()
         self._epoch = 0  # bumped by mark(); a poll that started before a mark is dropped
         instruments.observable_gauge("obsctl_mount_up", self._observe)
@@ -79,7 +75,7 @@ class MountProbe(PollingCollector):
     @property
     def up(self) -> bool:
         """True when :attr:`health` is ``ok`` (the gauge's 1)."""
-        return self.health == "ok"
+        return self.health == health_words.OK
 
     def mark(self, health: str) -> None:
         """Set :attr:`health` without probing: the supervisor knows the mount cannot serve (``down``, ``stopping``).
@@ -92,34 +88,13 @@ class MountProbe(PollingCollector):
             self.health = health
 
     def _poll(self) -> None:
-        """Probe once, waiting at most ``timeout`` seconds.
+        """Probe once (:meth:`obsctl.health.Probe.check`, at most ``timeout`` seconds).
 
         A :meth:`mark` made while this poll ran wins: the poll's result,
         which may predate it, is dropped.
         """
         epoch = self._epoch
-        if self._thread is not None and self._thread.is_alive():
-            self._set(epoch, "hung")
-            return
-        result: list[str] = []
-
-        def run() -> None:
-            try:
-                result.append(mounttable.probe_health(
-                    self.mountpoint, path=self.mountinfo_path, stat=self.stat))
-            except Exception:  # noqa: BLE001 - e.g. unreadable mount table
-                log.debug("probe of %s failed", self.mountpoint, exc_info=True)
-                result.append("error")
-
-        thread = threading.Thread(target=run, name="obsctl-probe", daemon=True)
-        self._thread = thread
-        thread.start()
-        thread.join(self.timeout)
-        if thread.is_alive():
-            self._set(epoch, "hung")
-        else:
-            self._set(epoch, result[0] if result else "error")
-            self._thread = None
+        self._set(epoch, self._probe.check())
 
     def _set(self, epoch: int, health: str) -> None:
         with self._lock:
@@ -133,5 +108,5 @@ class MountProbe(PollingCollector):
     def _observe(self, _options: CallbackOptions) -> Iterable[Observation]:
         if self.health is None:
             return []
-        return [Observation(1 if self.health == "ok" else 0,
+        return [Observation(1 if self.health == health_words.OK else 0,
                             self.instruments.attrs.with_mountpoint())]

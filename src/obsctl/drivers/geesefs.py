@@ -18,7 +18,7 @@ geesefs's own source (github.com/yandex-cloud/geesefs, commit 6e2bbab):
 
 from __future__ import annotations
 
-from obsctl.drivers import CMDLINE, CREDS, RELEASE_DRIVERS, SPEC, OptionRule
+from obsctl.drivers.base import CMDLINE, CREDS, RELEASE_DRIVERS, SPEC, OptionRule
 from obsctl.drivers.goofys import GoofysDriver  # geesefs is a goofys fork: same command line and logs
 
 #: ``--print-stats`` interval obsctl sets (seconds): the window of each stats line.
@@ -77,5 +77,5 @@ class GeesefsDriver(GoofysDriver):
         return super().forward(line)
 
     def log_collectors(self, instruments, plan):
-        from obsctl.collectors.geesefs_log import GeesefsStatsCollector
+        from obsctl.collectors.geesefs_log import GeesefsStatsCollector  # start-up cost: collectors import the OpenTelemetry API, built once telemetry runs
         return [GeesefsStatsCollector(instruments, STATS_SECONDS)]

@@ -8,7 +8,7 @@ probe). The daemon must stay in the foreground (bindfs ``-f``, sshfs ``-f``).
 
 from __future__ import annotations
 
-from obsctl.drivers import Driver
+from obsctl.drivers.base import Driver
 
 
 class GenericDriver(Driver):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-from obsctl.drivers import CMDLINE, RELEASE_DRIVERS, SPEC, LongFlagDriver, OptionRule
+from obsctl.drivers.base import CMDLINE, RELEASE_DRIVERS, SPEC, LongFlagDriver, OptionRule
 
 #: Options refused for goofys, from its option reference (internal/flags.go of
 #: goofys 0.24). obsctl's own settings: credentials in AWS_* of goofys's

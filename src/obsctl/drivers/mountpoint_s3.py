@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 
-from obsctl.drivers import RELEASE_DRIVERS, SPEC, LongFlagDriver, OptionRule, PlanContext
+from obsctl.drivers.base import RELEASE_DRIVERS, SPEC, LongFlagDriver, OptionRule, PlanContext
 
 _PROFILE = ('use credentials_from = "profile" with profile = "NAME" (--profile NAME): obsctl reads the profile '
             "and passes the keys in the driver's environment")

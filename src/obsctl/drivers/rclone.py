@@ -21,7 +21,7 @@ import secrets as _secrets
 import socket
 import subprocess
 
-from obsctl.drivers import CMDLINE, CREDS, DISTRO_DRIVERS, Driver, OptionRule, split_option
+from obsctl.drivers.base import CMDLINE, CREDS, DISTRO_DRIVERS, Driver, OptionRule, split_option
 from obsctl.redact import redact
 
 REMOTE = "obsctl"
@@ -222,11 +222,11 @@ class RcloneDriver(Driver):
         return f"rclone cannot list {remote.split(':', 1)[1]}: {last}"
 
     def log_collectors(self, instruments, plan):
-        from obsctl.collectors.rclone_log import RcloneLogCollector
+        from obsctl.collectors.rclone_log import RcloneLogCollector  # start-up cost: collectors import the OpenTelemetry API, built once telemetry runs
         return [RcloneLogCollector(instruments)]
 
     def polling_collectors(self, instruments, plan):
         if "rc_url" not in plan.extras:
             return []
-        from obsctl.collectors.rclone_rc import RcloneRcCollector
+        from obsctl.collectors.rclone_rc import RcloneRcCollector  # start-up cost: collectors import the OpenTelemetry API, built once telemetry runs
         return [RcloneRcCollector(instruments, plan.extras["rc_url"], auth=plan.extras["rc_auth"])]

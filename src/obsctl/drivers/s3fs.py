@@ -9,7 +9,7 @@ s3fs_log.S3fsLogCollector` pairs into request latency and status codes.
 
 from __future__ import annotations
 
-from obsctl.drivers import CREDS, DISTRO_DRIVERS, Driver, OptionRule
+from obsctl.drivers.base import CREDS, DISTRO_DRIVERS, Driver, OptionRule
 
 
 #: Options refused for s3fs, from the s3fs 1.90 man page (doc/man/s3fs.1,
@@ -122,5 +122,5 @@ class S3fsDriver(Driver):
         return message.split(" Body Text:", 1)[0].strip()
 
     def log_collectors(self, instruments, plan):
-        from obsctl.collectors.s3fs_log import S3fsLogCollector
+        from obsctl.collectors.s3fs_log import S3fsLogCollector  # start-up cost: collectors import the OpenTelemetry API, built once telemetry runs
         return [S3fsLogCollector(instruments)]
