@@ -333,6 +333,9 @@ def shared_probe(object_path: str | None = None) -> tuple[Probe | None, str]:
     global _probe, _probe_reason, _probe_users
     from obsctl.bpf import FUSE_REQUESTS_OBJECT
 
+    disabled = unavailable_reason(object_path) if _probe is not None else None
+    if disabled and disabled.startswith("disabled"):
+        return None, disabled
     with _probe_lock:
         if _probe is not None:
             _probe_users += 1
@@ -372,11 +375,14 @@ def release_probe(keep: bool = False) -> None:
 
 
 def reset_for_tests() -> None:
-    """Forget a remembered failure (tests that change the environment)."""
-    global _probe_reason, _warned
+    """Forget a remembered failure and free a probe nobody uses (tests that change the environment)."""
+    global _probe, _probe_reason, _warned
     with _probe_lock:
         _probe_reason = None
         _warned = False
+        if _probe is not None and _probe_users <= 0:
+            _probe.close()
+            _probe = None
 
 
 def warn_once(reason: str) -> None:
