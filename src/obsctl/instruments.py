@@ -192,6 +192,36 @@ class Instruments:
             buckets[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
             self.latency_sum_ms[opcode] = self.latency_sum_ms.get(opcode, 0.0) + latency_ms
 
+    def record_fs_latency_buckets(self, opcode: str, counts: list[int], sums_ms: list[float],
+                                  labels: dict[str, str] | None = None) -> None:
+        """Record latencies already sorted into the buckets of :data:`LATENCY_BUCKETS_MS`
+        (a source that aggregates in the kernel, collectors.fuse_bpf), without counting
+        the operations.
+
+        ``counts[i]`` / ``sums_ms[i]``: how many latencies fell in bucket ``i``
+        (``bounds[i-1] < ms <= bounds[i]``, the last one +Inf) and their sum
+        (ms). Each of the ``counts[i]`` is recorded on the OpenTelemetry
+        histogram as the bucket's mean (it lies in the same bucket), so its
+        bucket counts, count and sum are exact; its min/max are those of the
+        means. The OpenTelemetry API has no pre-aggregated histogram record,
+        so this costs one SDK call per latency; the live view is O(buckets).
+        """
+        attrs = labels or {"opcode": opcode, **self.attrs.base()}
+        record = self.fs_latency_ms.record
+        for i, k in enumerate(counts):
+            if k > 0:
+                mean = sums_ms[i] / k
+                for _n in range(k):
+                    record(mean, attrs)
+        with self._live_lock:
+            buckets = self.latency_buckets.get(opcode)
+            if buckets is None:
+                buckets = self.latency_buckets[opcode] = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+            for i, k in enumerate(counts):
+                if k > 0:
+                    buckets[i] += k
+            self.latency_sum_ms[opcode] = self.latency_sum_ms.get(opcode, 0.0) + sum(sums_ms)
+
     def count_requesters(self, tally: dict[str, int]) -> None:
         """Add ``{"comm[pid]": requests}`` (one chunk of kernel send events)
         to :attr:`requesters`, keeping at most :data:`MAX_REQUESTERS`."""

@@ -1,7 +1,8 @@
 """Which source feeds which metric of a mount: one source per metric (DESIGN section 4).
 
-The FUSE-level numbers can come from the kernel (:mod:`obsctl.collectors.
-fuse_trace`) or from a driver's log (:mod:`obsctl.collectors.rclone_log`,
+The FUSE-level numbers can come from the kernel (first choice: eBPF,
+:mod:`obsctl.collectors.fuse_bpf`; second: the tracepoints through tracefs,
+:mod:`obsctl.collectors.fuse_trace`) or from a driver's log (:mod:`obsctl.collectors.rclone_log`,
 :mod:`obsctl.collectors.s3fs_log`). Both recording the same operation would
 count it twice, so each *quantity* below has one owner per mount, chosen in
 this order of preference: the kernel when it can give the quantity, else the
@@ -15,8 +16,9 @@ Quantities (metric names as Prometheus shows them):
 * ``fs_errors``: ``obsctl_errors_total`` with an errno ``error_type``
   (``enoent``, ``eacces``, ``eio`` ...): what a FUSE request answered
 
-What the kernel gives by :class:`~obsctl.collectors.fuse_trace.KernelSupport`
-level: ``paired`` (6.18+) all four; ``unpaired`` (6.12-6.17) ``fs_ops`` and
+What the kernel gives by level: ``ebpf`` (the eBPF source loaded: 5.15+ with
+fentry, 6.12+ with the tracepoints' BTF hooks) all four; then by
+:class:`~obsctl.collectors.fuse_trace.KernelSupport` level: ``paired`` (6.18+) all four; ``unpaired`` (6.12-6.17) ``fs_ops`` and
 ``fs_errors``; ``none`` nothing. The level is read at every decision, so a
 kernel found unpaired at run time hands latency and bytes back to the driver
 log at once.
@@ -42,6 +44,7 @@ QUANTITIES: dict[str, tuple[str, ...]] = {
 
 #: Kernel support level -> the quantities the kernel source gives.
 KERNEL_GIVES: dict[str, frozenset[str]] = {
+    "ebpf": frozenset(QUANTITIES),
     "paired": frozenset(QUANTITIES),
     "unpaired": frozenset({"fs_ops", "fs_errors"}),
     "none": frozenset(),
@@ -61,13 +64,21 @@ KERNEL = "kernel"
 
 
 def kernel_complete() -> bool:
-    """True when the kernel source gives every FUSE quantity on this host (paired, 6.18+).
+    """True when the kernel source gives every FUSE quantity on this host: the
+    eBPF source loads (its probe is loaded here and kept for the mount's
+    collector), or the tracepoints pair (6.18+).
 
     Used by drivers to drop the debug logging they need only for FUSE numbers.
     """
-    # start-up cost: fuse_trace imports the OpenTelemetry API; this module is imported before the spawn
+    # start-up cost: the collectors import the OpenTelemetry API; this module is imported before the spawn
+    from obsctl.collectors.fuse_bpf import release_probe, shared_probe
+    # start-up cost: as above
     from obsctl.collectors.fuse_trace import detect_support
 
+    probe, _reason = shared_probe()
+    if probe is not None:
+        release_probe(keep=True)  # the mount's kernel_source() takes it over
+        return True
     return detect_support().level == "paired"
 
 
@@ -127,15 +138,31 @@ def kernel_source(instruments: Any, impl: str, mountpoint: str, driver_log: bool
             (not counted as errors).
 
     Returns:
-        ``(FuseTraceCollector, SourceTable)``; the collector is a polling
-        collector (poll it with the others, close it at shutdown). On a host
-        without kernel support it records nothing and warned once.
+        ``(collector, SourceTable)``: a :class:`~obsctl.collectors.fuse_bpf.FuseBpfCollector`
+        when the eBPF probe loads, else (one warning per process naming why) a
+        :class:`~obsctl.collectors.fuse_trace.FuseTraceCollector`. Either is a
+        polling collector (poll it with the others, close it at shutdown). On
+        a host without kernel support it records nothing and warned once.
+        ``obsctl status --json`` shows ``sources.kernel_trace.source``
+        (``ebpf`` / ``tracefs``) and, for tracefs, ``ebpf_unavailable`` (why not eBPF).
     """
-    # start-up cost: the collector imports the OpenTelemetry API; callers import this module before the spawn
+    # start-up cost: the collectors import the OpenTelemetry API; callers import this module before the spawn
+    from obsctl.collectors import fuse_bpf
+    # start-up cost: as above
     from obsctl.collectors.fuse_trace import FuseTraceCollector
 
-    collector = FuseTraceCollector(instruments, mountpoint, driver_answers=driver_answers)
-    table = SourceTable(impl, lambda: collector.support.level, collector.stats, driver_log=driver_log)
+    probe, reason = fuse_bpf.shared_probe()
+    collector: Any
+    if probe is not None:
+        collector = fuse_bpf.FuseBpfCollector(instruments, mountpoint, probe, reason, driver_answers=driver_answers)
+        stats = collector.stats
+    else:
+        fuse_bpf.warn_once(reason)
+        collector = FuseTraceCollector(instruments, mountpoint, driver_answers=driver_answers)
+
+        def stats() -> dict:
+            return {"source": "tracefs", **collector.stats(), "ebpf_unavailable": reason}
+    table = SourceTable(impl, lambda: collector.support.level, stats, driver_log=driver_log)
     table.kernel = collector
     return collector, table
 

@@ -32,7 +32,10 @@ OPCODES = ("lookup", "getattr", "open", "read", "write", "create", "unlink")
 
 
 @pytest.fixture(autouse=True)
-def _kernel_pairs():
+def _kernel_pairs(monkeypatch):
+    # these tests are about the tracefs source: keep obsctl off the eBPF one
+    # (tests/integration/test_fuse_bpf.py tests that, and compares the two)
+    monkeypatch.setenv("OBSCTL_FUSE_BPF", "off")
     support = detect_support(disabled=False)
     if support.level != "paired":
         pytest.skip(f"kernel FUSE events with request pairing needed: {support.reason}")

@@ -30,7 +30,8 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "obsctl"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # errors, paths and stateless helpers: import nothing of obsctl above them
     ("base", ("obsctl", "obsctl.errors", "obsctl.paths", "obsctl.fileutil", "obsctl.procutil", "obsctl.redact",
-              "obsctl.mounttable", "obsctl.health", "obsctl.collectors.logtime", "obsctl.topstats")),
+              "obsctl.mounttable", "obsctl.health", "obsctl.collectors.logtime", "obsctl.topstats",
+              "obsctl.bpf", "obsctl.bpf.libbpf")),
     # the files obsctl reads and writes: config schema, TOML, credentials, state files
     ("schema", ("obsctl.config", "obsctl.tomlio", "obsctl.credentials", "obsctl.statefile")),
     # OpenTelemetry instruments, exporters and the collectors that record into them

@@ -89,10 +89,18 @@ def test_rclone_debug_log_only_when_the_kernel_cannot_give_everything(monkeypatc
 
     assert _rclone_log_level(PlanContext(kernel_complete=False, listen=False)) == "DEBUG"
     assert _rclone_log_level(PlanContext(kernel_complete=True, listen=False)) == "INFO"
+    from obsctl.collectors import fuse_bpf
+
     monkeypatch.setenv("OBSCTL_FUSE_TRACE", "off")
+    monkeypatch.setenv("OBSCTL_FUSE_BPF", "off")
     assert _rclone_log_level() == "DEBUG"
     monkeypatch.delenv("OBSCTL_FUSE_TRACE")
-    expected = "INFO" if detect_support().level == "paired" else "DEBUG"
+    monkeypatch.delenv("OBSCTL_FUSE_BPF")
+    fuse_bpf.reset_for_tests()
+    ebpf = fuse_bpf.unavailable_reason() is None and fuse_bpf.shared_probe()[0] is not None
+    if ebpf:
+        fuse_bpf.release_probe()
+    expected = "INFO" if ebpf or detect_support().level == "paired" else "DEBUG"
     assert _rclone_log_level() == expected
 
 

@@ -1,0 +1,309 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Per FUSE connection and opcode: requests, latency histogram, errors by
+ * errno, read/write payload bytes and requesting tasks, aggregated in BPF
+ * maps that obsctl (obsctl.collectors.fuse_bpf) reads once per poll.
+ *
+ * Built by scripts/build-bpf (clang -target bpf -O2 -g, CO-RE, vmlinux.h
+ * generated from the build host's /sys/kernel/btf/vmlinux); loaded by
+ * obsctl.bpf.libbpf (ctypes over Debian's libbpf.so.1). Never compiled on
+ * the target.
+ *
+ * Two families of hooks; the loader (obsctl.collectors.fuse_bpf) loads one:
+ *
+ * "tracepoint" (6.12+: the fuse tracepoints of fs/fuse/fuse_trace.h; BTF-typed
+ * raw tracepoints, tp_btf, need no ftrace; first choice where present):
+ *   start  tp_btf fuse_request_send(const struct fuse_req *req)  when queued
+ *   end    tp_btf fuse_request_end(const struct fuse_req *req)   first line of fuse_request_end
+ *   (on 6.12-6.17 the send event's request id is 0, which does not matter
+ *   here: start and end are paired by the req pointer)
+ *
+ * "fentry" (5.15+; fentry/fexit need BTF and ftrace direct calls, no kprobes):
+ *   start  fentry fuse_simple_request(fm, args)          exported, 5.10+ until the idmap change
+ *          fentry __fuse_simple_request(idmap, fm, args) exported, after it (6.18: fuse_simple_request
+ *                                                        is a static inline wrapper in fuse_i.h)
+ *          fentry fuse_simple_background(fm, args, gfp)  exported, 5.10+ (6.18: present in BTF)
+ *   end    fentry fuse_request_end(req)                  exported, 5.10+ (one argument since the
+ *                                                        fuse_mount conversion of 5.10)
+ *   drop   fexit of the start functions: a start whose request never reached
+ *          fuse_request_end (no slot, connection gone, killed while queued)
+ *          is removed and counted (CNT_NOT_SENT).
+ *
+ * The loader enables exactly one of the two fentry sync start hooks: whichever the
+ * running kernel's BTF has (vmlinux, or /sys/kernel/btf/fuse when FUSE is a
+ * module). Requests are keyed from start to end by their struct fuse_args
+ * pointer: every start function receives it and fuse_request_end reaches it
+ * through req->args (fs/fuse/dev.c fuse_args_to_req: "req->args = args").
+ * A sync request's args live on the requester's stack until the start
+ * function returns; a background request's args until its ->end callback,
+ * which fuse_request_end calls after this hook ran.
+ *
+ * Fields read at the end (fs/fuse/fuse_i.h, struct fuse_req, same names
+ * 5.10 through 6.18; read with CO-RE so offsets come from the target's BTF):
+ *   req->args             the key above
+ *   req->in.h.opcode      set by fuse_args_to_req from args->opcode
+ *   req->in.h.len         set when queued (5.15: queue_request_and_unlock;
+ *                         6.x: fuse_send_one / fuse_dev_queue_req / io-uring):
+ *                         40-byte fuse_in_header + in args, so a WRITE's
+ *                         payload is len - 80 (fuse_write_in is 40 bytes)
+ *   req->out.h.error      the daemon's answer, or -EIO / -ECONNABORTED /
+ *                         -ENOTCONN set by the kernel before calling
+ *                         fuse_request_end (fuse_dev_do_write, end_requests)
+ *   req->out.h.len        the reply as the daemon wrote it, with its 16-byte
+ *                         fuse_out_header: a READ's payload is len - 16
+ *   req->fm->fc->dev      the connection: the anonymous device of the
+ *                         superblock, major 0, so the value is the N of
+ *                         /sys/fs/fuse/connections/N (fs/fuse/control.c
+ *                         names the directory "%u" of fc->dev) and of 0:N in
+ *                         mountinfo; fuse_trace.h's "connection" is the same
+ *                         field.
+ * The same fields, this kernel (6.18), checked with
+ * `bpftool btf dump file /sys/kernel/btf/vmlinux format c`.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Local CO-RE flavours: only the fields used, matched by name (the part
+ * before ___) against the running kernel's BTF. They keep the build
+ * independent of whether the build host's vmlinux BTF has the fuse types
+ * (it has not where FUSE is a module). */
+struct fuse_in_header___o { __u32 len; __u32 opcode; __u64 unique; } __attribute__((preserve_access_index));
+struct fuse_out_header___o { __u32 len; __s32 error; __u64 unique; } __attribute__((preserve_access_index));
+struct fuse_conn___o { dev_t dev; } __attribute__((preserve_access_index));
+struct fuse_mount___o { struct fuse_conn___o *fc; } __attribute__((preserve_access_index));
+struct fuse_req___o {
+	void *args;
+	struct { struct fuse_in_header___o h; } in;
+	struct { struct fuse_out_header___o h; } out;
+	struct fuse_mount___o *fm;
+} __attribute__((preserve_access_index));
+
+/* FUSE opcodes, include/uapi/linux/fuse.h enum fuse_opcode */
+#define FUSE_READ 15
+#define FUSE_WRITE 16
+#define IN_HEADER 40   /* sizeof(struct fuse_in_header) */
+#define WRITE_IN 40    /* sizeof(struct fuse_write_in) */
+#define OUT_HEADER 16  /* sizeof(struct fuse_out_header) */
+
+/* Bucket bounds: obsctl.instruments.LATENCY_BUCKETS_MS in ns, written into
+ * the `bounds` map by the loader before attaching (one source of truth). */
+#define NBOUNDS 18
+
+struct start {
+	__u64 ts;        /* bpf_ktime_get_ns() at the start hook */
+	__u32 tid;       /* requesting thread (as the trace_pipe "comm-pid" shows) */
+	__u32 conn;
+	char comm[16];
+};
+
+struct op_key { __u32 conn; __u32 opcode; };
+struct op_val {
+	__u64 count;            /* ends seen */
+	__u64 timed;            /* ends with a start: those in the histogram */
+	__u64 lat_sum_ns;
+	__u64 read_bytes;       /* READ with error 0: out.h.len - 16 */
+	__u64 write_bytes;      /* WRITE with error 0: in.h.len - 80 */
+	__u64 buckets[NBOUNDS + 1];  /* bucket i: bounds[i-1] < ns <= bounds[i]; last: +Inf */
+	__u64 bucket_sum_ns[NBOUNDS + 1];
+};
+struct err_key { __u32 conn; __u32 opcode; __s32 error; __u32 pad; };
+struct who_key { __u32 conn; __u32 tid; char comm[16]; };
+struct bounds { __u64 ns[NBOUNDS]; };
+
+enum { CNT_ENDS, CNT_UNSTARTED, CNT_NOT_SENT, CNT_MAP_FULL, CNT_MAX };
+
+/* connections traced: conn -> 1 (obsctl writes its mount's connection) */
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 64);
+	 __type(key, __u32); __type(value, __u32); } conns SEC(".maps");
+/* in-flight requests: args pointer -> start; LRU bounds it if ends go missing */
+struct { __uint(type, BPF_MAP_TYPE_LRU_HASH); __uint(max_entries, 65536);
+	 __type(key, __u64); __type(value, struct start); } starts SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_PERCPU_HASH); __uint(max_entries, 4096);
+	 __type(key, struct op_key); __type(value, struct op_val); } ops SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_PERCPU_HASH); __uint(max_entries, 4096);
+	 __type(key, struct err_key); __type(value, __u64); } errs SEC(".maps");
+/* requesting tasks; LRU: a full table forgets the least recently seen */
+struct { __uint(type, BPF_MAP_TYPE_LRU_HASH); __uint(max_entries, 16384);
+	 __type(key, struct who_key); __type(value, __u64); } who SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, CNT_MAX);
+	 __type(key, __u32); __type(value, __u64); } counters SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1);
+	 __type(key, __u32); __type(value, struct bounds); } bounds SEC(".maps");
+
+static __always_inline void count(__u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &which);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline __u32 conn_of_fm(void *fm)
+{
+	struct fuse_mount___o *m = fm;
+	return (__u32)BPF_CORE_READ(m, fc, dev);
+}
+
+static __always_inline int on_start(void *fm, void *args)
+{
+	__u32 conn = conn_of_fm(fm);
+	if (!bpf_map_lookup_elem(&conns, &conn))
+		return 0;
+	struct start s = {};
+	s.ts = bpf_ktime_get_ns();
+	s.tid = (__u32)bpf_get_current_pid_tgid();
+	s.conn = conn;
+	bpf_get_current_comm(&s.comm, sizeof(s.comm));
+	__u64 key = (__u64)args;
+	bpf_map_update_elem(&starts, &key, &s, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int on_return(void *args, long ret, int always)
+{
+	__u64 key = (__u64)args;
+	/* sync: the end hook removed the start unless the request was never
+	 * answered; background: only a failed queueing (ret != 0) leaves it */
+	if ((always || ret != 0) && bpf_map_delete_elem(&starts, &key) == 0)
+		count(CNT_NOT_SENT);
+	return 0;
+}
+
+SEC("fentry/fuse_simple_request")
+int BPF_PROG(sync_start2, void *fm, void *args) { return on_start(fm, args); }
+SEC("fexit/fuse_simple_request")
+int BPF_PROG(sync_exit2, void *fm, void *args, long ret) { return on_return(args, ret, 1); }
+SEC("fentry/__fuse_simple_request")
+int BPF_PROG(sync_start3, void *idmap, void *fm, void *args) { return on_start(fm, args); }
+SEC("fexit/__fuse_simple_request")
+int BPF_PROG(sync_exit3, void *idmap, void *fm, void *args, long ret) { return on_return(args, ret, 1); }
+SEC("fentry/fuse_simple_background")
+int BPF_PROG(bg_start, void *fm, void *args, unsigned int gfp) { return on_start(fm, args); }
+SEC("fexit/fuse_simple_background")
+int BPF_PROG(bg_exit, void *fm, void *args, unsigned int gfp, int ret) { return on_return(args, ret, 0); }
+
+static __always_inline int on_tp_send(void *req_ptr)
+{
+	struct fuse_req___o *req = req_ptr;
+	__u32 conn = (__u32)BPF_CORE_READ(req, fm, fc, dev);
+	if (!bpf_map_lookup_elem(&conns, &conn))
+		return 0;
+	struct start s = {};
+	s.ts = bpf_ktime_get_ns();
+	s.tid = (__u32)bpf_get_current_pid_tgid();
+	s.conn = conn;
+	bpf_get_current_comm(&s.comm, sizeof(s.comm));
+	__u64 key = (__u64)req_ptr;
+	bpf_map_update_elem(&starts, &key, &s, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int on_end(struct fuse_req___o *req, __u64 key, __u32 conn)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct op_key ok = { .conn = conn, .opcode = BPF_CORE_READ(req, in.h.opcode) };
+	__s32 error = BPF_CORE_READ(req, out.h.error);
+	count(CNT_ENDS);
+
+	struct op_val *v = bpf_map_lookup_elem(&ops, &ok);
+	if (!v) {
+		struct op_val zero = {};
+		/* another CPU may have created it meanwhile: then NOEXIST fails and the lookup finds it */
+		bpf_map_update_elem(&ops, &ok, &zero, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&ops, &ok);
+		if (!v) {
+			count(CNT_MAP_FULL);
+			bpf_map_delete_elem(&starts, &key);
+			return 0;
+		}
+	}
+	v->count += 1;
+	if (error == 0) {
+		if (ok.opcode == FUSE_READ) {
+			__u32 len = BPF_CORE_READ(req, out.h.len);
+			if (len > OUT_HEADER)
+				v->read_bytes += len - OUT_HEADER;
+		} else if (ok.opcode == FUSE_WRITE) {
+			__u32 len = BPF_CORE_READ(req, in.h.len);
+			if (len > IN_HEADER + WRITE_IN)
+				v->write_bytes += len - IN_HEADER - WRITE_IN;
+		}
+	} else {
+		struct err_key ek = { .conn = conn, .opcode = ok.opcode, .error = error };
+		__u64 *e = bpf_map_lookup_elem(&errs, &ek);
+		if (!e) {
+			__u64 zero = 0;
+			bpf_map_update_elem(&errs, &ek, &zero, BPF_NOEXIST);
+			e = bpf_map_lookup_elem(&errs, &ek);
+		}
+		if (e)
+			*e += 1;  /* per-CPU value: no other CPU writes it */
+		else
+			count(CNT_MAP_FULL);
+	}
+
+	struct start *s = bpf_map_lookup_elem(&starts, &key);
+	if (!s) {
+		count(CNT_UNSTARTED);  /* NOTIFY_REPLY, or started before obsctl attached */
+		return 0;
+	}
+	__u64 ns = now - s->ts;
+	struct who_key wk = { .conn = conn, .tid = s->tid };
+	__builtin_memcpy(wk.comm, s->comm, sizeof(wk.comm));
+	bpf_map_delete_elem(&starts, &key);
+
+	__u32 zero_idx = 0;
+	struct bounds *b = bpf_map_lookup_elem(&bounds, &zero_idx);
+	__u32 idx = 0;
+	if (b) {
+#pragma unroll
+		for (int i = 0; i < NBOUNDS; i++)
+			if (ns > b->ns[i])
+				idx = i + 1;
+	}
+	if (idx > NBOUNDS)
+		idx = NBOUNDS;
+	v->timed += 1;
+	v->lat_sum_ns += ns;
+	v->buckets[idx] += 1;
+	v->bucket_sum_ns[idx] += ns;
+
+	__u64 *w = bpf_map_lookup_elem(&who, &wk);
+	if (w) {
+		__sync_fetch_and_add(w, 1);
+	} else {
+		__u64 one = 1;
+		if (bpf_map_update_elem(&who, &wk, &one, BPF_NOEXIST)) {
+			w = bpf_map_lookup_elem(&who, &wk);  /* created by another CPU meanwhile */
+			if (w)
+				__sync_fetch_and_add(w, 1);
+		}
+	}
+	return 0;
+}
+
+SEC("fentry/fuse_request_end")
+int BPF_PROG(request_end, void *req_ptr)
+{
+	struct fuse_req___o *req = req_ptr;
+	__u32 conn = (__u32)BPF_CORE_READ(req, fm, fc, dev);
+	if (!bpf_map_lookup_elem(&conns, &conn))
+		return 0;
+	return on_end(req, (__u64)BPF_CORE_READ(req, args), conn);
+}
+
+SEC("tp_btf/fuse_request_send")
+int BPF_PROG(tp_send, void *req_ptr) { return on_tp_send(req_ptr); }
+
+SEC("tp_btf/fuse_request_end")
+int BPF_PROG(tp_end, void *req_ptr)
+{
+	struct fuse_req___o *req = req_ptr;
+	__u32 conn = (__u32)BPF_CORE_READ(req, fm, fc, dev);
+	if (!bpf_map_lookup_elem(&conns, &conn))
+		return 0;
+	return on_end(req, (__u64)req_ptr, conn);
+}

@@ -1,0 +1,176 @@
+"""collectors.fuse_bpf: map decoding against the real object's layout, the opcode
+table against the kernel's BTF, delta recording, and the fall-back path."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from obsctl.bpf import FUSE_REQUESTS_OBJECT
+from obsctl.collectors import fuse_bpf
+from obsctl.collectors.fuse_bpf import (
+    ERR_KEY, NBUCKETS, OP_KEY, OP_VAL, OPCODE_NAMES, WHO_KEY, FuseBpfCollector, OpStats, Snapshot,
+    decode_comm, decode_op_values, decode_u64_sum, opcode_name,
+)
+from obsctl.instruments import LATENCY_BUCKETS_MS, MountAttributes
+from support.metrics import in_memory
+from support.metrics import points as metric_points
+
+needs_object = pytest.mark.skipif(not FUSE_REQUESTS_OBJECT.exists(),
+                                  reason="scripts/build-bpf has not built the BPF object")
+
+
+def test_decode_sums_per_cpu_values():
+    a = [1, 1, 500, 10, 0] + [1] + [0] * (NBUCKETS - 1) + [500] + [0] * (NBUCKETS - 1)
+    b = [2, 1, 70_000, 0, 7] + [0, 1] + [0] * (NBUCKETS - 2) + [0, 70_000] + [0] * (NBUCKETS - 2)
+    got = decode_op_values([OP_VAL.pack(*a), OP_VAL.pack(*b)])
+    assert (got.count, got.timed, got.lat_sum_ns, got.read_bytes, got.write_bytes) == (3, 2, 70_500, 10, 7)
+    assert got.buckets[:3] == [1, 1, 0] and got.bucket_sum_ns[:2] == [500, 70_000]
+    assert decode_u64_sum([(5).to_bytes(8, "little"), (6).to_bytes(8, "little")]) == 11
+    assert decode_comm(b"cat\0\0garbage\0\0\0\0") == "cat"
+    assert decode_comm(b"fifteen-chars-x\0") == "fifteen-chars-x"
+
+
+def test_opcode_labels_match_the_tracefs_source():
+    assert opcode_name(15) == "read" and opcode_name(44) == "readdir" and opcode_name(45) == "rename"
+    assert opcode_name(1) == "lookup" and opcode_name(35) == "create" and opcode_name(9999) == "opcode_9999"
+
+
+@pytest.mark.skipif(not shutil.which("bpftool") or not os.path.exists("/sys/kernel/btf/vmlinux"),
+                    reason="bpftool or kernel BTF missing")
+def test_opcode_table_equals_the_kernels_enum():
+    """OPCODE_NAMES equals ``enum fuse_opcode`` of the running kernel's BTF (minus the byte-swap markers)."""
+    out = subprocess.run(["bpftool", "btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "c"],
+                         capture_output=True, text=True, check=True).stdout
+    if "enum fuse_opcode {" not in out:
+        pytest.skip("FUSE is a module here: its enum is not in vmlinux BTF")
+    body = out.split("enum fuse_opcode {", 1)[1].split("};", 1)[0]
+    kernel = {}
+    for line in body.strip().splitlines():
+        name, value = line.strip().rstrip(",").split(" = ")
+        if "BSWAP" not in name:
+            kernel[int(value)] = name
+    assert {k: v for k, v in OPCODE_NAMES.items() if k in kernel} == kernel
+    assert set(kernel) <= set(OPCODE_NAMES)
+
+
+@needs_object
+def test_python_layouts_equal_the_objects_maps():
+    """The struct formats of the decoder equal the compiled object's map sizes (open only: no privilege)."""
+    from obsctl.bpf import libbpf
+
+    obj = libbpf.BpfObject(str(FUSE_REQUESTS_OBJECT))
+    try:
+        fuse_bpf.Probe._check_layout(obj)
+        assert (obj.map("ops").key_size, obj.map("ops").value_size) == (OP_KEY.size, OP_VAL.size)
+        assert obj.map("errs").key_size == ERR_KEY.size and obj.map("who").key_size == WHO_KEY.size
+        assert obj.map("bounds").value_size == 8 * len(LATENCY_BUCKETS_MS)
+    finally:
+        obj.close()
+
+
+class FakeProbe:
+    """A probe whose maps are given snapshots (the collector's arithmetic, not the kernel)."""
+
+    family = "tracepoint"
+    programs = ["tp_send", "tp_end"]
+
+    def __init__(self):
+        self.snaps: list[Snapshot] = []
+        self.watched: list[int] = []
+
+    def watch(self, conn):
+        self.watched.append(conn)
+
+    def unwatch(self, conn):
+        self.watched.remove(conn)
+
+    def snapshot(self, conn):
+        return self.snaps.pop(0)
+
+    def counters(self):
+        return {"ends": 0}
+
+
+def op(count, buckets=None, sums=None, rd=0, wr=0):
+    buckets = buckets or [0] * NBUCKETS
+    sums = sums or [0] * NBUCKETS
+    return OpStats(count, sum(buckets), sum(sums), rd, wr, buckets, sums)
+
+
+def test_collector_records_differences_between_polls(tmp_path):
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text("36 25 0:77 / /mnt/x rw,relatime - fuse.bindfs src rw,user_id=0\n")
+    attrs = MountAttributes("", "generic", "/mnt/x")
+    reader, ins = in_memory(attrs)
+    probe = FakeProbe()
+    col = FuseBpfCollector(ins, "/mnt/x", probe, mountinfo_path=str(mountinfo))
+    # baseline (a reused connection number's leftovers), then two polls
+    b1 = [0] * NBUCKETS
+    b1[0] = 5
+    probe.snaps = [
+        Snapshot({15: op(5, b1, [100_000] + [0] * (NBUCKETS - 1), rd=4096)}, {(14, -13): 1}, {(7, "old"): 5}),
+        Snapshot({15: op(8, [6, 2] + [0] * (NBUCKETS - 2), [120_000, 150_000] + [0] * (NBUCKETS - 2), rd=10_000),
+                  1: op(4, [4] + [0] * (NBUCKETS - 1), [80_000] + [0] * (NBUCKETS - 1))},
+                 {(14, -13): 3, (1, -2): 2}, {(7, "old"): 5, (42, "cat"): 7}),
+    ]
+    col.poll()
+    assert probe.watched == [77] and col.connection == "77"
+    col.poll()
+    live = ins.live()
+    assert live["ops_by_opcode"] == {"read": 3, "lookup": 4}
+    assert live["latency_buckets"]["read"][:2] == [1, 2] and live["latency_buckets"]["lookup"][0] == 4
+    assert live["latency_sum_ms"]["read"] == pytest.approx(0.17)
+    assert live["read_bytes"] == 10_000 - 4096
+    assert live["errors_by_type"] == {"eacces": 2}  # lookup ENOENT is the protocol, not a failure
+    assert live["requesters"] == {"cat[42]": 7}
+    hist = {dict(k[1])["opcode"]: v for k, v in metric_points(reader, attrs).items() if k[0] == "obsctl_fs_latency_ms"}
+    assert hist["read"] == (3, pytest.approx(0.17)) and hist["lookup"] == (4, pytest.approx(0.08))
+
+
+def test_without_object_warns_once_and_falls_back_to_tracefs(monkeypatch, caplog, tmp_path):
+    """kernel_source with no BPF object: one warning naming why, the tracefs collector, status says so."""
+    from obsctl import sources
+    from obsctl.collectors.fuse_trace import FuseTraceCollector
+
+    monkeypatch.setattr("obsctl.bpf.FUSE_REQUESTS_OBJECT", tmp_path / "missing.bpf.o")
+    monkeypatch.setenv("OBSCTL_FUSE_TRACE", "off")  # keep tracefs untouched in a unit test
+    fuse_bpf.reset_for_tests()
+    attrs = MountAttributes("", "generic", "/mnt/none")
+    _reader, ins = in_memory(attrs)
+    with caplog.at_level(logging.WARNING):
+        first, table = sources.kernel_source(ins, "generic", "/mnt/none")
+        second, _table = sources.kernel_source(ins, "generic", "/mnt/none2")
+    try:
+        assert isinstance(first, FuseTraceCollector) and isinstance(second, FuseTraceCollector)
+        warnings = [r.getMessage() for r in caplog.records if "eBPF FUSE source unavailable" in r.getMessage()]
+        assert len(warnings) == 1 and "missing.bpf.o is missing" in warnings[0], warnings
+        status = table.as_dict()["kernel_trace"]
+        assert status["source"] == "tracefs" and "missing.bpf.o" in status["ebpf_unavailable"]
+    finally:
+        first.close()
+        second.close()
+        fuse_bpf.reset_for_tests()
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv("OBSCTL_FUSE_BPF", "off")
+    assert fuse_bpf.unavailable_reason() == "disabled by OBSCTL_FUSE_BPF"
+
+
+@needs_object
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
+def test_without_privilege_the_load_fails_with_a_reason():
+    """An unprivileged process (uid 65534, no capabilities) gets the permission reason, not an exception."""
+    code = ("from obsctl.collectors import fuse_bpf; p, r = fuse_bpf.shared_probe(); "
+            "print('PROBE' if p else r)")
+    out = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--inh-caps=-all",
+                          "--bounding-set=-all", os.path.join(os.path.dirname(os.sys.executable), "python"),
+                          "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(os.sys.path)})
+    assert out.returncode == 0, out.stderr
+    assert "no permission to load BPF programs" in out.stdout, out.stdout
