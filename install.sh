@@ -24,6 +24,10 @@ main() {
     local -ra VENV_REQUIREMENTS=('ansible>=12,<13' 'tomlkit>=0.11.7,<0.16')
     local -r DEFAULT_LOG=/var/log/obsctl-install.log
     local -r OBSCTL_BIN=/opt/obsctl/bin/obsctl
+    # rust-dkg-engine: its [telemetry.metrics] bind_address default
+    # (src/config/defaults.rs, telemetry_default_metrics_bind_address) and its
+    # unit (tools/installer/install.sh of github.com/zeroxbt/rust-dkg-engine).
+    local -r NODE_PROFILE=rust-dkg-engine NODE_SERVICE=rust-dkg-engine.service DEFAULT_NODE_METRICS=127.0.0.1:9464
     # Exit codes (docs/install.md).
     local -r E_ANSIBLE=1 E_USAGE=2 E_ROOT=3 E_OS=4 E_SOURCES=5 E_ANSWER=6 E_DECLINED=7 E_BOOTSTRAP=8 E_IMAGES=9
 
@@ -61,9 +65,23 @@ Telemetry:
   --otlp-protocol grpc|http/protobuf OTLP protocol (default grpc)
   --service-name NAME                service.name (default obsctl-mount)
   --resource-attribute K=V           resource attribute (repeatable)
-  --node-config PATH                 also write the [telemetry] tables into this
-                                     existing application TOML
-  --stack-images FILE                local mode: docker save archive of the images
+Node (rust-dkg-engine; docs/node.md):
+  --node-config PATH                 the node's config.toml (e.g.
+                                     /etc/rust-dkg-engine/config.toml): turn its
+                                     [telemetry.metrics] on (profile rust-dkg-engine);
+                                     local: the stack's Prometheus scrapes it;
+                                     remote: a collector agent scrapes it and
+                                     exports to the OTLP endpoint
+  --node-metrics-address HOST:PORT   the node's /metrics address, on loopback
+                                     (default $DEFAULT_NODE_METRICS)
+  --node-dashboards DIR              local mode: provision the node's own dashboards
+                                     (its observability/grafana/dashboards) in Grafana
+  --restart-node                     restart $NODE_SERVICE when its file changed
+                                     (checked, the old file put back if it fails)
+Containers (the local stack, or the agent of remote mode with --node-config):
+  --stack-images FILE                docker save archive of the images
+  --no-containers                    write their configuration only: no Docker,
+                                     no image, no container, no unit
 Mounts:
   --mount SRC PATH                   mount s3://BUCKET[/PREFIX] on PATH (repeatable)
   --impl rclone|s3fs                 driver of the mounts (default rclone)
@@ -90,6 +108,7 @@ EOF
     # -- flags ---------------------------------------------------------------------
     local mode="" mode_flag="" enable_telemetry=0 otlp_endpoint="" otlp_protocol=""
     local service_name="" node_config="" stack_images="" impl="" endpoint="" region=""
+    local node_metrics="" node_dashboards="" restart_node=0 no_containers=0
     local assume_yes=0 dry_run=0 uninstall=0 no_credentials=0
     local -a attributes=() mount_srcs=() mount_paths=()
     need_value() {
@@ -126,7 +145,11 @@ EOF
             --service-name) need_value "$1" 1 "${@:2}"; service_name="$2"; shift 2 ;;
             --resource-attribute) need_value "$1" 1 "${@:2}"; attributes+=("$2"); shift 2 ;;
             --node-config) need_value "$1" 1 "${@:2}"; node_config="$2"; shift 2 ;;
+            --node-metrics-address) need_value "$1" 1 "${@:2}"; node_metrics="$2"; shift 2 ;;
+            --node-dashboards) need_value "$1" 1 "${@:2}"; node_dashboards="$2"; shift 2 ;;
+            --restart-node) restart_node=1; shift ;;
             --stack-images) need_value "$1" 1 "${@:2}"; stack_images="$2"; shift 2 ;;
+            --no-containers) no_containers=1; shift ;;
             --mount) need_value "$1" 2 "${@:2}"; mount_srcs+=("$2"); mount_paths+=("$3"); shift 3 ;;
             --impl) need_value "$1" 1 "${@:2}"; impl="$2"; shift 2 ;;
             --endpoint) need_value "$1" 1 "${@:2}"; endpoint="$2"; shift 2 ;;
@@ -152,8 +175,8 @@ EOF
         mode=remote
     fi
     if [ "$uninstall" = 1 ]; then
-        if [ -n "$mode" ] || [ "${#mount_srcs[@]}" -gt 0 ] || [ -n "$node_config$stack_images$impl$endpoint$region$otlp_protocol$service_name" ] \
-            || [ "${#attributes[@]}" -gt 0 ] || [ "$no_credentials" = 1 ]; then
+        if [ -n "$mode" ] || [ "${#mount_srcs[@]}" -gt 0 ] || [ -n "$node_config$node_metrics$node_dashboards$stack_images$impl$endpoint$region$otlp_protocol$service_name" ] \
+            || [ "${#attributes[@]}" -gt 0 ] || [ "$no_credentials$restart_node$no_containers" != 000 ]; then
             die "$E_USAGE" "--uninstall takes no other flag than --yes and --dry-run"
         fi
     fi
@@ -173,8 +196,26 @@ EOF
     if [ "$mode" = none ] && { [ -n "$otlp_protocol$service_name$node_config" ] || [ "${#attributes[@]}" -gt 0 ]; }; then
         die "$E_USAGE" "--otlp-protocol, --service-name, --resource-attribute and --node-config need telemetry: add --observability remote|local or --enable-telemetry"
     fi
-    if [ -n "$stack_images" ] && [ "$mode" != local ]; then
-        die "$E_USAGE" "--stack-images is for --observability local"
+    # Containers run in local mode (the stack) and in remote mode with a node (the agent).
+    local containers=0
+    if [ "$mode" = local ] || { [ "$mode" = remote ] && [ -n "$node_config" ]; }; then containers=1; fi
+    if [ "$containers" = 0 ]; then
+        [ -z "$stack_images" ] || die "$E_USAGE" "--stack-images is for --observability local, or remote with --node-config (the agent)"
+        [ "$no_containers" = 0 ] || die "$E_USAGE" "--no-containers is for --observability local, or remote with --node-config (the agent)"
+    fi
+    if [ -z "$node_config" ] && { [ -n "$node_metrics$node_dashboards" ] || [ "$restart_node" = 1 ]; }; then
+        die "$E_USAGE" "--node-metrics-address, --node-dashboards and --restart-node need --node-config PATH"
+    fi
+    node_metrics="${node_metrics:-$DEFAULT_NODE_METRICS}"
+    # Loopback only: the stack or the agent on this host scrapes it, and the
+    # node's /metrics is never exposed by the installer.
+    [[ "$node_metrics" =~ ^(127\.[0-9]+\.[0-9]+\.[0-9]+|\[::1\]|localhost):[0-9]{1,5}$ ]] \
+        || die "$E_USAGE" "--node-metrics-address must be a loopback HOST:PORT, e.g. $DEFAULT_NODE_METRICS (got '$node_metrics')"
+    if [ -n "$node_dashboards" ]; then
+        [ "$mode" = local ] || die "$E_USAGE" "--node-dashboards is for --observability local (remote: import them into your own Grafana, docs/node.md)"
+        if [[ "$node_dashboards" != /* ]] || [ ! -d "$node_dashboards" ]; then
+            die "$E_USAGE" "--node-dashboards needs an existing absolute directory of dashboard JSON files (got '$node_dashboards')"
+        fi
     fi
     for a in ${attributes[@]+"${attributes[@]}"}; do
         [[ "$a" =~ ^[A-Za-z_][A-Za-z0-9_.-]*=.+$ ]] || die "$E_USAGE" "--resource-attribute must be KEY=VALUE, e.g. deployment.environment=prod (got '$a')"
@@ -291,6 +332,11 @@ EOF
             unset key_id secret
         fi
         with_credentials=1
+    fi
+    if [ "$uninstall" = 0 ] && [ "$mode" = remote ] && [ -n "$node_config" ]; then
+        say "The node's metrics are pulled (/metrics on $node_metrics): an OpenTelemetry Collector agent"
+        say "(role observability_stack, observability_stack_mode agent; the pinned collector image, one"
+        say "Docker container, listeners on 127.0.0.1 only) scrapes it and exports OTLP to $otlp_endpoint."
     fi
     if [ "$uninstall" = 0 ] && [ "$mode" = local ]; then
         say "Local mode installs the observability stack on this host (role observability_stack):"
@@ -427,7 +473,9 @@ PY
     local -a var_args=(
         "mode=$mode" "dry_run=$dry_run" "wheel=$wheel" "otlp_endpoint=$otlp_endpoint"
         "otlp_protocol=$otlp_protocol" "service_name=$service_name" "node_config=$node_config"
-        "stack_images=$stack_images" "impl=$impl" "endpoint=$endpoint" "region=$region"
+        "stack_images=$stack_images" "node_metrics=$node_metrics" "node_dashboards=$node_dashboards"
+        "restart_node=$restart_node" "no_containers=$no_containers" "node_profile=$NODE_PROFILE" "node_service=$NODE_SERVICE"
+        "impl=$impl" "endpoint=$endpoint" "region=$region"
         "credentials=$with_credentials" "session_token=$([ -n "${AWS_SESSION_TOKEN:-}" ] && echo 1 || echo 0)"
         "systemd=$has_systemd" "state_file=$INSTALLER_HOME/state.json" "installer_home=$INSTALLER_HOME" "tmp=$run/ansible/tmp"
     )
@@ -466,9 +514,25 @@ attrs = dict(a.split("=", 1) for k, a in pairs if k == "attribute")
 if attrs:
     data["telemetry_config_resource_attributes"] = attrs
 if one["node_config"]:
+    # The node's file through its application profile (role telemetry_config);
+    # its /metrics address scraped by the stack (local) or the agent (remote).
     data["telemetry_config_node_config_path"] = one["node_config"]
+    data["telemetry_config_node_profile"] = one["node_profile"]
+    data["telemetry_config_node_metrics_enabled"] = True
+    data["telemetry_config_node_metrics_bind_address"] = one["node_metrics"]
+    if one["restart_node"] == "1":
+        data["telemetry_config_node_restart"] = True
+        data["telemetry_config_node_service"] = one["node_service"]
+    data["observability_stack_node_scrape_targets"] = [one["node_metrics"]]
+    if one["mode"] == "remote":
+        data["observability_stack_mode"] = "agent"
+if one["node_dashboards"]:
+    data["observability_stack_extra_dashboard_dirs"] = [
+        {"name": one["node_profile"], "src": one["node_dashboards"], "folder": one["node_profile"]}]
 if one["stack_images"]:
     data["observability_stack_images_archive"] = one["stack_images"]
+if one["no_containers"] == "1":
+    data["observability_stack_deploy"] = False
 mounts = []
 for k, m in pairs:
     if k != "mount":
@@ -512,13 +576,13 @@ import re
 import sys
 
 log_path, first, dry, summary_path = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
-listing, own_label = sys.argv[5], sys.argv[6]
+listing, own_label, stack_label = sys.argv[5], sys.argv[6], sys.argv[7]
 LABELS = {
     "fuse_driver": "FUSE and the drivers (fuse_driver)",
     "obsctl": "obsctl and its units (obsctl)",
     "telemetry_config": "telemetry configuration (telemetry_config)",
     "fuse_mounts": "mounts (fuse_mounts)",
-    "observability_stack": "local observability stack (observability_stack)",
+    "observability_stack": stack_label,
     "": own_label,
 }
 TASK = re.compile(r"^(TASK|RUNNING HANDLER) \[(?:(?P<role>[\w.]+) : )?(?P<task>.*?)\] \**$")
@@ -611,6 +675,9 @@ PY
 )"
     # Under each step: the changed tasks of a dry run, what an uninstall removed.
     local listing="" own_label="installer record (localhost.yml)"
+    local stack_label="local observability stack (observability_stack)"
+    if [ "$mode" = remote ]; then stack_label="collector agent for the node (observability_stack)"; fi
+    if [ "$uninstall" = 1 ]; then stack_label="observability stack or agent (observability_stack)"; fi
     if [ "$dry_run" = 1 ]; then listing="would change"; fi
     if [ "$uninstall" = 1 ]; then
         own_label="files and units (localhost_uninstall.yml)"
@@ -627,7 +694,7 @@ PY
             ANSIBLE_CONFIG="$run/ansible.cfg" \
             "$venv/bin/ansible-playbook" "${ansible_args[@]}" 2>&1 </dev/null || echo "$?" >"$run/ansible.rc"
     } | "$venv/bin/python" -c "$filter" "$log" "$((step_no + 1))" "$dry_run" "$summary" \
-        "$listing" "$own_label" || rc=$?
+        "$listing" "$own_label" "$stack_label" || rc=$?
     if [ -s "$run/ansible.rc" ]; then rc="$(cat "$run/ansible.rc")"; fi
     step_no=$(($("$venv/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["next_step"])' "$summary") - 1))
     local changed
@@ -637,7 +704,7 @@ PY
         messages="$("$venv/bin/python" -c 'import json,sys; print("\n".join(json.load(open(sys.argv[1]))["messages"]))' "$summary")"
         printf '%s\n' "${messages:-ansible-playbook exited with $rc}" | sed 's/^/   failed: /' >&2
         if [[ "$messages" == *"observability_stack: images not available:"* ]]; then
-            die "$E_IMAGES" "the local stack's images are not loaded: pass --stack-images FILE (a docker save archive of the images named above); full log: $log"
+            die "$E_IMAGES" "the $([ "$mode" = remote ] && echo "agent's collector image is" || echo "local stack's images are") not loaded: pass --stack-images FILE (a docker save archive of the images named above), or --no-containers to write the configuration only; full log: $log"
         fi
         die "$E_ANSIBLE" "the Ansible run failed; full log: $log"
     fi
@@ -673,7 +740,9 @@ PY
     if [ "$has_systemd" = 0 ] && [ "${#mount_srcs[@]}" -gt 0 ]; then
         say "No systemd on this host: the mounts run under 'obsctl mount' in the background and will NOT survive a reboot (run ./install.sh again after one)."
     fi
-    if [ "$mode" = local ]; then
+    if [ "$no_containers" = 1 ]; then
+        say "No containers (--no-containers): the $([ "$mode" = remote ] && echo agent || echo stack)'s configuration is in /etc/obsctl/observability-stack; nothing runs it yet."
+    elif [ "$mode" = local ]; then
         say "Grafana: see the observability_stack role's last lines in $log for its address (reach it with ssh -L) and the password file."
     fi
     if [ "$changed" = 0 ]; then
