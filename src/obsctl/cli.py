@@ -42,7 +42,7 @@ from obsctl.paths import runtime_dir
 from obsctl.procutil import pid_running
 from obsctl.sidecar import Sidecar
 from obsctl.supervisor import MountError, Supervisor
-from obsctl.unmount import recover_orphan
+from obsctl.unmount import nested_mounts, recover_orphan
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -240,6 +240,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 s.get("state", ""), s.get("health") or "-", str(s.get("pid", "")), str(s.get("driver_pid") or "-"),
                 _human(s.get("read_bytes", 0)), _human(s.get("write_bytes", 0)), str(s.get("errors", 0)), last)
 
+    for pid in statefile.unlisted_claims(runtime_dir(), states):
+        print(f"obsctl: obsctl (pid {pid}) runs a mount whose state file could not be written (is "
+              f"{runtime_dir()} full or read-only?); `obsctl unmount MOUNTPOINT` still stops it", file=sys.stderr)
     return _report(states, args.json, "no mounts run by obsctl on this host",
                    ("NAME", "MOUNTPOINT", "SOURCE", "IMPL", "STATE", "HEALTH", "PID", "DRIVER", "READ", "WRITTEN",
                     "ERRORS", "LAST EXPORT"), row)
@@ -263,7 +266,16 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     removed. Exit 0 when nothing is mounted there afterwards, 1 otherwise.
     """
     target = os.path.normpath(os.path.abspath(args.mountpoint))
+    inside = nested_mounts(target)
+    if inside and mounttable.find_mount(target) is not None:
+        print(f"obsctl: not unmounting {target}: other mounts are inside it ({', '.join(inside)}); unmounting "
+              "it would detach them too. Unmount those first (obsctl unmount PATH)", file=sys.stderr)
+        return EXIT_FAILED
     state = statefile.state_for(runtime_dir(), target)
+    holder = statefile.claim_holder(runtime_dir(), target)
+    if state is None and holder is not None:
+        # it runs but could not write its state file (runtime dir full or read-only): its claim names it
+        state = {"pid": holder, "state": "ready", "mountpoint": target}
     if state is None:
         mounted = mounttable.find_mount(target)
         hint = (f"; it is a {mounted.fstype} mount obsctl did not start: use fusermount3 -u {target}"
@@ -376,6 +388,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+    try:
+        code = _dispatch(args, command)
+        sys.stdout.flush()  # a closed pipe raises here, inside the handler, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader of stdout went away (`obsctl status --json | head`): exit quietly, as the
+        # Python documentation recommends (https://docs.python.org/3/library/signal.html,
+        # "Note on SIGPIPE"): point stdout at /dev/null so the flush at exit cannot raise again,
+        # exit 1. SIGPIPE is not set to SIG_DFL: a broken socket would kill the process.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+def _dispatch(args: argparse.Namespace, command: list[str]) -> int:
+    """Run every command but ``mount`` (which never returns: :func:`main`)."""
     if args.command == "status":
         return cmd_status(args)
     if args.command == "top":

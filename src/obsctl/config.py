@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from obsctl.errors import ConfigError  # noqa: F401  (re-exported: callers of the schema catch it from here)
+from obsctl.paths import system_path
 
 #: Default OTLP/gRPC endpoint of the local collector (mode = "local").
 LOCAL_OTLP_ENDPOINT = "http://127.0.0.1:4317"
@@ -237,6 +238,9 @@ class MountSpec(_Strict):
     credentials_from: Literal["env", "stdin", "profile", "systemd"] = "env"
     read_only: bool = False
     allow_other: bool = False
+    #: Mount over a directory that has entries (hidden while mounted): rclone's
+    #: ``--allow-non-empty`` semantics; without it obsctl refuses a non-empty mountpoint.
+    allow_non_empty: bool = False
     cache_mode: Literal["off", "minimal", "writes", "full"] | None = None
     options: list[str] = msgspec.field(default_factory=list)
     command: list[str] = msgspec.field(default_factory=list)
@@ -251,6 +255,12 @@ class MountSpec(_Strict):
         if not self.mountpoint:
             raise ValueError("mountpoint is empty")
         self.mountpoint = os.path.normpath(os.path.abspath(self.mountpoint))
+        system = system_path(self.mountpoint)
+        if system is not None:
+            raise ValueError(
+                f"mountpoint {self.mountpoint} is a system directory ({system}"
+                f"{' and everything below it' if system != self.mountpoint else ''} is never mounted over: "
+                "it would hide what the system needs); use a directory of its own, e.g. /mnt/BUCKET")
         if self.impl == "generic":
             if not self.command:
                 raise ValueError(

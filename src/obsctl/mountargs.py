@@ -17,7 +17,7 @@ from obsctl.mountspec import build_mount_spec, load_mount_spec, with_options
 def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
     """The mount options shared by ``obsctl mount`` and ``obsctl systemd install``."""
     parser.add_argument("source", nargs="?", help="s3://BUCKET[/PREFIX] (generic: any label)")
-    parser.add_argument("mountpoint", nargs="?", help="an existing empty directory")
+    parser.add_argument("mountpoint", nargs="?", help="an existing empty directory (--allow-non-empty for one with entries)")
     parser.add_argument("--impl", choices=list(DRIVERS), help="FUSE driver (default rclone)")
     parser.add_argument("--endpoint", help="S3 endpoint URL (default: AWS)")
     parser.add_argument("--region", help="S3 region")
@@ -32,6 +32,8 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
                         help="driver option (repeatable; comma lists allowed): ro, allow_other, key=value")
     parser.add_argument("--read-only", action="store_true", default=None, help="mount read-only")
     parser.add_argument("--allow-other", action="store_true", default=None, help="let other users use the mount")
+    parser.add_argument("--allow-non-empty", action="store_true", default=None,
+                        help="mount over a directory that has entries (hidden while mounted; refused without it)")
     parser.add_argument("--cache-mode", choices=["off", "minimal", "writes", "full"], help="rclone VFS cache mode")
     parser.add_argument("--ready-timeout", type=float, help="seconds to wait for the mount (default 30)")
     parser.add_argument("--name", help="mount name (labels, status)")
@@ -60,7 +62,7 @@ def mount_spec_from_args(args: argparse.Namespace, command: list[str]) -> Any:
         "source": args.source, "mountpoint": args.mountpoint, "impl": args.impl,
         "endpoint": args.endpoint, "region": args.region, "profile": args.profile,
         "credentials_from": args.credentials_from, "read_only": read_only,
-        "allow_other": allow_other, "cache_mode": args.cache_mode,
+        "allow_other": allow_other, "allow_non_empty": args.allow_non_empty, "cache_mode": args.cache_mode,
         "ready_timeout_seconds": args.ready_timeout, "name": args.name,
         "telemetry_config": args.telemetry_config,
     }

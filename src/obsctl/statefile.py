@@ -1,9 +1,22 @@
 """The per-mount state file: one format for ``obsctl mount``, ``obsctl sidecar`` and ``obsctl status``.
 
-One JSON object per mount at ``RUNTIME_DIR/mounts/<escaped mountpoint>.json``
-(RUNTIME_DIR is /run/obsctl, or $OBSCTL_RUNTIME_DIR), written atomically
+One JSON object per mount at ``RUNTIME_DIR/mounts/<key>.json`` (RUNTIME_DIR is
+/run/obsctl, or $OBSCTL_RUNTIME_DIR; ``key`` is :func:`obsctl.paths.mount_key`,
+unique per mountpoint and at most 137 characters), written atomically
 (:func:`obsctl.fileutil.atomic_write`, mode 0640) by the process that runs
-the mount. Keys (all always present; None when unknown):
+the mount. A write that fails (runtime dir full or read-only) is one warning,
+then retried quietly at every poll; a line says when it works again; the mount
+stays manageable through its claim (:class:`MountClaim`).
+
+The claim: ``RUNTIME_DIR/locks/<key>.lock``, held with ``flock(2)`` (LOCK_EX)
+by the one process that runs the mountpoint, from before anything is spawned
+until it exits (the kernel drops it when the process dies, even by SIGKILL).
+A second ``obsctl mount`` on the same path is refused (exit 2) before it
+spawns anything; ``obsctl unmount`` finds the holder's pid in /proc/locks
+(proc(5)) when no state file could be written. Lock files are never
+deleted (deleting a lock file races with a process that just opened it).
+
+Keys of the state file (all always present; None when unknown):
 
 * ``name``, ``mountpoint``, ``source``, ``bucket``, ``impl``;
 * ``state``: ``ready`` | ``restarting`` | ``stopping`` | ``failed`` |
@@ -23,13 +36,17 @@ the mount. Keys (all always present; None when unknown):
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
 from typing import Any
 
 from obsctl import health, mounttable
+from obsctl.errors import ConfigError
 from obsctl.fileutil import atomic_write
+from obsctl.paths import mount_key
 from obsctl.procutil import pid_running
 
 log = logging.getLogger("obsctl")
@@ -37,19 +54,38 @@ log = logging.getLogger("obsctl")
 #: Seconds ``obsctl status`` waits for a stat of a dead writer's mountpoint.
 STATUS_PROBE_TIMEOUT = 1.0
 
+#: State files whose last write failed (warned once; cleared when a write works again).
+_FAILING: set[str] = set()
+
+
 def state_file_path(runtime_dir: str, mountpoint: str) -> str:
-    """``RUNTIME_DIR/mounts/<mountpoint, / as ->.json`` (``-`` escaped as ``\\x2d``, like systemd-escape)."""
-    name = os.path.normpath(mountpoint).strip("/").replace("-", "\\x2d").replace("/", "-") or "-"
-    return os.path.join(runtime_dir, "mounts", name + ".json")
+    """``RUNTIME_DIR/mounts/<key>.json``, ``key`` = :func:`obsctl.paths.mount_key` of ``mountpoint``."""
+    return os.path.join(runtime_dir, "mounts", mount_key(mountpoint) + ".json")
 
 
-def write_state(path: str, state: dict[str, Any]) -> None:
-    """Write ``state`` atomically to ``path``; an OSError is logged as a warning, never raised."""
+def write_state(path: str, state: dict[str, Any]) -> bool:
+    """Write ``state`` atomically to ``path``; True when written. Never raises.
+
+    The first failure for ``path`` is one warning that says what still works;
+    later ones are logged at debug level only (the caller retries at its next
+    poll); the first success after a failure says so once.
+    """
     try:
         os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
         atomic_write(path, json.dumps(state, indent=1) + "\n", 0o640)
     except OSError as exc:
-        log.warning("cannot write state file %s: %s", path, exc)
+        if path in _FAILING:
+            log.debug("cannot write state file %s: %s", path, exc)
+        else:
+            _FAILING.add(path)
+            log.warning("cannot write state file %s: %s; the mount keeps running, `obsctl status` cannot show "
+                        "it until a write works (retried at every poll, quietly), `obsctl unmount %s` still "
+                        "works", path, exc.strerror or exc, state.get("mountpoint"))
+        return False
+    if path in _FAILING:
+        _FAILING.discard(path)
+        log.warning("state file %s written again", path)
+    return True
 
 
 def remove_state(path: str) -> None:
@@ -111,6 +147,108 @@ def read_states(runtime_dir: str, strict: bool = False) -> list[dict[str, Any]]:
             state["health"] = current_health(str(state.get("mountpoint") or ""))
         states.append(state)
     return states
+
+
+def claim_path(runtime_dir: str, mountpoint: str) -> str:
+    """``RUNTIME_DIR/locks/<key>.lock``, ``key`` = :func:`obsctl.paths.mount_key` of ``mountpoint``."""
+    return os.path.join(runtime_dir, "locks", mount_key(mountpoint) + ".lock")
+
+
+class ClaimError(ConfigError):
+    """The mountpoint is claimed by another live process, or no claim could be made: exit 2."""
+
+
+class MountClaim:
+    """The claim of one mountpoint by this process (see the module docstring).
+
+    Args:
+        runtime_dir: obsctl's runtime directory.
+        mountpoint: absolute path.
+    """
+
+    def __init__(self, runtime_dir: str, mountpoint: str) -> None:
+        self.mountpoint = mountpoint
+        self.path = claim_path(runtime_dir, mountpoint)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the claim without waiting.
+
+        Raises:
+            ClaimError: another process holds it (the message names its pid), or the
+                lock file cannot be created (the message names the runtime dir).
+        """
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o750, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+        except OSError as exc:
+            raise ClaimError(
+                f"cannot claim {self.mountpoint}: cannot create {self.path}: {exc.strerror or exc} "
+                "(obsctl's runtime directory must be writable: OBSCTL_RUNTIME_DIR, default /run/obsctl)") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise ClaimError(f"cannot claim {self.mountpoint}: flock {self.path}: {exc.strerror}") from None
+            holder = lock_holder(self.path)
+            raise ClaimError(
+                f"{self.mountpoint} is claimed by another obsctl (pid {holder if holder else 'unknown'}) "
+                f"that is starting or running a mount there; nothing was started. Stop it first with: "
+                f"obsctl unmount {self.mountpoint}") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drop the claim (also done by the kernel when the process exits)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def lock_holder(path: str, locks_path: str = "/proc/locks") -> int | None:
+    """The pid holding a ``flock(2)`` lock on ``path``, from /proc/locks (proc(5): ``ID: FLOCK
+    ADVISORY WRITE PID MAJ:MIN:INODE START END``, the device numbers in hex), or None."""
+    try:
+        st = os.stat(path)
+        with open(locks_path, encoding="ascii", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK":  # "->" lines are waiters, not holders
+            continue
+        try:
+            major, minor, inode = fields[5].split(":")
+            if (int(major, 16), int(minor, 16), int(inode)) == want:
+                return int(fields[4])
+        except ValueError:
+            continue
+    return None
+
+
+def claim_holder(runtime_dir: str, mountpoint: str) -> int | None:
+    """The live process holding the claim of ``mountpoint``, or None (nobody, or it cannot be told)."""
+    pid = lock_holder(claim_path(runtime_dir, mountpoint))
+    return pid if pid is not None and pid_running(pid) else None
+
+
+def unlisted_claims(runtime_dir: str, states: list[dict[str, Any]]) -> list[int]:
+    """Pids of live claim holders with no state file among ``states``: mounts that run but
+    could not write their state (``obsctl status`` names them)."""
+    listed = {os.path.basename(str(s.get("state_file") or ""))[:-len(".json")] for s in states}
+    try:
+        names = os.listdir(os.path.join(runtime_dir, "locks"))
+    except OSError:
+        return []
+    pids = []
+    for name in sorted(names):
+        if name.endswith(".lock") and name[:-len(".lock")] not in listed:
+            pid = lock_holder(os.path.join(runtime_dir, "locks", name))
+            if pid is not None and pid_running(pid):
+                pids.append(pid)
+    return pids
 
 
 def state_for(runtime_dir: str, mountpoint: str) -> dict[str, Any] | None:

@@ -2,6 +2,10 @@
 
 The lifecycle (DESIGN section 1; what happens on each fault: docs/operations.md):
 
+0. the claim: the mountpoint is claimed (:class:`obsctl.statefile.MountClaim`,
+   ``flock`` on a file keyed by the mountpoint) before anything else; a second
+   obsctl on the same path is refused with exit status 2 and never touches
+   the first's mount;
 1. recovery and preflight: a mount that obsctl's own state file says a
    now-dead supervisor started at this mountpoint is recovered
    (:func:`obsctl.unmount.recover_orphan`); then the mountpoint must be an
@@ -33,6 +37,11 @@ Everything about observing the mount (telemetry, collectors, polls, the
 state file) is the observer's; this module keeps the lifecycle only.
 Failure before ready is fail-closed: the driver is stopped, nothing stays
 mounted, and :class:`MountError` carries the driver's own last error line.
+That holds in every phase before the "mounted" line, also for a driver that
+dies after its mount appeared while telemetry is still starting (exit 1,
+never 0: systemd's Restart=on-failure ignores an exit 0). A stop request
+with other mounts inside this one is refused once, naming them
+(:func:`obsctl.unmount.nested_mounts`); a second one stops anyway.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ import time
 from typing import Any, Callable
 
 from obsctl import health, mounttable, statefile
+from obsctl.statefile import MountClaim
 from obsctl.config import MountSpec, TelemetryConfig
 from obsctl.credentials import Credentials
 from obsctl.drivers import Driver, LaunchPlan
@@ -57,8 +67,8 @@ from obsctl.observer import DriverConnection, MountLabels, MountObserver, plan_c
 from obsctl.procutil import describe_exit, start_time
 from obsctl.readiness import Interrupted, MountError, ReadyWait
 from obsctl.unmount import (
-    DETACHED, FAILED, MountpointError, abort, ensure_fusectl, preflight, recover_orphan, stop_process,
-    unmount, unmount_once, warn,
+    DETACHED, FAILED, MountpointError, abort, ensure_fusectl, nested_mounts, preflight, recover_orphan,
+    stop_process, unmount, unmount_once, warn,
 )
 
 __all__ = ["MountError", "Interrupted", "Supervisor", "sd_notify"]
@@ -146,6 +156,8 @@ class Supervisor:
         self.proc: subprocess.Popen[bytes] | None = None
         self.plan: LaunchPlan | None = None
         self.pump: LogPump | None = None
+        #: This process's claim of the mountpoint (taken first in :meth:`run`).
+        self.claim = MountClaim(runtime_dir, spec.mountpoint)
         labels = MountLabels(spec.mountpoint, spec.source, spec.bucket_and_prefix()[0], driver.name, spec.name)
         #: Telemetry, collectors, the state file: everything but the lifecycle.
         self.observer = MountObserver(labels, telemetry, runtime_dir, poll_interval=poll_interval,
@@ -234,8 +246,9 @@ class Supervisor:
             MountpointError: the mountpoint is unusable (nothing was started).
             MountError: the mount did not come up (nothing is left mounted).
         """
+        self.claim.acquire()  # ClaimError (exit 2): another obsctl has it; nothing was started
         self._recover()
-        preflight(self.spec.mountpoint, self.mountinfo_path)
+        preflight(self.spec.mountpoint, self.mountinfo_path, allow_non_empty=self.spec.allow_non_empty)
         observer = self.observer
         spawned = time.time_ns()
         telemetry_thread: threading.Thread | None = None
@@ -264,10 +277,16 @@ class Supervisor:
                 break
         if observer.start_error is not None or not observer.started.is_set():
             error = observer.start_error
+            code = self.proc.poll() if self.proc is not None else None
             self._stop_driver()
-            if error is None:
-                return 0
-            raise MountError(f"telemetry could not start: {error}")
+            if error is not None:
+                raise MountError(f"telemetry could not start: {error}")
+            if code is not None:  # the driver died after its mount appeared, while telemetry started
+                self._fail_after_ready(spawned, code)
+            observer.state = "stopped"
+            print(f"obsctl: stopped before the mount was ready; nothing is mounted at {self.spec.mountpoint}",
+                  file=sys.stderr, flush=True)
+            return 0
         ensure_fusectl()
         observer.sources.kernel.poll()  # trace from the first request after READY
         observer.state = "ready"
@@ -276,20 +295,63 @@ class Supervisor:
         # The state file says "ready" before systemd and the terminal hear it,
         # so `obsctl status` right after READY=1 already lists the mount.
         observer.poll()
+        code = self.proc.poll() if self.proc is not None else None
+        if code is not None:  # died between ready and now: no "mounted" line for a dead driver
+            self._stop_driver()
+            self._fail_after_ready(spawned, code)
         observer.write_state()
         sd_notify(f"READY=1\nSTATUS=mounted {self.spec.source} on {self.spec.mountpoint}")
         print(f"obsctl: mounted {self.spec.source} on {self.spec.mountpoint} "
               f"({self.driver.name}, driver pid {self.proc.pid}) in {ready_s:.2f} s", file=sys.stderr, flush=True)
         return self._supervise()
 
+    def _fail_after_ready(self, spawned: int, code: int) -> None:
+        """The driver exited (``code``) after its mount appeared, before the "mounted" line:
+        record it and raise (the caller already unmounted and stopped it).
+
+        Raises:
+            MountError: always, with the driver's last error line.
+        """
+        observer = self.observer
+        observer.state = "failed"
+        if self.pump is not None:
+            self.pump.join(1)
+        reason = self._failure(f"{self.driver.name} {describe_exit(code)} just after its mount appeared, "
+                               "before it was ready")
+        if observer.telemetry is not None:
+            observer.span("mount", spawned, {}, error=reason)
+            observer.add_error("mount_failed")
+            observer.close(final_poll=False)
+        raise MountError(reason)
+
+    def _stop_refused(self) -> bool:
+        """A first stop request with other mounts inside this one: refuse it, naming them (True).
+
+        Unmounting the outer mount would need a lazy detach, which takes every
+        mount inside it along; a second request (``signals`` > 1) stops anyway.
+        """
+        if self.signals > 1:
+            return False
+        inside = nested_mounts(self.spec.mountpoint, self.mountinfo_path)
+        if not inside:
+            return False
+        warn(f"not stopping: {self.spec.mountpoint} has other mounts inside it ({', '.join(inside)}); "
+             f"a stop now would detach them too. Stop those first (obsctl unmount PATH), or send the "
+             f"stop signal again to stop anyway")
+        self.stop_requested.clear()
+        return True
+
     def _supervise(self) -> int:
         exit_code = 0
         self.observer.start_polling(lambda: self.observer.state == "ready")
-        while not self.stop_requested.wait(WATCH_INTERVAL):
-            if self.proc is not None and self.proc.poll() is not None:
-                if not self._handle_driver_exit():
-                    exit_code = 1
-                    break
+        while True:
+            while not self.stop_requested.wait(WATCH_INTERVAL):
+                if self.proc is not None and self.proc.poll() is not None:
+                    if not self._handle_driver_exit():
+                        exit_code = 1
+                        break
+            if exit_code or not self._stop_refused():
+                break
         return self._shutdown(exit_code)
 
     def _handle_driver_exit(self) -> bool:

@@ -10,6 +10,12 @@ The shutdown policy (docs/operations.md):
    free at once; the processes that hold it get errors once the driver stops;
 3. the driver is then asked to stop: it exits by itself after a normal
    unmount; otherwise SIGTERM, and SIGKILL :data:`TERM_WAIT` s later.
+
+A mount with other mounts inside it (:func:`nested_mounts`) is never
+detached lazily by this policy: a lazy detach takes every mount below it
+along (umount(2) MNT_DETACH). :func:`unmount` then answers :data:`NESTED`
+and leaves everything mounted; ``obsctl unmount`` refuses such a mount with
+a message naming the mounts inside (docs/operations.md "Nested mounts").
 """
 
 from __future__ import annotations
@@ -87,7 +93,18 @@ def warn(message: str) -> None:
     print(f"obsctl: {message}", file=sys.stderr, flush=True)
 
 
-UNMOUNTED, DETACHED, FAILED = "unmounted", "detached", "failed"
+UNMOUNTED, DETACHED, FAILED, NESTED = "unmounted", "detached", "failed", "nested"
+
+
+def nested_mounts(mountpoint: str, path: str = mounttable.MOUNTINFO_PATH) -> list[str]:
+    """Mountpoints strictly below ``mountpoint`` in the mount table ``path``, in table order; [] when
+    the table cannot be read."""
+    base = os.path.normpath(mountpoint).rstrip("/") + "/"
+    try:
+        mounts = mounttable.read_mounts(path)
+    except (OSError, ValueError):
+        return []
+    return list(dict.fromkeys(m.mountpoint for m in mounts if m.mountpoint.startswith(base)))
 
 
 def unmount(mountpoint: str, busy_wait: float = BUSY_WAIT, should_hurry: Any = None,
@@ -103,11 +120,17 @@ def unmount(mountpoint: str, busy_wait: float = BUSY_WAIT, should_hurry: Any = N
 
     Returns:
         ``"unmounted"`` (a normal unmount, or nothing was mounted),
-        ``"detached"`` (lazily, after the busy wait) or ``"failed"``
-        (still mounted).
+        ``"detached"`` (lazily, after the busy wait), ``"nested"`` (other
+        mounts are inside it: nothing was detached, everything is still
+        mounted; a warning names them) or ``"failed"`` (still mounted).
     """
     if unmount_once(mountpoint, path=path):
         return UNMOUNTED
+    inside = nested_mounts(mountpoint, path)
+    if inside:
+        warn(f"{mountpoint} has other mounts inside it ({', '.join(inside)}); not detaching it, which would "
+             "detach them too: unmount those first")
+        return NESTED
     held = holders(mountpoint)
     who = ", ".join(str(h) for h in held) if held else "no process found in /proc (a bind mount or another namespace?)"
     warn(f"{mountpoint} is busy, held by: {who}; retrying for {busy_wait:g} s, then detaching it lazily")
@@ -193,14 +216,14 @@ def recover_orphan(state: dict[str, Any], busy_wait: float = BUSY_WAIT) -> list[
     if isinstance(driver_pid, int) and same_process(driver_pid, driver_start):
         # An orphaned driver still serves: the busy policy applies, then it is stopped.
         if _mounted(mountpoint):
-            if unmount(mountpoint, busy_wait) == FAILED:
+            if unmount(mountpoint, busy_wait) in (FAILED, NESTED):
                 raise RuntimeError(f"{mountpoint} is still mounted; try: fusermount3 -u -z {mountpoint}")
             done.append(f"unmounted {mountpoint}")
         kill_pid(driver_pid, driver_start)
         done.append(f"stopped its driver (pid {driver_pid})")
     elif _mounted(mountpoint):
         # The driver is gone: the mount is dead and nobody's I/O can finish; no wait.
-        if unmount(mountpoint, busy_wait=0.0) == FAILED:
+        if unmount(mountpoint, busy_wait=0.0) in (FAILED, NESTED):
             raise RuntimeError(f"{mountpoint} is still mounted; try: fusermount3 -u -z {mountpoint}")
         done.append(f"unmounted {mountpoint}")
     if state.get("state_file"):
@@ -209,12 +232,19 @@ def recover_orphan(state: dict[str, Any], busy_wait: float = BUSY_WAIT) -> list[
     return done
 
 
-def preflight(mountpoint: str, path: str = mounttable.MOUNTINFO_PATH) -> None:
+def preflight(mountpoint: str, path: str = mounttable.MOUNTINFO_PATH, allow_non_empty: bool = False) -> None:
     """Check the mountpoint before anything is spawned (``path``: the mount table).
 
+    The rules (README "Mount spec", docs/operations.md): an existing directory,
+    named by its canonical path (a symlink anywhere in it is refused, with the
+    path to use: the kernel mounts on the target, and the mount table, the state
+    file and every check name the target), nothing mounted on it, no entries in
+    it unless ``allow_non_empty`` (rclone's ``--allow-non-empty``). System
+    directories are the spec's rule (:func:`obsctl.paths.system_path`).
+
     Raises:
-        MountpointError: missing, not a directory, a dead FUSE mount, or
-            already a mount point (each with what to do about it).
+        MountpointError: missing, a symlink, not a directory, a dead FUSE mount,
+            already a mount point, or not empty (each with what to do about it).
     """
     table, path = path, mountpoint
     try:
@@ -227,6 +257,11 @@ def preflight(mountpoint: str, path: str = mounttable.MOUNTINFO_PATH) -> None:
                 f"mountpoint {path} is a dead FUSE mount (Transport endpoint is not connected) that obsctl "
                 f"did not start; clear it with: fusermount3 -u -z {path}") from None
         raise MountpointError(f"mountpoint {path}: {exc.strerror}") from None
+    resolved = os.path.realpath(path)
+    if resolved != os.path.normpath(path):
+        raise MountpointError(
+            f"mountpoint {path} goes through a symlink (it resolves to {resolved}); obsctl does not follow "
+            f"symlinks in a mountpoint: give the resolved path ({resolved}) instead")
     if not stat.S_ISDIR(st.st_mode):
         raise MountpointError(f"mountpoint {path} is not a directory; a FUSE mount needs an empty directory")
     existing = mounttable.find_mount(mountpoint, path=table)
@@ -234,6 +269,17 @@ def preflight(mountpoint: str, path: str = mounttable.MOUNTINFO_PATH) -> None:
         raise MountpointError(
             f"{path} is already a mount point ({existing.fstype} from {existing.source}); "
             f"unmount it first (obsctl unmount {path}, or fusermount3 -u {path} if obsctl did not start it)")
+    if not allow_non_empty:
+        try:
+            with os.scandir(path) as entries:
+                first = next(entries, None)
+        except OSError as exc:
+            raise MountpointError(f"mountpoint {path}: {exc.strerror}") from None
+        if first is not None:
+            raise MountpointError(
+                f"mountpoint {path} is not empty (it has {first.name!r} ...): the mount would hide its "
+                "entries. Use an empty directory, or allow it on purpose: --allow-non-empty "
+                "(mount spec: allow_non_empty = true)")
 
 
 def ensure_fusectl(sys_path: str = "/sys") -> None:

@@ -193,7 +193,16 @@ def test_preflight_errors_are_usage_errors(tmp_path):
         preflight(str(tmp_path / "file"))
     with pytest.raises(MountpointError, match="already a mount point"):
         preflight("/proc")
-    preflight(str(tmp_path))
+    with pytest.raises(MountpointError, match="is not empty .*'file'.*--allow-non-empty"):
+        preflight(str(tmp_path))
+    preflight(str(tmp_path), allow_non_empty=True)
+    (tmp_path / "empty").mkdir()
+    preflight(str(tmp_path / "empty"))
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    with pytest.raises(MountpointError, match=f"goes through a symlink .*give the resolved path \\({tmp_path}/empty\\)"):
+        preflight(str(tmp_path / "link"))
+    with pytest.raises(MountpointError, match="goes through a symlink"):
+        preflight(str(tmp_path / "link" / "."))
 
 
 def test_cli_logging_prints_no_traceback(tmp_path):

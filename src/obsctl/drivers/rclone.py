@@ -150,6 +150,8 @@ class RcloneDriver(Driver):
             argv += ["--rc", "--rc-addr", f"127.0.0.1:{rc_port}", "--rc-enable-metrics"]
             launch.extras.update(rc_url=f"http://127.0.0.1:{rc_port}", rc_auth=(rc_user, rc_pass))
         argv += self.spec_flags(spec, ["--read-only"], ["--allow-other"])
+        if spec.allow_non_empty:  # rclone refuses a non-empty mountpoint itself without it
+            argv.append("--allow-non-empty")
         if spec.cache_mode:
             argv += ["--vfs-cache-mode", spec.cache_mode]
         return argv + [self._flag(option) for option in options]

@@ -82,6 +82,8 @@ class S3fsDriver(Driver):
         if spec.region:
             argv += ["-o", f"endpoint={spec.region}"]
         argv += self.spec_flags(spec, ["-o", "ro"], ["-o", "allow_other"])
+        if spec.allow_non_empty:  # s3fs (and libfuse 2) refuse a non-empty mountpoint without it
+            argv += ["-o", "nonempty"]
         for option in options:
             argv += ["-o", option]
         return argv
