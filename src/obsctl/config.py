@@ -86,11 +86,37 @@ def _positive(le: float) -> Any:
     return Annotated[float, msgspec.Meta(gt=0, le=le)]
 
 
+#: Most ``[telemetry.resource] attributes``: the OpenTelemetry SDK's default attribute count
+#: limit (OTEL_ATTRIBUTE_COUNT_LIMIT, 128: opentelemetry-sdk 1.45.2,
+#: opentelemetry/sdk/trace/__init__.py line 79 ``_DEFAULT_OTEL_ATTRIBUTE_COUNT_LIMIT``), which
+#: the SDK does not apply to a Resource; obsctl does, since every attribute is repeated on the
+#: Prometheus ``target_info`` line of every scrape and in every OTLP export.
+MAX_RESOURCE_ATTRIBUTES = 128
+#: Longest attribute key and value, in characters. OpenTelemetry sets no default value length
+#: (OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT: no limit); this is obsctl's own bound, so the attributes
+#: add at most 128 x 1,280 characters (~160 KB) to target_info, not megabytes.
+MAX_ATTRIBUTE_KEY_LENGTH = 256
+MAX_ATTRIBUTE_VALUE_LENGTH = 1024
+
+
 class ResourceConfig(_Strict):
-    """``[telemetry.resource]``: OpenTelemetry resource attributes."""
+    """``[telemetry.resource]``: OpenTelemetry resource attributes (bounded: :data:`MAX_RESOURCE_ATTRIBUTES`,
+    :data:`MAX_ATTRIBUTE_KEY_LENGTH`, :data:`MAX_ATTRIBUTE_VALUE_LENGTH`)."""
 
     service_name: str = "obsctl-mount"
     attributes: dict[str, str] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.attributes) > MAX_RESOURCE_ATTRIBUTES:
+            raise ValueError(
+                f"attributes has {len(self.attributes)} entries; at most {MAX_RESOURCE_ATTRIBUTES} are allowed "
+                "(the OpenTelemetry SDK's default attribute count limit): each one is sent with every export "
+                "and on the target_info line of every scrape")
+        for key, value in self.attributes.items():
+            if len(key) > MAX_ATTRIBUTE_KEY_LENGTH or len(value) > MAX_ATTRIBUTE_VALUE_LENGTH:
+                raise ValueError(
+                    f"attributes {key[:40]!r}{'...' if len(key) > 40 else ''}: keys may have at most "
+                    f"{MAX_ATTRIBUTE_KEY_LENGTH} characters and values {MAX_ATTRIBUTE_VALUE_LENGTH}")
 
 
 Protocol = Literal["grpc", "http/protobuf"]
@@ -314,11 +340,40 @@ def _unknown_keys(data: Any, typ: type, tables: tuple[str, ...] = ()) -> list[st
     return found
 
 
+def _field_errors(data: Any, typ: Any, tables: tuple[str, ...] = ()) -> list[str]:
+    """Every key of ``data`` whose value does not have its field's type or constraint, and every
+    missing required key, as ``[table] key: message`` lines in document order (msgspec stops at the
+    first error; this converts each field on its own, nested tables recursively). The rules that
+    join fields (``__post_init__``) are not run here."""
+    if not isinstance(data, dict) or not (isinstance(typ, type) and issubclass(typ, msgspec.Struct)):
+        return []
+    hints = typing.get_type_hints(typ, include_extras=True)
+    found: list[str] = []
+    for info in msgspec.structs.fields(typ):
+        if info.encode_name not in data and info.required:
+            found.append(_location([*tables, info.encode_name]) + "missing (required)")
+    for key, value in data.items():
+        if key not in typ.__struct_fields__:
+            continue
+        hint = hints[key]
+        if isinstance(value, dict) and isinstance(hint, type) and issubclass(hint, msgspec.Struct):
+            found += _field_errors(value, hint, (*tables, key))
+            continue
+        try:
+            msgspec.convert(value, hint)
+        except msgspec.ValidationError as exc:
+            message = str(exc).rpartition(" - at `")[0] or str(exc)
+            found.append(_location([*tables, key]) + message)
+    return found
+
+
 def _convert(data: Any, typ: type, origin: str) -> Any:
     """``msgspec.convert`` with errors as :class:`ConfigError` naming table and key.
 
     Unknown keys are all reported at once (msgspec stops at the first), each
-    with its table path, before any other validation.
+    with its table path, before any other validation; then every value of the
+    wrong type or out of its range, at once (:func:`_field_errors`); then the
+    first rule that joins fields.
     """
     unknown = _unknown_keys(data, typ)
     if unknown:
@@ -328,6 +383,10 @@ def _convert(data: Any, typ: type, origin: str) -> Any:
     try:
         return msgspec.convert(data, typ)
     except msgspec.ValidationError as exc:
+        fields = _field_errors(data, typ)
+        if len(fields) > 1:
+            listed = "\n  ".join(fields)
+            raise ConfigError(f"{origin}: invalid configuration ({len(fields)} errors):\n  {listed}") from None
         message, _sep, where = str(exc).rpartition(" - at `")
         if not _sep:
             message, where = str(exc), "$`"
