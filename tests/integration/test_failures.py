@@ -177,3 +177,54 @@ def test_bad_usage_exit_2(env, tmp_path):
     assert res.returncode == 2, res
     res = run_obsctl("mount", "s3://b", str(tmp_path), "--impl", "nonexistent", env=env)
     assert res.returncode == 2, res
+
+
+def test_config_check_reports_every_type_error_in_one_pass(tmp_path, env):
+    import tomlkit
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(tomlkit.dumps({"telemetry": {
+        "mode": "remote",
+        "metrics": {"enabled": "yes", "export_interval_seconds": -1, "otlp_endpoint": "http://127.0.0.1:4317",
+                    "cardinality_limit": "many"},
+        "traces": {"enabled": False, "export_timeout_seconds": 999}}}))
+    res = run_obsctl("config", "check", str(bad), env=env)
+    assert res.returncode == 2, res
+    for line in ("(4 errors)", "[telemetry.metrics] enabled: Expected `bool`, got `str`",
+                 "[telemetry.metrics] export_interval_seconds: Expected `float` > 0.0",
+                 "[telemetry.metrics] cardinality_limit: Expected `int`, got `str`",
+                 "[telemetry.traces] export_timeout_seconds: Expected `float` <= 60.0"):
+        assert line in res.stderr, res.stderr
+    spec = tmp_path / "spec.toml"
+    spec.write_text(tomlkit.dumps({"source": "s3://bucket", "mountpoint": "/mnt/x", "read_only": "no",
+                                   "ready_timeout_seconds": 0, "max_restarts": 1000}))
+    res = run_obsctl("config", "check", str(spec), env=env)
+    assert res.returncode == 2 and "(3 errors)" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("count,value_length,ok", [(128, 10, True), (129, 10, False), (200000, 1, False),
+                                                   (1, 1024, True), (1, 1025, False)])
+def test_config_check_bounds_resource_attributes(count, value_length, ok, tmp_path, env):
+    """At most 128 resource attributes (the OpenTelemetry SDK's default attribute count limit),
+    values of at most 1,024 characters: 200,000 attributes made a 6 MB target_info line."""
+    import tomlkit
+
+    table = tomlkit.table()
+    table.add("service_name", "obsctl-mount")
+    attributes = tomlkit.table()
+    for i in range(min(count, 200)):
+        attributes.add(f"k{i}", "v" * value_length)
+    table.add("attributes", attributes)
+    text = tomlkit.dumps({"telemetry": {"mode": "none", "resource": table}})
+    if count > 200:  # tomlkit is quadratic in the keys of one table: append the rest as its own lines
+        text += "".join(tomlkit.dumps({f"k{i}": "v"}) for i in range(200, count))
+    path = tmp_path / "attrs.toml"
+    path.write_text(text)
+    res = run_obsctl("config", "check", str(path), env=env, timeout=120)
+    if ok:
+        assert res.returncode == 0, res
+    else:
+        assert res.returncode == 2, res
+        assert "[telemetry.resource]" in res.stderr, res.stderr
+        assert ("at most 128 are allowed" in res.stderr) or ("values 1024" in res.stderr), res.stderr
+        assert len(res.stderr) < 2000  # the message names the bound, it does not echo the input
