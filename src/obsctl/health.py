@@ -17,6 +17,12 @@ The words:
   ECONNABORTED: the driver is gone (:data:`obsctl.mounttable.STALE_ERRNOS`);
 * :data:`HUNG`: in the mount table, the probe did not return within the
   timeout: the driver is alive but does not answer (stopped, deadlocked);
+* :data:`STALLED`: in the mount table and ``statvfs`` answers, but FUSE
+  requests have waited longer than
+  :data:`obsctl.collectors.fuse_conn.STALL_SECONDS` with none answered (a
+  backend that is down while the driver retries); only the supervisor's and
+  the side-car's probe know it (it needs the connection's ``waiting`` over
+  time, :class:`obsctl.collectors.fuse_conn.FuseConnCollector`);
 * :data:`MISSING`: not in the mount table;
 * :data:`ERROR`: the probe itself failed (unreadable mount table);
 * the supervisor's own words for phases in which the mount cannot serve,
@@ -44,6 +50,7 @@ log = logging.getLogger(__name__)
 OK = "ok"
 STALE = "stale"
 HUNG = "hung"
+STALLED = "stalled"
 MISSING = "missing"
 ERROR = "error"
 DOWN = "down"

@@ -66,6 +66,9 @@ METRICS: dict[str, tuple[str, str, str]] = {
     # obsctl_fuse_requests_waiting (observable, owned by collectors.fuse_conn)
     "obsctl_fuse_requests_waiting": (
         "gauge", "{request}", "FUSE requests waiting (/sys/fs/fuse/connections/N/waiting)"),
+    # obsctl_fuse_requests_stalled_seconds (observable, owned by collectors.fuse_conn)
+    "obsctl_fuse_requests_stalled_seconds": (
+        "gauge", "s", "Seconds FUSE requests have waited with none answered (0: none waiting, or answers flowing)"),
     # obsctl_mount_up (observable, owned by collectors.probe)
     "obsctl_mount_up": ("gauge", "", "1 when mounted and answering a stat, 0 otherwise"),
     # obsctl_driver_io_bytes_total (observable, owned by collectors.proc_io)

@@ -81,8 +81,11 @@ def generic_collectors(instruments: Any, mountpoint: str, pid_getter: Callable[[
     from obsctl.collectors.proc_io import ProcIoCollector  # start-up cost: as above
 
     proc_io = ProcIoCollector(instruments, pid_getter)
-    probe = MountProbe(instruments, mountpoint, timeout=probe_timeout, mountinfo_path=mountinfo_path)
-    return proc_io, probe, [proc_io, FuseConnCollector(instruments, mountpoint), probe]
+    fuse_conn = FuseConnCollector(instruments, mountpoint)
+    # polled before the probe, which turns an answering mount whose requests stall into "stalled"
+    probe = MountProbe(instruments, mountpoint, timeout=probe_timeout, mountinfo_path=mountinfo_path,
+                       stalled=lambda: fuse_conn.stalled)
+    return proc_io, probe, [proc_io, fuse_conn, probe]
 
 
 @dataclass(frozen=True)

@@ -72,3 +72,35 @@ def test_nothing_to_report(tmp_path, case):
     collector.poll()
     assert collector.waiting is None
     assert observed(reader) == []
+
+
+def test_stall_grows_only_while_requests_wait_unanswered(tmp_path):
+    """Over a fake clock: waiting > 0 with no FUSE operation but statfs counted -> the stall grows
+    and passes STALL_SECONDS; an answered operation or waiting 0 restarts it."""
+    from obsctl.collectors.fuse_conn import STALL_SECONDS
+
+    mountpoint = MOUNTPOINTS["rclone"]
+    shutil.copytree(FIXTURES / "sys", tmp_path / "sys")
+    waiting = tmp_path / "sys/fs/fuse/connections/45/waiting"
+    now = [1000.0]
+    reader, ins = make(mountpoint)
+    collector = FuseConnCollector(ins, mountpoint, sys_path=str(tmp_path / "sys"), mountinfo_path=LIVE,
+                                  clock=lambda: now[0])
+
+    def poll(waiting_now: int, advance: float) -> float:
+        now[0] += advance
+        waiting.write_text(f"{waiting_now}\n")
+        collector.poll()
+        return collector.stalled_seconds
+
+    assert poll(0, 0) == 0 and not collector.stalled
+    assert poll(1, 2) == 0  # the stall starts
+    ins.record_fs_op("statfs")  # the health probe's own answer is no progress
+    assert poll(1, 30) == 30
+    assert poll(2, STALL_SECONDS - 29) == STALL_SECONDS + 1 and collector.stalled
+    assert [v for _m, _l, v in data_points(reader, "obsctl_fuse_requests_stalled_seconds")] == [STALL_SECONDS + 1]
+    assert collector.status() == {"driver_stats": {"fuse": {"waiting": 2, "stalled_seconds": STALL_SECONDS + 1}}}
+    ins.record_fs_op("read")  # a request answered: the connection moves
+    assert poll(1, 5) == 0 and not collector.stalled
+    assert poll(1, 10) == 10
+    assert poll(0, 1) == 0  # nothing waits

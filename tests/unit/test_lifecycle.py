@@ -337,7 +337,9 @@ def test_supervisor_gives_up_when_restarts_are_spent(tmp_path, fake_host):
     table, log = fake_host
     sup = make_supervisor(tmp_path, table, max_restarts=0)
     thread, result = run_in_thread(sup)
-    wait_for(lambda: sup.observer.state == "ready")
+    # supervising (the poller runs once the "mounted" line is out); a death before that line is a
+    # failed start (MountError), tested in tests/integration/test_operator_mistakes.py
+    wait_for(lambda: sup.observer._poller is not None)
     os.kill(sup.proc.pid, signal.SIGKILL)
     thread.join(10)
     assert result["code"] == 1 and table.read_text() == ""

@@ -15,13 +15,27 @@ single label ``mountpoint`` (DESIGN section 4). :meth:`FuseConnCollector.poll`
 reads the files, the callback returns the cached value. Nothing is reported
 when the mount is not in the mount table, is not FUSE, or
 /sys/fs/fuse/connections is not mounted (no fake 0).
+
+Stalls (a backend that is down: rclone and s3fs retry an unreachable S3 for
+minutes while the reader waits): ``waiting`` alone cannot say how old a
+request is, so :attr:`FuseConnCollector.stalled_seconds` is the time, over
+the polls, since requests began to wait with no other request answered
+meanwhile: it restarts at 0 when ``waiting`` reads 0 and whenever a FUSE
+operation other than ``statfs`` (the health probe's own) was counted since the
+last poll (``Instruments.ops_by_opcode``, from the kernel source or the
+driver's log). It is an upper bound of the oldest waiting request's age, within
+one poll interval, and never grows while requests are being answered. Recorded
+as ``obsctl_fuse_requests_stalled_seconds`` {mountpoint}; past
+:data:`STALL_SECONDS` the health probe says ``stalled``
+(:class:`obsctl.collectors.probe.MountProbe`): ``obsctl_mount_up`` 0.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Iterable
+import time
+from typing import Any, Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
@@ -30,6 +44,15 @@ from obsctl.collectors import PollingCollector
 from obsctl.instruments import Instruments
 
 log = logging.getLogger(__name__)
+
+#: Seconds requests may wait with none answered before the mount is ``stalled`` (not healthy).
+#: Above what a working S3 backend needs for one request (rclone's and s3fs's reads and
+#: listings answer in well under a second here; a retrying driver took 80-191 s with the
+#: server down, issue 17); a flush that uploads a large file synchronously (s3fs) can take
+#: longer and then reads as a stall too (docs/operations.md, "Backend outage").
+STALL_SECONDS = 60.0
+#: Opcodes that never count as progress: the health probe's own statvfs.
+_PROBE_OPCODES = frozenset({"statfs"})
 
 
 class FuseConnCollector(PollingCollector):
@@ -52,35 +75,79 @@ class FuseConnCollector(PollingCollector):
         mountpoint: str,
         sys_path: str = "/sys",
         mountinfo_path: str = mounttable.MOUNTINFO_PATH,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(instruments)
         self.mountpoint = mountpoint
         self.sys_path = sys_path
         self.mountinfo_path = mountinfo_path
+        self.clock = clock
         self.connection: str | None = None
         self.waiting: int | None = None
+        #: When the current stall began (``clock()``), or None while nothing waits unanswered.
+        self._stalled_since: float | None = None
+        self._answered = self._answered_ops()
         instruments.observable_gauge("obsctl_fuse_requests_waiting", self._observe)
+        instruments.observable_gauge("obsctl_fuse_requests_stalled_seconds", self._observe_stall)
+
+    def _answered_ops(self) -> int:
+        """FUSE operations counted so far, the probe's ``statfs`` left out."""
+        counts = getattr(self.instruments, "ops_by_opcode", None) or {}
+        return sum(n for opcode, n in list(counts.items()) if opcode not in _PROBE_OPCODES)
+
+    @property
+    def stalled_seconds(self) -> float:
+        """Seconds requests have waited with none answered (0 when none waits); see the module docstring."""
+        return 0.0 if self._stalled_since is None else max(0.0, self.clock() - self._stalled_since)
+
+    @property
+    def stalled(self) -> bool:
+        """True past :data:`STALL_SECONDS` of :attr:`stalled_seconds`."""
+        return self.stalled_seconds > STALL_SECONDS
 
     @property
     def connections_dir(self) -> str:
         return os.path.join(self.sys_path, "fs", "fuse", "connections")
 
     def _poll(self) -> None:
-        """Find the mount's connection and read its ``waiting``."""
+        """Find the mount's connection, read its ``waiting``, follow a stall."""
         self.waiting = None
         try:
             entry = mounttable.find_mount(self.mountpoint, path=self.mountinfo_path)
         except (OSError, ValueError) as exc:
             log.debug("mount table %s: %s", self.mountinfo_path, exc)
+            self._stalled_since = None
             return
         if entry is None or not mounttable.is_fuse(entry):
             self.connection = None
+            self._stalled_since = None
             return
         self.connection = mounttable.fuse_connection(entry)
         # None when fusectl is not mounted or the connection went away
         self.waiting = mounttable.fuse_waiting(entry, root=self.connections_dir)
+        self._track_stall()
+
+    def _track_stall(self) -> None:
+        answered = self._answered_ops()
+        progressed, self._answered = answered != self._answered, answered
+        if not self.waiting:
+            self._stalled_since = None
+        elif progressed or self._stalled_since is None:
+            self._stalled_since = self.clock()
 
     def _observe(self, _options: CallbackOptions) -> Iterable[Observation]:
         if self.waiting is None:
             return []
         return [Observation(self.waiting, {"mountpoint": self.mountpoint})]
+
+    def _observe_stall(self, _options: CallbackOptions) -> Iterable[Observation]:
+        if self.waiting is None:
+            return []
+        return [Observation(round(self.stalled_seconds, 3), {"mountpoint": self.mountpoint})]
+
+    def status(self) -> dict[str, Any]:
+        """``driver_stats.fuse``: ``waiting`` and ``stalled_seconds`` (for ``obsctl status --json``)."""
+        if self.waiting is None:
+            return {}
+        return {"driver_stats": {"fuse": {"waiting": self.waiting,
+                                          "stalled_seconds": round(self.stalled_seconds, 1)}}}

@@ -3,7 +3,9 @@
 Source: :class:`obsctl.health.Probe` (the mount's line in
 /proc/self/mountinfo, ``missing`` without one; a ``statvfs(2)`` of the
 mountpoint, ``stale`` on ENOTCONN / ECONNABORTED; no answer within
-``timeout`` s: ``hung``; real mount-table copies in tests/fixtures/mountinfo/).
+``timeout`` s: ``hung``; answering, but requests waiting unanswered past
+:data:`obsctl.collectors.fuse_conn.STALL_SECONDS`: ``stalled``; real
+mount-table copies in tests/fixtures/mountinfo/).
 The words are :mod:`obsctl.health`'s, the same ``obsctl status --all``, the
 fuse_mount_info module and ``obsctl systemd check`` report.
 
@@ -48,7 +50,7 @@ class MountProbe(PollingCollector):
             :data:`obsctl.mounttable.HEALTH_PROBE` (``statvfs``).
 
     Attributes:
-        health: ``ok`` | ``stale`` | ``missing`` | ``hung`` | ``error`` from
+        health: ``ok`` | ``stalled`` | ``stale`` | ``missing`` | ``hung`` | ``error`` from
             a poll, ``down`` | ``stopping`` (or any other word) from
             :meth:`mark`, or None before the first poll.
     """
@@ -60,8 +62,12 @@ class MountProbe(PollingCollector):
         timeout: float = 2.0,
         mountinfo_path: str = mounttable.MOUNTINFO_PATH,
         stat: Callable[[str], object] = mounttable.HEALTH_PROBE,
+        stalled: Callable[[], bool] | None = None,
     ) -> None:
         super().__init__(instruments)
+        #: True while the mount's requests wait unanswered past the bound
+        #: (:attr:`obsctl.collectors.fuse_conn.FuseConnCollector.stalled`): an ``ok`` probe is then ``stalled``.
+        self.stalled = stalled
         self.mountpoint = mountpoint
         self.timeout = timeout
         self.mountinfo_path = mountinfo_path
@@ -94,7 +100,10 @@ class MountProbe(PollingCollector):
         which may predate it, is dropped.
         """
         epoch = self._epoch
-        self._set(epoch, self._probe.check())
+        word = self._probe.check()
+        if word == health_words.OK and self.stalled is not None and self.stalled():
+            word = health_words.STALLED
+        self._set(epoch, word)
 
     def _set(self, epoch: int, health: str) -> None:
         with self._lock:
