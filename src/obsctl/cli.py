@@ -11,8 +11,9 @@
 Exit status (:data:`obsctl.errors.EXIT_OK` ...): 0 success (also a mount stopped
 by SIGTERM before it was ready); 1 the mount failed or a command could not do
 its job; 2 bad usage, an invalid config file or an unusable mountpoint
-(missing, not a directory, already mounted, already run by a live obsctl):
-nothing was started.
+(missing, a symlink, not a directory, not empty, a system directory, already
+mounted, claimed or run by a live obsctl): nothing was started. Output into a
+closed pipe ends quietly with status 1 (no traceback).
 What happens on each fault: docs/operations.md.
 
 Only the standard library, msgspec and obsctl's light modules are imported

@@ -298,5 +298,5 @@ def test_unusable_mountpoint_is_usage_error(impl, bucket, s3_server, tmp_path, m
     m = start_mount(s3_mount_args(bucket, mountpoint, impl, s3_server.endpoint), env)
     m.wait_ready(30)
     res = run_obsctl("mount", *s3_mount_args(bucket, mountpoint, impl, s3_server.endpoint), env=env)
-    assert res.returncode == 2 and "already run by obsctl" in res.stderr, res
+    assert res.returncode == 2 and f"is claimed by another obsctl (pid {m.pid})" in res.stderr, res
     assert m.stop(30) == 0
