@@ -26,13 +26,6 @@ from support.obsctl import (
 from support.waiting import wait_until
 
 
-def telemetry_none(tmp_path: Path) -> Path:
-    """A telemetry file with mode none (so the host's /etc/obsctl/telemetry.toml never counts)."""
-    path = tmp_path / "telemetry-none.toml"
-    path.write_text(tomlkit.dumps({"telemetry": {"mode": "none"}}))
-    return path
-
-
 # -- a driver that dies just after its mount appears ------------------------------------
 
 #: bindfs in the foreground, killed DELAY s after its mount appears in the mount table, after one
