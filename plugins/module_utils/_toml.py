@@ -9,9 +9,13 @@ string concatenation):
 * the telemetry config (DESIGN section 3, ``/etc/obsctl/telemetry.toml``):
   :func:`render_telemetry`;
 * a mount spec (``/etc/obsctl/mounts/NAME.toml``): :func:`render_mount_spec`;
-* an existing application's TOML (a node's ``/etc/<app>/config.toml``) with
-  the ``[telemetry]`` tables written into it and everything else kept byte
-  for byte, comments included: :func:`merge_telemetry`.
+* an existing application's TOML (a node's ``/etc/rust-dkg-engine/config.toml``)
+  with the ``[telemetry]`` keys its *application profile* allows written into
+  it and everything else kept byte for byte, comments included:
+  :func:`merge_telemetry`. The profiles are data, one file per application
+  and version range in ``app_profiles/`` next to this file (format:
+  app_profiles/README.md); :func:`check_telemetry` / :func:`check_text` are
+  the one profile check (unknown keys refused at every level, types).
 
 Where it is used, one file in three places:
 
@@ -21,11 +25,11 @@ Where it is used, one file in three places:
   ``merge_telemetry_toml`` / ``to_toml`` (plugins/filter/toml.py) import it
   on the controller;
 * the ``obsctl`` package ships the same file as ``obsctl.tomlio`` (a symlink in
-  the source tree, like ``obsctl.mounttable``), used by ``obsctl systemd
-  install``; ``python -m obsctl.tomlcheck FILE`` (src/obsctl/tomlcheck.py)
-  validates the ``[telemetry]`` tables of an application's file with obsctl's
-  own parser (``obsctl.config.parse_telemetry``), which is how the role
-  validates a merged file before it replaces the old one.
+  the source tree, like ``obsctl.mounttable``; the profiles likewise, as
+  ``obsctl/app_profiles/*.toml`` package data), used by ``obsctl systemd
+  install`` and by ``obsctl config check --app-profile NAME FILE``, which is
+  how the role validates a merged application file on the host before it
+  replaces the old one.
 
 The input of the telemetry document is the flat dict the role builds from its
 variables (keys below, all optional except ``mode``); the numbers it falls
