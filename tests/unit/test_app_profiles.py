@@ -8,6 +8,7 @@ only what the profile allows; `obsctl config check --app-profile`.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -112,8 +113,8 @@ def test_rollout_plan_is_obsctls_parser():
         want |= {f"{table}.{f.name}" for f in msgspec.structs.fields(struct)}
     assert set(profile["keys"]) == want
     assert profile["legacy"] == config.LEGACY_TELEMETRY_KEYS
-    assert {f.name for f in msgspec.structs.fields(config.TelemetryConfig)} == {"mode", "resource", "traces",
-                                                                             "metrics"}
+    tables = {f.name for f in msgspec.structs.fields(config.TelemetryConfig)}
+    assert tables == {"mode", "resource", "traces", "metrics"}
 
 
 def _node_source(path: str) -> str:
@@ -163,13 +164,13 @@ def test_the_installer_fixture_is_what_the_installer_writes(tmp_path):
 def test_a_malformed_profile_is_refused_naming_the_field(tmp_path, monkeypatch, name, broken, what):
     (tmp_path / f"{name}.toml").write_text(broken)
     monkeypatch.setattr(tomlio, "PROFILE_DIR", str(tmp_path))
-    with pytest.raises(tomlio.TomlWriteError, match=r"application profile x .*" + __import__("re").escape(what)):
+    with pytest.raises(tomlio.TomlWriteError, match=r"application profile x .*" + re.escape(what)):
         tomlio.load_profile(name)
 
 
 def test_an_unknown_profile_lists_the_known_ones():
-    with pytest.raises(tomlio.TomlWriteError, match="unknown application profile 'nope'; known profiles: "
-                                                   "rollout-plan, rust-dkg-engine"):
+    known = "unknown application profile 'nope'; known profiles: rollout-plan, rust-dkg-engine"
+    with pytest.raises(tomlio.TomlWriteError, match=known):
         tomlio.load_profile("nope")
 
 

@@ -9,7 +9,6 @@ The application profiles themselves: tests/unit/test_app_profiles.py.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
