@@ -4,7 +4,7 @@
     obsctl unmount MOUNTPOINT
     obsctl status [--json]
     obsctl top [--once] [--json] [--interval S] [--wait S]
-    obsctl config check PATH
+    obsctl config check [--app-profile NAME] PATH
     obsctl sidecar --pid PID --mountpoint P [--impl X] [--rc-url URL]
     obsctl systemd install|uninstall|apply|check ...
 
@@ -32,7 +32,7 @@ import threading
 import time
 from typing import Any, Sequence
 
-from obsctl import __version__, credentials, mounttable, statefile
+from obsctl import __version__, credentials, mounttable, statefile, tomlio
 from obsctl.config import ConfigError, TelemetryConfig, default_telemetry_path, load_telemetry, parse_telemetry
 from obsctl.drivers import get_driver
 from obsctl.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
@@ -112,7 +112,15 @@ def _parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="configuration files")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
-    check = config_sub.add_parser("check", help="validate a telemetry or mount spec TOML file")
+    check = config_sub.add_parser(
+        "check", help="validate a telemetry or mount spec TOML file, or an application's [telemetry]",
+        description="Validate obsctl's telemetry config or a mount spec; with --app-profile, the [telemetry] "
+                    "tables of an application's own TOML (a node's config.toml) against that application's "
+                    "profile: unknown keys refused at every level, types checked; its other tables are the "
+                    "application's and are not checked.")
+    check.add_argument("--app-profile", metavar="NAME",
+                       help="application profile (e.g. rust-dkg-engine, rollout-plan: the files of "
+                            "plugins/module_utils/app_profiles)")
     check.add_argument("path")
     return parser
 
@@ -305,7 +313,26 @@ def cmd_unmount(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    """``obsctl config check PATH``: 0 and a summary, or 2 and what is wrong."""
+    """``obsctl config check [--app-profile NAME] PATH``: 0 and a summary, or 2 and what is wrong.
+
+    With ``--app-profile`` the file is an application's own TOML: its
+    ``[telemetry]`` is checked by :func:`obsctl.tomlio.check_text` (the one
+    profile check, also run by the filter merge_telemetry_toml on the
+    controller), and by obsctl's own parser when the profile has ``parser =
+    "obsctl"``. This is the ``validate:`` of role telemetry_config.
+    """
+    if args.app_profile is not None:
+        try:
+            with open(args.path, "rb") as handle:
+                text = handle.read().decode("utf-8")
+            print(tomlio.check_text(text, args.app_profile, args.path, validate=parse_telemetry))
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"obsctl: cannot read {args.path}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except tomlio.TomlWriteError as exc:
+            print(f"obsctl: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        return EXIT_OK
     try:
         print(check_file(args.path))
     except ConfigError as exc:

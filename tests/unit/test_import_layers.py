@@ -45,7 +45,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runtime", ("obsctl.observer", "obsctl.supervisor", "obsctl.sidecar", "obsctl.engine", "obsctl.inventory",
                  "obsctl.top")),
     # the command line on top: nothing imports it
-    ("cli", ("obsctl.cli", "obsctl.systemd_units", "obsctl.tomlcheck", "obsctl.__main__")),
+    ("cli", ("obsctl.cli", "obsctl.systemd_units", "obsctl.__main__")),
 ]
 
 REASON = "start-up"
