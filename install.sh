@@ -209,8 +209,8 @@ EOF
     node_metrics="${node_metrics:-$DEFAULT_NODE_METRICS}"
     # Loopback only: the stack or the agent on this host scrapes it, and the
     # node's /metrics is never exposed by the installer.
-    [[ "$node_metrics" =~ ^(127\.[0-9]+\.[0-9]+\.[0-9]+|\[::1\]|localhost):[0-9]{1,5}$ ]] \
-        || die "$E_USAGE" "--node-metrics-address must be a loopback HOST:PORT, e.g. $DEFAULT_NODE_METRICS (got '$node_metrics')"
+    [[ "$node_metrics" =~ ^(127\.[0-9]+\.[0-9]+\.[0-9]+|\[::1\]):[0-9]{1,5}$ ]] \
+        || die "$E_USAGE" "--node-metrics-address must be a loopback IP:PORT (the node parses a socket address, not a host name), e.g. $DEFAULT_NODE_METRICS (got '$node_metrics')"
     if [ -n "$node_dashboards" ]; then
         [ "$mode" = local ] || die "$E_USAGE" "--node-dashboards is for --observability local (remote: import them into your own Grafana, docs/node.md)"
         if [[ "$node_dashboards" != /* ]] || [ ! -d "$node_dashboards" ]; then

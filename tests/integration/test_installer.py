@@ -101,7 +101,7 @@ BAD_FLAGS = [
      "--node-metrics-address, --node-dashboards and --restart-node need --node-config PATH"),
     (["--enable-telemetry", "--restart-node"], E_USAGE, "need --node-config PATH"),
     (["--observability", "local", "--node-config", "/etc/os-release", "--node-metrics-address", "0.0.0.0:9464"],
-     E_USAGE, "--node-metrics-address must be a loopback HOST:PORT, e.g. 127.0.0.1:9464 (got '0.0.0.0:9464')"),
+     E_USAGE, "--node-metrics-address must be a loopback IP:PORT (the node parses a socket address, not a host name), e.g. 127.0.0.1:9464 (got '0.0.0.0:9464')"),
     (["--otlp-endpoint", "http://127.0.0.1:4317", "--no-containers"], E_USAGE,
      "--no-containers is for --observability local, or remote with --node-config (the agent)"),
     (["--otlp-endpoint", "http://127.0.0.1:4317", "--node-config", "/etc/os-release", "--node-dashboards", "/etc"],
@@ -642,10 +642,6 @@ bind_address = "127.0.0.1:9464"
 NODE_CONFIG = "/etc/rust-dkg-engine/config.toml"
 NODE_METRICS = "127.0.0.1:9464"
 STACK_DIR = "/etc/obsctl/observability-stack"
-#: Role telemetry_config writes the node's file by application profile once
-#: branch `profiles` is merged (issue 15); until then it ignores the profile.
-PROFILES_MERGED = "telemetry_config_node_profile:" in (
-    REPO / "roles" / "telemetry_config" / "defaults" / "main.yml").read_text()
 
 
 def _put_node_config(c: Container) -> None:
@@ -662,11 +658,10 @@ def _check_node_file(c: Container) -> None:
     original = tomllib.loads(NODE_CONFIG_TOML)
     assert {k: v for k, v in doc.items() if k != "telemetry"} == \
         {k: v for k, v in original.items() if k != "telemetry"}
-    if not PROFILES_MERGED:
-        # TODO(branch profiles): once role telemetry_config writes by profile,
-        # this branch goes and the profile check below runs unconditionally.
-        return
     assert doc["telemetry"] == {"metrics": {"enabled": True, "bind_address": NODE_METRICS}}, text
+    # The profile check (deny unknown fields, as the node's serde structs) on the host.
+    check = c.exec(["/opt/obsctl/bin/obsctl", "config", "check", "--app-profile", "rust-dkg-engine", NODE_CONFIG])
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 @pytest.mark.container
