@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 import msgspec
 
+from obsctl import credentials as creds_mod
 from obsctl import engine, statefile
 from obsctl.config import ConfigError
 from obsctl.engine import EngineError
@@ -172,11 +173,14 @@ class Background(engine.Engine):
             raise EngineError(f"obsctl unmount {mountpoint} failed (rc={rc}): {(err or out).strip()}")
 
     def _start(self, mountpoint: str, spec: dict[str, Any]) -> None:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("AWS_") and k not in ("OBSCTL_LOG_LEVEL", "NOTIFY_SOCKET")}
+        # The caller's environment, without its log level (the module quiets its own obsctl
+        # call) or a systemd notify socket; the request's credentials replace any of its own.
+        env = {k: v for k, v in os.environ.items() if k not in ("OBSCTL_LOG_LEVEL", "NOTIFY_SOCKET")}
         if self.credentials is not None:
+            for key in creds_mod.ENV_KEYS + ("AWS_PROFILE",):
+                env.pop(key, None)
             env.update(self.credentials.as_credentials().as_env())
-        argv = [engine.obsctl_bin(), "mount", "--config", self.layout.host(self.layout.spec)]
+        argv = [engine.obsctl_bin(), "mount", "--config", str(self.layout.spec)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         proc = self.spawn(argv, env, self.log_path)
         timeout = float(spec.get("ready_timeout_seconds") or 30) + START_MARGIN_SECONDS
