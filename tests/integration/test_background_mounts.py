@@ -192,3 +192,21 @@ def test_unknown_state_and_service_manager_are_refused(bg, tmp_path):
             "except engine.ConfigError as exc:\n    print(exc)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "service_manager 'upstart': use one of systemd, none" in out
+
+
+def test_the_cli_call_of_the_module_in_check_mode(tmp_path):
+    """``obsctl systemd apply --json --check`` (the fuse_mount module's call) with service_manager
+    none on this host: predicts the spec and the background start, writes nothing, no secret out."""
+    name = f"bg-check-{os.getpid()}"
+    request = {"name": name, "src": "s3://some-bucket", "path": str(tmp_path / "mnt"), "impl": "rclone",
+               "service_manager": "none",
+               "credentials": {"access_key_id": "k", "secret_access_key": SECRET, "session_token": TOKEN}}
+    proc = subprocess.run([_obsctl(), "systemd", "apply", "--json", "--check", "--diff"], input=json.dumps(request),
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["changed"] and result["unit"] is None
+    assert f"write /etc/obsctl/mounts/{name}.toml" in result["actions"]
+    assert f"start obsctl mount --config /etc/obsctl/mounts/{name}.toml in the background" in result["actions"]
+    assert not Path(f"/etc/obsctl/mounts/{name}.toml").exists() and not (tmp_path / "mnt").exists()
+    assert SECRET not in proc.stdout and TOKEN not in proc.stdout
