@@ -564,4 +564,6 @@ def test_without_systemd_mounts_run_in_the_background(container, s3_auth_server,
     assert run.returncode == 0, run.stdout + run.stderr
     assert "will NOT survive a reboot" in run.stdout
     assert "hello.txt" in c.sh("ls /mnt/nosd").stdout
-    assert "obsctl mount" in c.sh("ps -eo args").stdout
+    # The engine's spec, run by obsctl mount --config (fuse_mounts_service_manager none).
+    assert "obsctl mount --config /etc/obsctl/mounts/nosd.toml" in c.sh("ps -eo args").stdout
+    assert 'credentials_from = "env"' in c.sh("cat /etc/obsctl/mounts/nosd.toml").stdout
