@@ -152,7 +152,7 @@ class Background(engine.Engine):
         self._ensure_mountpoint(mountpoint)
         self._act(f"start obsctl mount --config {self.layout.host(self.layout.spec)} in the background")
         if not self.check_mode:
-            self._start(mountpoint, spec)
+            self._start_background(mountpoint, spec)
 
     def _stop(self, before_mount, ours: bool, mountpoint: str | None) -> None:
         if not mountpoint:
@@ -172,7 +172,7 @@ class Background(engine.Engine):
         if rc != 0:
             raise EngineError(f"obsctl unmount {mountpoint} failed (rc={rc}): {(err or out).strip()}")
 
-    def _start(self, mountpoint: str, spec: dict[str, Any]) -> None:
+    def _start_background(self, mountpoint: str, spec: dict[str, Any]) -> None:
         # The caller's environment, without its log level (the module quiets its own obsctl
         # call) or a systemd notify socket; the request's credentials replace any of its own.
         env = {k: v for k, v in os.environ.items() if k not in ("OBSCTL_LOG_LEVEL", "NOTIFY_SOCKET")}
@@ -236,4 +236,3 @@ def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.P
 def apply(req: engine.Request, check_mode: bool = False, **kwargs: Any) -> dict[str, Any]:
     """``Background(req, check_mode=check_mode, **kwargs).apply()``: see :class:`Background`."""
     return Background(req, check_mode=check_mode, **kwargs).apply()
-
