@@ -168,6 +168,19 @@ options:
         E(PATH), else C(/opt/obsctl/bin/obsctl) (where the obsctl role
         installs it).
     type: path
+  service_manager:
+    description:
+      - What runs the mount. V(systemd) is the unit C(obsctl-mount@NAME.service).
+      - V(none) is for hosts without systemd as PID 1 (containers, WSL). The same
+        spec C(/etc/obsctl/mounts/NAME.toml), with the same rules, and
+        C(obsctl mount --config) on it started in the background (log in
+        C(/var/log/obsctl-mount-NAME.log)). O(credentials) are not stored; they
+        reach that process's environment only. So a changed credential applies
+        with O(state=remounted). Such a mount does not survive a reboot.
+        O(health_timer) is ignored.
+    type: str
+    choices: [systemd, none]
+    default: systemd
   state:
     description:
       - V(mounted) writes the spec and credential, enables the unit and makes
@@ -261,10 +274,15 @@ state:
   type: str
   sample: mounted
 unit:
-  description: The systemd unit that runs the mount.
+  description: The systemd unit that runs the mount; null with O(service_manager=none).
   returned: always
   type: str
   sample: obsctl-mount@data.service
+log_path:
+  description: The log of the background C(obsctl mount).
+  returned: when O(service_manager=none)
+  type: str
+  sample: /var/log/obsctl-mount-data.log
 config_path:
   description: Path of the mount spec.
   returned: always
@@ -374,6 +392,7 @@ def argument_spec():
         ready_timeout=dict(type="int", default=30),
         telemetry_config=dict(type="path"),
         health_timer=dict(type="bool"),
+        service_manager=dict(type="str", choices=["systemd", "none"], default="systemd"),
         obsctl_path=dict(type="path"),
         state=dict(type="str", choices=["mounted", "unmounted", "present", "absent", "remounted"], default="mounted"),
     )

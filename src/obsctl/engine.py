@@ -61,6 +61,8 @@ from obsctl.fileutil import atomic_write, fsync_dir
 from obsctl.unmount import unmount_argv
 
 STATES = ("mounted", "unmounted", "present", "absent", "remounted")
+#: What runs a mount: a systemd unit, or (no systemd) obsctl mount in the background.
+SERVICE_MANAGERS = ("systemd", "none")
 
 #: Name of the systemd credential; obsctl reads ``$CREDENTIALS_DIRECTORY/s3``.
 CREDENTIAL_NAME = creds_mod.SYSTEMD_CREDENTIAL_NAME
@@ -160,6 +162,9 @@ class Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: state mounted / remounted; stopped and disabled with unmounted), False stopped and
     #: disabled, None left as it is. State absent always stops and disables it.
     health_timer: bool | None = None
+    #: What runs the mount: ``systemd`` (the unit) or ``none`` (hosts without systemd:
+    #: ``obsctl mount`` in the background from the same spec, :mod:`obsctl.background`).
+    service_manager: str = "systemd"
 
 
 # --------------------------------------------------------------------------
@@ -308,6 +313,8 @@ def _check_request(req: Request) -> list[str]:
                       "(give credentials to store them as a systemd credential)")
     if req.ready_timeout < 1:
         errors.append("ready_timeout: at least 1 second")
+    if req.service_manager not in SERVICE_MANAGERS:
+        errors.append(f"service_manager {req.service_manager!r}: use one of {', '.join(SERVICE_MANAGERS)}")
     return errors
 
 
@@ -987,5 +994,9 @@ def _predicted_unit_text(state: str, unit: dict[str, Any], mount: dict[str, Any]
 
 
 def apply(req: Request, check_mode: bool = False, **kwargs: Any) -> dict[str, Any]:
-    """``Engine(req, check_mode=check_mode, **kwargs).apply()``: see :class:`Engine`."""
+    """``Engine(req, check_mode=check_mode, **kwargs).apply()``: see :class:`Engine`;
+    with ``service_manager: none`` :func:`obsctl.background.apply` (same spec, no unit)."""
+    if req.service_manager == "none":
+        from obsctl import background
+        return background.apply(req, check_mode=check_mode, **kwargs)
     return Engine(req, check_mode=check_mode, **kwargs).apply()
