@@ -44,6 +44,7 @@ from obsctl import credentials as creds_mod
 from obsctl import engine, statefile
 from obsctl.config import ConfigError
 from obsctl.engine import EngineError
+from obsctl.paths import runtime_dir
 
 #: Lines of the mount's log returned when it failed.
 LOG_TAIL_LINES = 20
@@ -56,10 +57,6 @@ WARNING = ("no systemd on this host: {path} runs under obsctl mount in the backg
            "it does not survive a reboot and nothing restarts it if obsctl itself dies")
 
 
-def runtime_dir() -> str:
-    """Where running mounts keep their state files (``$OBSCTL_RUNTIME_DIR`` or /run/obsctl, as the CLI)."""
-    from obsctl.cli import runtime_dir as cli_runtime_dir
-    return cli_runtime_dir()
 
 
 class Background(engine.Engine):

@@ -994,9 +994,8 @@ def _predicted_unit_text(state: str, unit: dict[str, Any], mount: dict[str, Any]
 
 
 def apply(req: Request, check_mode: bool = False, **kwargs: Any) -> dict[str, Any]:
-    """``Engine(req, check_mode=check_mode, **kwargs).apply()``: see :class:`Engine`;
-    with ``service_manager: none`` :func:`obsctl.background.apply` (same spec, no unit)."""
-    if req.service_manager == "none":
-        from obsctl import background
-        return background.apply(req, check_mode=check_mode, **kwargs)
+    """``Engine(req, check_mode=check_mode, **kwargs).apply()``: see :class:`Engine`.
+
+    A request with ``service_manager: none`` is :func:`obsctl.background.apply`'s
+    (same spec, no unit); :func:`obsctl.systemd_units.apply_request` chooses."""
     return Engine(req, check_mode=check_mode, **kwargs).apply()

@@ -36,12 +36,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 from obsctl import credentials as creds_mod
-from obsctl import engine, health, tomlio
+from obsctl import background, engine, health, tomlio
 from obsctl.config import parse_telemetry
 from obsctl.engine import EngineError, Layout, Request, Runner, check_name, journal_tail, run_command, unit_state
 from obsctl.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError
 from obsctl.mountargs import mount_spec_from_args
 from obsctl.mountspec import load_mount_spec
+
+
+def apply_request(req: Request, check_mode: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Converge one mount request: :func:`obsctl.engine.apply` (a systemd unit), or
+    :func:`obsctl.background.apply` when ``req.service_manager`` is ``"none"``
+    (the same spec, run by ``obsctl mount --config`` in the background).
+
+    ``kwargs`` go to the engine (e.g. ``root`` for tests). Returns the engine's
+    result dict (changed, actions, diff, ...); raises what they raise."""
+    if req.service_manager == "none":
+        return background.apply(req, check_mode=check_mode, **kwargs)
+    return engine.apply(req, check_mode=check_mode, **kwargs)
 
 
 def request_from_args(args: argparse.Namespace, command: list[str]) -> Request:
@@ -99,7 +111,7 @@ def cmd_install(args: argparse.Namespace, command: list[str]) -> int:
         return EXIT_USAGE
     try:
         req = request_from_args(args, command)
-        result = engine.apply(req)
+        result = apply_request(req)
     except ConfigError as exc:
         print(f"obsctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -123,7 +135,7 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
         print("obsctl: systemd uninstall needs root", file=sys.stderr)
         return EXIT_USAGE
     try:
-        result = engine.apply(Request(name=args.name, state="absent"))
+        result = apply_request(Request(name=args.name, state="absent"))
     except (EngineError, OSError) as exc:
         print(f"obsctl: uninstall of {args.name} failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -144,7 +156,7 @@ def cmd_apply(args: argparse.Namespace, stdin: Any = None, stdout: Any = None) -
     code, result = EXIT_OK, None
     try:
         req = engine.decode_request(stdin.read())
-        result = engine.apply(req, check_mode=args.check)
+        result = apply_request(req, check_mode=args.check)
         if not args.diff:
             result.pop("diff", None)
     except ConfigError as exc:

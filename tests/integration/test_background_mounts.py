@@ -47,7 +47,7 @@ def bg(tmp_path, monkeypatch):
                 "req = engine.decode_request(sys.stdin.buffer.read())\n"
                 "import json\n"
                 "try:\n"
-                "    res = engine.apply(req, check_mode=%r, root=Path(sys.argv[1]))\n"
+                "    res = systemd_units.apply_request(req, check_mode=%r, root=Path(sys.argv[1]))\n"
                 "    res.pop('diff', None); print(json.dumps(res)); sys.exit(0)\n"
                 "except engine.EngineError as exc:\n"
                 "    print(json.dumps({'failed': True, 'msg': exc.msg, **exc.details})); sys.exit(1)\n"
@@ -187,8 +187,8 @@ def test_a_failed_start_restores_the_files_and_shows_the_log(bg, s3_server, tmp_
 def test_unknown_state_and_service_manager_are_refused(bg, tmp_path):
     rc, result = bg({"name": "bg-x", "state": "started", "src": "s3://b", "path": str(tmp_path / "m")})
     assert rc == 2 and "state 'started': use one of mounted, unmounted, present, absent, remounted" in result["msg"]
-    code = ("import sys; from obsctl import engine\n"
-            "try:\n    engine.apply(engine.Request(name='x', service_manager='upstart'))\n"
+    code = ("import sys; from obsctl import engine, systemd_units\n"
+            "try:\n    systemd_units.apply_request(engine.Request(name='x', service_manager='upstart'))\n"
             "except engine.ConfigError as exc:\n    print(exc)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "service_manager 'upstart': use one of systemd, none" in out

@@ -42,7 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # the rules that join the schema and the drivers, and one driver process's plumbing
     ("rules", ("obsctl.mountspec", "obsctl.mountargs", "obsctl.logpump", "obsctl.readiness", "obsctl.unmount")),
     # one mount observed / supervised / converged; the host-wide views
-    ("runtime", ("obsctl.observer", "obsctl.supervisor", "obsctl.sidecar", "obsctl.engine", "obsctl.inventory",
+    ("runtime", ("obsctl.observer", "obsctl.background", "obsctl.supervisor", "obsctl.sidecar", "obsctl.engine", "obsctl.inventory",
                  "obsctl.top")),
     # the command line on top: nothing imports it
     ("cli", ("obsctl.cli", "obsctl.systemd_units", "obsctl.__main__")),
