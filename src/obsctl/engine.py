@@ -437,8 +437,8 @@ def redacted_credentials(before: dict[str, str] | None, after: dict[str, str] | 
             return ""
         lines = []
         for env in this:
-                changed = other is not None and other.get(env) != this[env]
-                lines.append(f"{env}=<redacted{marker if changed else ''}>\n")
+            changed = other is not None and other.get(env) != this[env]
+            lines.append(f"{env}=<redacted{marker if changed else ''}>\n")
         return "".join(lines)
 
     return text(before, after, ", old"), text(after, before, ", new")

@@ -199,6 +199,11 @@ class SourceView:
         elif timed and latency_ms >= 0:
             self._ins.fs_latency_ms.record(latency_ms, {"opcode": opcode, **self._ins.attrs.base()})
 
+    def record_fs_latency_buckets(self, opcode: str, counts: list[int], sums_ms: list[float]) -> None:
+        """Latencies sorted into buckets (juicefs's endpoint), only if this source owns ``fs_latency``."""
+        if self._owns("fs_latency"):
+            self._ins.record_fs_latency_buckets(opcode, counts, sums_ms)
+
     def add_read_bytes(self, n: int) -> None:
         if self._owns("fs_bytes"):
             self._ins.add_read_bytes(n)
