@@ -70,9 +70,9 @@ options:
       - The FUSE driver that C(obsctl) runs, one of V(rclone), V(s3fs), V(goofys), V(geesefs), V(mountpoint-s3),
         V(generic) (the drivers of C(obsctl mount --impl), written from the obsctl driver registry by scripts/gen-driver-docs).
         An unknown driver is refused with the obsctl message.
+      - 'V(goofys), V(geesefs) and V(mountpoint-s3) come from release files, see the C(obsctl.observability.fuse_driver)
+        role. The form of O(src) and the credentials of each driver: docs/modules.md.'
       # END generated: module-impl
-      - V(goofys), V(geesefs) and V(mountpoint-s3) come from release files,
-        see the C(obsctl.observability.fuse_driver) role.
     type: str
     default: rclone
   endpoint:
