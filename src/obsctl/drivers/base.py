@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from obsctl.config import s3_bucket_and_prefix
 from obsctl.credentials import S3_CREDENTIALS, CredentialShape
 from obsctl.errors import ConfigError
-from obsctl.redact import redact  # noqa: F401  (re-exported: drivers redact with it)
 
 if TYPE_CHECKING:  # pragma: no cover
     from obsctl.collectors import LogCollector, PollingCollector
