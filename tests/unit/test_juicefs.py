@@ -121,7 +121,7 @@ def _collect(level: str):
 
 def test_collector_maps_the_read_when_the_kernel_gives_nothing():
     got = _collect("none")
-    names = {name for name, _ in got}
+    names = {name for name, _opcode in got}
     read_bytes = next(v for (n, _o), v in got.items() if "read" in n and "bytes" in n)
     assert read_bytes == 3_000_000, got
     ops = {o: v for (n, o), v in got.items() if n.endswith("ops")}

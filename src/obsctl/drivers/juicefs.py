@@ -197,5 +197,6 @@ class JuicefsDriver(Driver):
     def polling_collectors(self, instruments, plan):
         if "metrics_url" not in plan.extras:
             return []
-        from obsctl.collectors.juicefs_metrics import JuicefsMetricsCollector  # start-up cost: collectors import the OpenTelemetry API, built once telemetry runs
+        # start-up cost: collectors import the OpenTelemetry API, built once telemetry runs
+        from obsctl.collectors.juicefs_metrics import JuicefsMetricsCollector
         return [JuicefsMetricsCollector(instruments, plan.extras["metrics_url"])]
