@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -471,6 +472,13 @@ class Driver:
     def summary(self, line: str) -> str:
         """A human-readable form of an error line (JSON logs -> their message)."""
         return line
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (kernel-chosen)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def split_option(option: str) -> tuple[str, str | None]:

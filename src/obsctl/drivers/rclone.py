@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import json
 import secrets as _secrets
-import socket
 import subprocess
 
-from obsctl.drivers.base import CMDLINE, CREDS, DISTRO_DRIVERS, DocRow, Driver, OptionRule, split_option
+from obsctl.drivers.base import CMDLINE, CREDS, DISTRO_DRIVERS, DocRow, Driver, OptionRule, free_loopback_port, split_option
 from obsctl.redact import redact
 
 REMOTE = "obsctl"
@@ -36,13 +35,6 @@ _OTHER_BACKENDS = (
     "smb", "storj", "sugarsync", "swift", "union", "uptobox", "webdav", "yandex", "zoho")
 _FORWARD_LEVELS = {"critical", "error", "warning", "notice"}
 _ERROR_LEVELS = {"critical", "error", "fatal"}
-
-
-def free_loopback_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (kernel-chosen)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 #: Options refused for rclone, from the rclone 1.60 option reference
