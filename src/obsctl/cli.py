@@ -167,7 +167,8 @@ def cmd_mount(args: argparse.Namespace, command: list[str]) -> int:
             print(f"obsctl: mount failed: {missing}", file=sys.stderr)
             print(f"obsctl: nothing is mounted at {spec.mountpoint}", file=sys.stderr)
             return EXIT_FAILED
-        creds = credentials.resolve(spec.credentials_from, spec.profile) if driver.needs_credentials else None
+        creds = (credentials.resolve(spec.credentials_from, spec.profile, driver.credentials)
+                 if driver.credentials is not None else None)
     except ConfigError as exc:
         print(f"obsctl: {exc}", file=sys.stderr)
         return EXIT_USAGE

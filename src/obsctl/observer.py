@@ -148,12 +148,15 @@ class MountObserver:
         driver_log: False when nobody reads the driver's log (the side-car):
             the source table then never gives a quantity to it.
         driver_answers: the driver's :attr:`~obsctl.drivers.Driver.protocol_answers`.
+        driver_source: the driver's own source and the quantities it gives
+            (:attr:`~obsctl.drivers.Driver.log_source`, ``log_gives``).
     """
 
     def __init__(self, labels: MountLabels, telemetry: TelemetryConfig, runtime_dir: str, state: str = "starting",
                  poll_interval: float = 2.0, probe_timeout: float = PROBE_TIMEOUT,
                  mountinfo_path: str = mounttable.MOUNTINFO_PATH, driver_log: bool = True,
-                 driver_answers: frozenset[tuple[str, str]] = frozenset()) -> None:
+                 driver_answers: frozenset[tuple[str, str]] = frozenset(),
+                 driver_source: tuple[str, frozenset[str]] = ("", frozenset())) -> None:
         self.labels = labels
         self.telemetry_cfg = telemetry
         self.poll_interval = poll_interval
@@ -161,6 +164,7 @@ class MountObserver:
         self.mountinfo_path = mountinfo_path
         self.driver_log = driver_log
         self.driver_answers = driver_answers
+        self.driver_source = driver_source
         self.state_path = statefile.state_file_path(runtime_dir, labels.mountpoint)
         #: The lifecycle word of the state file (``ready``, ``restarting``, ``observing`` ...).
         self.state = state
@@ -204,7 +208,7 @@ class MountObserver:
         proc_io, probe, generic = generic_collectors(ins, labels.mountpoint, self._pid, self.probe_timeout,
                                                      self.mountinfo_path)
         kernel, sources = kernel_source(ins, labels.impl, labels.mountpoint, driver_log=self.driver_log,
-                                        driver_answers=self.driver_answers)
+                                        driver_answers=self.driver_answers, driver_source=self.driver_source)
         with self._attach_lock:
             self.telemetry, self.proc_io, self.probe, self.sources = telemetry, proc_io, probe, sources
             self._generic = [*generic, kernel]
@@ -244,7 +248,9 @@ class MountObserver:
         connection = self.connection
         if connection is not None and connection.driver is not None:
             ins = self.telemetry.instruments
-            self._driver_collectors = connection.driver.polling_collectors(ins, connection.plan)
+            # the driver's own numbers pass its source view too (a FUSE quantity the kernel owns is dropped)
+            self._driver_collectors = connection.driver.polling_collectors(self.sources.driver_view(ins),
+                                                                           connection.plan)
             if connection.pump is not None:
                 logs = connection.driver.log_collectors(self.sources.driver_view(ins), connection.plan)
                 connection.pump.attach([c.feed for c in logs])

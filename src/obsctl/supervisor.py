@@ -146,10 +146,11 @@ class Supervisor:
         self.proc: subprocess.Popen[bytes] | None = None
         self.plan: LaunchPlan | None = None
         self.pump: LogPump | None = None
-        labels = MountLabels(spec.mountpoint, spec.source, spec.bucket_and_prefix()[0], driver.name, spec.name)
+        labels = MountLabels(spec.mountpoint, spec.source, driver.bucket_label(spec.source), driver.name, spec.name)
         #: Telemetry, collectors, the state file: everything but the lifecycle.
         self.observer = MountObserver(labels, telemetry, runtime_dir, poll_interval=poll_interval,
-                                      mountinfo_path=mountinfo_path, driver_answers=driver.protocol_answers)
+                                      mountinfo_path=mountinfo_path, driver_answers=driver.protocol_answers,
+                                      driver_source=(driver.log_source, driver.log_gives))
 
     # -- signals ---------------------------------------------------------
     def request_stop(self, *_args: Any) -> None:

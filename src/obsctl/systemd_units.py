@@ -38,6 +38,7 @@ from typing import Any, Callable
 from obsctl import credentials as creds_mod
 from obsctl import background, engine, health, tomlio
 from obsctl.config import parse_telemetry
+from obsctl.drivers import get_driver
 from obsctl.engine import EngineError, Layout, Request, Runner, check_name, journal_tail, run_command, unit_state
 from obsctl.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError
 from obsctl.mountargs import mount_spec_from_args
@@ -59,7 +60,7 @@ def apply_request(req: Request, check_mode: bool = False, **kwargs: Any) -> dict
 def request_from_args(args: argparse.Namespace, command: list[str]) -> Request:
     """The engine request of ``obsctl systemd install``: nothing is written.
 
-    Credentials: ``--credentials-from env|stdin`` (or AWS_ACCESS_KEY_ID set) are
+    Credentials (the driver's shape): ``--credentials-from env|stdin`` (or one of its variables set) are
     read now and stored as a systemd credential; ``profile`` stays a profile.
 
     Raises:
@@ -72,14 +73,17 @@ def request_from_args(args: argparse.Namespace, command: list[str]) -> Request:
     source_of_creds = args.credentials_from
     creds = None
     credentials_from = spec.credentials_from if spec.credentials_from in ("env", "profile") else None
-    if spec.impl != "generic":
-        if source_of_creds in ("env", "stdin") or (source_of_creds is None and os.environ.get("AWS_ACCESS_KEY_ID")):
-            found = creds_mod.resolve(source_of_creds or "env")
-            creds = engine.Credentials(access_key_id=found.access_key_id, secret_access_key=found.secret_access_key,
-                                       session_token=found.session_token or None)
-        elif source_of_creds is None and spec.credentials_from == "env" and not args.config:
+    shape = get_driver(spec.impl).credentials
+    if shape is not None:
+        if source_of_creds in ("env", "stdin") or (
+                source_of_creds is None and any(os.environ.get(name) for name in shape.names)):
+            found = creds_mod.resolve(source_of_creds or "env", shape=shape)
+            creds = engine.Credentials(access_key_id=found.access_key_id or None,
+                                       secret_access_key=found.secret_access_key or None,
+                                       session_token=found.session_token or None, variables=dict(found.extra))
+        elif source_of_creds is None and spec.credentials_from == "env" and not args.config and shape.required:
             raise ConfigError(
-                "no S3 credentials: set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or pass "
+                f"no {shape.what}: set {' / '.join(shape.required)}, or pass "
                 "--credentials-from stdin (KEY=VALUE lines) or --credentials-from profile --profile P")
     telemetry = None
     if args.otel_endpoint or args.otel_protocol:
