@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from obsctl import mounttable, statefile
+from obsctl import mounttable, scrape, statefile
 from obsctl.collectors import collector_status
 from obsctl.config import TelemetryConfig
 from obsctl.drivers import Driver, LaunchPlan, PlanContext
@@ -162,6 +162,7 @@ class MountObserver:
         self.driver_log = driver_log
         self.driver_answers = driver_answers
         self.state_path = statefile.state_file_path(runtime_dir, labels.mountpoint)
+        self.publish_path = scrape.publish_path(runtime_dir, labels.mountpoint)
         #: The lifecycle word of the state file (``ready``, ``restarting``, ``observing`` ...).
         self.state = state
         self.restarts = 0
@@ -199,7 +200,7 @@ class MountObserver:
 
         labels = self.labels
         telemetry = Telemetry(self.telemetry_cfg, MountAttributes(labels.bucket, labels.impl, labels.mountpoint),
-                              resource_attributes=labels.resource_attributes())
+                              resource_attributes=labels.resource_attributes(), publish_path=self.publish_path)
         ins = telemetry.instruments
         proc_io, probe, generic = generic_collectors(ins, labels.mountpoint, self._pid, self.probe_timeout,
                                                      self.mountinfo_path)
@@ -285,6 +286,8 @@ class MountObserver:
                 collector.poll()
                 if collector is self.probe and self.probe.health != before:
                     self.write_state()
+            if self.telemetry is not None:
+                self.telemetry.poll()  # the host's scrape endpoint: take the port if free, publish
         finally:
             self._poll_lock.release()
         return True
@@ -358,9 +361,18 @@ class MountObserver:
             "driver_stats": collected["driver_stats"],
             "telemetry_mode": self.telemetry_cfg.mode,
             "last_export": self.telemetry.export_status.as_dict() if self.telemetry else None,
+            "prometheus": self._endpoint_status(),
             "live": self.telemetry.instruments.live() if self.telemetry else None,
             "sources": self.sources.as_dict() if self.sources is not None else None,
         }
+
+    def _endpoint_status(self) -> dict[str, Any] | None:
+        """``{"bind_address", "serving", "error"}`` of the host's scrape endpoint
+        (:mod:`obsctl.scrape`), None without a bind_address."""
+        endpoint = self.telemetry.endpoint if self.telemetry is not None else None
+        if endpoint is None:
+            return None
+        return {"bind_address": endpoint.bind_address, "serving": endpoint.serving, "error": endpoint.bind_error}
 
     def write_state(self) -> None:
         """Write :meth:`status` to the state file, atomically (:func:`obsctl.statefile.write_state`)."""
