@@ -163,7 +163,8 @@ def cmd_mount(args: argparse.Namespace, command: list[str]) -> int:
     except ConfigError as exc:
         print(f"obsctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    supervisor = Supervisor(spec, telemetry, creds, runtime_dir(), driver)
+    supervisor = Supervisor(spec, telemetry, creds, runtime_dir(), driver,
+                            telemetry_loader=lambda: _telemetry(args, spec.telemetry_config))
     supervisor.install_signal_handlers()
     try:
         return supervisor.run()

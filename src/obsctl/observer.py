@@ -262,10 +262,17 @@ class MountObserver:
             as :meth:`start`; the old telemetry is shut down already then.
         """
         with self._poll_lock:
+            pump = self.connection.pump if self.connection is not None else None
+            if pump is not None:
+                pump.hold()  # the driver's log lines wait for the new collectors (replayed at attach)
             self._close_collectors(final_poll=False)
             self._shutdown_telemetry()
             self.telemetry_cfg = telemetry
             self.start()
+            if self._poller is not None:  # running: the new exporter's first export a second later, too
+                self._first_export = threading.Timer(1.0, self.telemetry.flush)
+                self._first_export.daemon = True
+                self._first_export.start()
 
     # -- polling and the state file ---------------------------------------------
     def _pid(self) -> int | None:

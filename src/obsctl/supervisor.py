@@ -22,7 +22,10 @@ The lifecycle (DESIGN section 1; what happens on each fault: docs/operations.md)
    health (:class:`obsctl.collectors.probe.MountProbe`, the one owner of
    ``obsctl_mount_up``) becomes ``down`` at once and stays so through the
    unmount of the dead mount, the backoff and the restart's ready wait;
-5. SIGTERM / SIGINT / SIGHUP, in any phase, within :data:`WATCH_INTERVAL`
+5. SIGHUP (``systemctl reload``): :meth:`Supervisor.reload` re-reads the
+   telemetry file and rebuilds exporters and collectors once the mount is
+   ready; the driver and its open files are untouched;
+6. SIGTERM / SIGINT, in any phase, within :data:`WATCH_INTERVAL`
    s (ready wait: :data:`obsctl.readiness.STEP` s): unmount
    (:func:`obsctl.unmount.unmount`: a busy mount is retried for
    :data:`obsctl.unmount.BUSY_WAIT` s, naming what holds it, then detached
@@ -49,7 +52,7 @@ import time
 from typing import Any, Callable
 
 from obsctl import health, mounttable, statefile
-from obsctl.config import MountSpec, TelemetryConfig
+from obsctl.config import ConfigError, MountSpec, TelemetryConfig
 from obsctl.credentials import Credentials
 from obsctl.drivers import Driver, LaunchPlan
 from obsctl.logpump import LogPump
@@ -135,8 +138,12 @@ class Supervisor:
 
     def __init__(self, spec: MountSpec, telemetry: TelemetryConfig, credentials: Credentials | None,
                  runtime_dir: str, driver: Driver, poll_interval: float = 2.0,
-                 mountinfo_path: str = mounttable.MOUNTINFO_PATH) -> None:
+                 mountinfo_path: str = mounttable.MOUNTINFO_PATH,
+                 telemetry_loader: Callable[[], TelemetryConfig] | None = None) -> None:
         self.mountinfo_path = mountinfo_path
+        #: re-reads the telemetry config on SIGHUP (raises ConfigError); None: nothing to re-read
+        self.telemetry_loader = telemetry_loader
+        self.reload_requested = threading.Event()
         self.spec = spec
         self.credentials = credentials
         self.runtime_dir = runtime_dir
@@ -157,10 +164,53 @@ class Supervisor:
         self.signals += 1
         self.stop_requested.set()
 
+    def request_reload(self, *_args: Any) -> None:
+        """Ask for a telemetry reload (SIGHUP); done by the main loop once the mount is ready."""
+        self.reload_requested.set()
+
     def install_signal_handlers(self) -> None:
-        """SIGTERM / SIGINT / SIGHUP request an orderly shutdown."""
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        """SIGTERM / SIGINT request an orderly shutdown; SIGHUP a telemetry reload (:meth:`reload`)."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
+
+    def reload(self) -> bool:
+        """Re-read the telemetry config and rebuild exporters and collectors
+        (:meth:`obsctl.observer.MountObserver.reload`); the driver, its pid, its
+        mount and every open file on it are untouched.
+
+        What the driver was started with stays until its next start (rclone's
+        rc API and log level come from the config at spawn time). Counters
+        restart from zero (a counter reset). A new file that does not load
+        (invalid, unreadable) or whose telemetry does not start keeps the old
+        settings, and one line on stderr says why. Returns True when the new
+        settings are in force.
+        """
+        self.reload_requested.clear()
+        if self.telemetry_loader is None:
+            print("obsctl: reload: no telemetry file to re-read; settings unchanged", file=sys.stderr, flush=True)
+            return False
+        try:
+            new = self.telemetry_loader()
+        except (ConfigError, OSError) as exc:
+            print(f"obsctl: reload refused, keeping the previous telemetry settings: {exc}", file=sys.stderr,
+                  flush=True)
+            return False
+        observer = self.observer
+        old = observer.telemetry_cfg
+        try:
+            observer.reload(new)
+        except Exception as exc:  # noqa: BLE001 - a new exporter that cannot start: back to the old one
+            print(f"obsctl: reload failed, keeping the previous telemetry settings: telemetry did not start "
+                  f"with the new file: {exc}", file=sys.stderr, flush=True)
+            observer.reload(old)
+            return False
+        observer.poll(wait=0.5)
+        observer.write_state()
+        sd_notify(f"STATUS=mounted {self.spec.source} on {self.spec.mountpoint} (telemetry reloaded)")
+        print(f"obsctl: reloaded telemetry (mode {new.mode}); driver pid {self.proc.pid if self.proc else '-'} "
+              "and the mount untouched", file=sys.stderr, flush=True)
+        return True
 
     # -- spawn / ready ---------------------------------------------------
     def _spawn(self) -> int:
@@ -290,6 +340,8 @@ class Supervisor:
                 if not self._handle_driver_exit():
                     exit_code = 1
                     break
+            elif self.reload_requested.is_set() and self.observer.state == "ready":
+                self.reload()
         return self._shutdown(exit_code)
 
     def _handle_driver_exit(self) -> bool:
