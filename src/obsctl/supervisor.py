@@ -59,6 +59,7 @@ from obsctl.logpump import LogPump
 from obsctl.observer import DriverConnection, MountLabels, MountObserver, plan_context
 from obsctl.procutil import describe_exit, start_time
 from obsctl.readiness import Interrupted, MountError, ReadyWait
+from obsctl.sources import arm_kernel_source
 from obsctl.unmount import (
     DETACHED, FAILED, MountpointError, abort, ensure_fusectl, preflight, recover_orphan, stop_process,
     unmount, unmount_once, warn,
@@ -223,6 +224,9 @@ class Supervisor:
         # Mode none opens no port at all, not even rclone's loopback rc API (PlanContext.listen);
         # the observer's config is the current one (a reload changes it for the next spawn).
         self.plan = self.driver.plan(self.spec, self.credentials, plan_context(self.observer.telemetry_cfg))
+        # before the spawn: the kernel source counts the new connection from its FUSE_INIT on
+        # (obsctl.sources.arm_kernel_source: what each source can and cannot see before READY=1)
+        arm_kernel_source(os.getpid())
         spawned = time.time_ns()
         try:
             self.proc = subprocess.Popen(
