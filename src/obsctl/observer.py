@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from obsctl import mounttable, scrape, statefile
+from obsctl import health, mounttable, scrape, statefile
 from obsctl.collectors import collector_status
 from obsctl.config import TelemetryConfig
 from obsctl.drivers import Driver, LaunchPlan, PlanContext
@@ -425,20 +425,27 @@ class MountObserver:
             collector.close()
         self.polling, self._generic, self._driver_collectors = [], [], []
 
-    def _shutdown_telemetry(self) -> None:
+    def _shutdown_telemetry(self, failed: bool = False) -> None:
         """Final export, bounded by the export timeout; a failure is one warning line, never a traceback."""
         if self.telemetry is None:
             return
         try:
-            self.telemetry.shutdown()
+            self.telemetry.shutdown(failed=failed)
         except Exception as exc:  # noqa: BLE001
             log.warning("final telemetry export failed: %s", exc)
         self.telemetry = None
 
-    def close(self, final_poll: bool = True) -> None:
-        """The end: a last poll (``final_poll``), every collector closed, the state file removed, the final export."""
+    def close(self, final_poll: bool = True, failed: bool = False) -> None:
+        """The end: a last poll (``final_poll``), every collector closed, the state file removed, the final export.
+
+        ``failed``: the mount failed (a permanent error, the restart budget spent): its
+        ``obsctl_mount_up`` is 0 in the final export and stays published for the host's
+        scrape endpoint (:mod:`obsctl.scrape`), so the ObsctlMountDown alert sees it.
+        """
         self.stop_polling()
         self._close_collectors(final_poll)
+        if failed and self.probe is not None:
+            self.probe.mark(health.DOWN)
         statefile.remove_state(self.state_path)
-        self._shutdown_telemetry()
+        self._shutdown_telemetry(failed)
 

@@ -55,7 +55,7 @@ FOREIGN_HOLDER_POLLS = 3
 #: Subdirectory of the runtime directory where the mounts publish.
 METRICS_SUBDIR = "metrics"
 #: The first line of a published file.
-HEADER = re.compile(r"^# obsctl-publisher pid=(\d+) start=(\d+|-) serving=([01])$")
+HEADER = re.compile(r"^# obsctl-publisher pid=(\d+) start=(\d+|-) serving=([01])(?: failed=([01]))?$")
 
 #: waitress settings of the endpoint (obsctl's choices, not waitress defaults):
 #: 2 app threads (a scrape takes milliseconds; 2 lets a second scraper in),
@@ -119,6 +119,14 @@ def merge(groups: Iterable[Iterable[Any]]) -> list[Any]:
     return list(merged.values())
 
 
+def remove_publication(runtime_dir: str, mountpoint: str) -> None:
+    """Delete the published file of the mount at ``mountpoint`` (a failed mount's last word), if any."""
+    try:
+        os.unlink(publish_path(runtime_dir, mountpoint))
+    except OSError:
+        pass
+
+
 def read_peers(directory: str, exclude: str | None = None, remove_dead: bool = True) -> tuple[list[list[Any]], bool]:
     """The families of every live publisher's file in ``directory`` but ``exclude`` (a path).
 
@@ -148,7 +156,9 @@ def read_peers(directory: str, exclude: str | None = None, remove_dead: bool = T
         if match is None:
             continue
         pid, started = int(match.group(1)), match.group(2)
-        if not same_process(pid, None if started == "-" else int(started)):
+        if match.group(4) == "1":
+            pass  # a failed mount's last word (mount_up 0): served until the mount is started again
+        elif not same_process(pid, None if started == "-" else int(started)):
             if remove_dead:
                 try:
                     os.unlink(path)
@@ -209,8 +219,13 @@ class HostEndpoint:
             peers, _serving = read_peers(os.path.dirname(self.path), exclude=self.path)
         yield from merge([self.own_families(), *peers])
 
-    def publish(self) -> None:
-        """Write this mount's exposition to :attr:`path` (atomic); an OSError is one debug line."""
+    def publish(self, failed: bool = False) -> None:
+        """Write this mount's exposition to :attr:`path` (atomic); an OSError is one debug line.
+
+        ``failed``: the last publication of a mount that failed (``failed=1`` in the header):
+        the holder keeps serving it after this process exited, so the ObsctlMountDown alert
+        sees ``obsctl_mount_up 0`` until the mount is started again (its next publication
+        replaces the file) or ``obsctl unmount`` removes it."""
         if self.path is None or self._closed:
             return
         # start-up cost: as above
@@ -224,7 +239,7 @@ class HostEndpoint:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Own())
         header = f"# obsctl-publisher pid={os.getpid()} start={self._start if self._start is not None else '-'} " \
-                 f"serving={1 if self.serving else 0}\n"
+                 f"serving={0 if failed else 1 if self.serving else 0}{' failed=1' if failed else ''}\n"
         try:
             os.makedirs(os.path.dirname(self.path), mode=0o750, exist_ok=True)
             atomic_write(self.path, header.encode() + generate_latest(registry), 0o640)
@@ -284,14 +299,22 @@ class HostEndpoint:
         self.try_bind()
         self.publish()
 
-    def close(self) -> None:
-        """Stop serving (every open connection dropped, bounded ~1 s) and remove the published file."""
+    def close(self, failed: bool = False) -> None:
+        """Stop serving (every open connection dropped, bounded ~1 s) and remove the published file,
+        or, for a mount that ``failed``, leave its last publication (:meth:`publish`) in place."""
+        if self._closed:
+            return
+        if failed:
+            self.publish(failed=True)
         self._closed = True
-        if self.path is not None:
+        if self.path is not None and not failed:
             try:
                 os.unlink(self.path)
             except OSError:
                 pass
+        self._stop_server()
+
+    def _stop_server(self) -> None:
         server, self._server, self.serving = self._server, None, False
         if server is None:
             return

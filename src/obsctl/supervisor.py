@@ -54,6 +54,7 @@ from typing import Any, Callable
 from obsctl import health, mounttable, statefile
 from obsctl.config import ConfigError, MountSpec, TelemetryConfig
 from obsctl.credentials import Credentials
+from obsctl.errors import EXIT_FAILED, EXIT_PERMANENT
 from obsctl.drivers import Driver, LaunchPlan
 from obsctl.logpump import LogPump
 from obsctl.observer import DriverConnection, MountLabels, MountObserver, plan_context
@@ -76,6 +77,32 @@ WATCH_INTERVAL = 0.05
 FAILED_SPAN_WAIT = 2.0
 #: Longest restart backoff (s); the n-th restart waits min(2**(n-1), this).
 MAX_BACKOFF = 30.0
+
+#: What marks a driver's error as permanent (retrying cannot help until someone fixes the
+#: key or the bucket), as the drivers print it: rclone 1.60 logs the S3 error code with
+#: "status code: 403" (tests/fixtures/rclone/auth403/rclone.log), s3fs 1.90 "HTTP response
+#: code 403" (tests/fixtures/s3fs/auth403/s3fs.log); InvalidAccessKeyId, AccessDenied,
+#: ExpiredToken and NoSuchBucket are the S3 API's error codes for a refused key or a missing
+#: bucket (Amazon S3 API Reference, "Error responses"); rclone's own check says "does not
+#: exist" (obsctl.drivers.rclone.RcloneDriver.verify), s3fs "bucket or key not found" (its
+#: start-up check, obsctl.drivers.s3fs). Only a failed start is judged by them: a driver that
+#: ran and died is restarted, and its next start tells whether the key or bucket is gone.
+PERMANENT_MARKERS = ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "ExpiredToken", "NoSuchBucket",
+                     "status code: 403", "HTTP response code 403", "bucket or key not found", "does not exist")
+
+
+def permanent_error(text: str) -> str | None:
+    """The marker of :data:`PERMANENT_MARKERS` found in ``text`` (a driver's error line, a
+    :class:`MountError`'s message), or None for an error worth retrying."""
+    return next((marker for marker in PERMANENT_MARKERS if marker in text), None)
+
+
+def restart_owner() -> str:
+    """Who restarts a driver that died: ``systemd`` when obsctl runs as a Type=notify unit
+    (``$NOTIFY_SOCKET`` set; the unit's Restart=on-failure with StartLimitBurst= /
+    StartLimitIntervalSec= is the budget, obsctl exits instead of restarting), else
+    ``obsctl`` (its own backoff, at most the spec's ``max_restarts`` tries)."""
+    return "systemd" if os.environ.get("NOTIFY_SOCKET") else "obsctl"
 
 #: prctl(2) PR_SET_PDEATHSIG, from <linux/prctl.h>.
 _PR_SET_PDEATHSIG = 1
@@ -145,6 +172,8 @@ class Supervisor:
         #: re-reads the telemetry config on SIGHUP (raises ConfigError); None: nothing to re-read
         self.telemetry_loader = telemetry_loader
         self.reload_requested = threading.Event()
+        #: the exit status when supervision ends by itself (1, or EXIT_PERMANENT)
+        self.exit_code = EXIT_FAILED
         self.spec = spec
         self.credentials = credentials
         self.runtime_dir = runtime_dir
@@ -306,11 +335,13 @@ class Supervisor:
         except BaseException as exc:
             observer.state = "failed"
             abort(self.proc, self.spec.mountpoint, self.mountinfo_path)
+            if isinstance(exc, MountError) and permanent_error(str(exc)):
+                exc.permanent = True  # type: ignore[attr-defined]  # exit status 3: nobody retries it
             if telemetry_thread is not None and observer.started.wait(FAILED_SPAN_WAIT) \
                     and observer.telemetry is not None:
                 observer.span("mount", spawned, {}, error=str(exc))
                 observer.add_error("mount_failed")
-                observer.close(final_poll=False)
+                observer.close(final_poll=False, failed=True)
             raise
         observer.ready_at = time.time()
         while not observer.started.wait(WATCH_INTERVAL):
@@ -342,24 +373,35 @@ class Supervisor:
         while not self.stop_requested.wait(WATCH_INTERVAL):
             if self.proc is not None and self.proc.poll() is not None:
                 if not self._handle_driver_exit():
-                    exit_code = 1
+                    exit_code = self.exit_code
                     break
             elif self.reload_requested.is_set() and self.observer.state == "ready":
                 self.reload()
         return self._shutdown(exit_code)
 
     def _handle_driver_exit(self) -> bool:
-        """The driver died under a live mount: mark it down, clear the dead mount, restart with backoff.
+        """The driver died under a live mount: mark it down, clear the dead mount, then restart
+        it if obsctl owns restarts (:func:`restart_owner`).
 
-        Returns False when the restart budget is spent or a restart failed
-        (the caller shuts down with status 1); True after a restart or when
-        a stop was requested meanwhile (the caller's loop sees it).
+        * under systemd: no restart here; :attr:`exit_code` 1 (the unit's
+          Restart=on-failure restarts it within its StartLimitBurst=) or
+          :data:`~obsctl.errors.EXIT_PERMANENT` for a permanent error (the
+          unit's RestartPreventExitStatus= keeps it failed);
+        * in the foreground: backoff min(2**(n-1), :data:`MAX_BACKOFF`) s, at
+          most the spec's ``max_restarts`` tries, a failed try counting as one;
+          a permanent error (:func:`permanent_error`) stops at once.
+
+        Returns False when obsctl must shut down (state ``failed``, exit
+        status in :attr:`exit_code`); True after a restart or when a stop was
+        requested meanwhile (the caller's loop sees it).
         """
         assert self.proc is not None and self.pump is not None
         observer = self.observer
         code = self.proc.returncode
         died_ns = time.time_ns()
-        observer.mark(health.DOWN, "restarting" if observer.restarts < self.spec.max_restarts else "failed")
+        owner = restart_owner()
+        observer.mark(health.DOWN, "restarting" if owner == "obsctl" and observer.restarts < self.spec.max_restarts
+                      else "failed")
         # A dead driver's mount answers ENOTCONN; nothing can be waiting on it: lazy at once.
         if not unmount_once(self.spec.mountpoint, path=self.mountinfo_path):
             unmount_once(self.spec.mountpoint, lazy=True, path=self.mountinfo_path)
@@ -368,27 +410,48 @@ class Supervisor:
         print(f"obsctl: {reason}", file=sys.stderr, flush=True)
         observer.add_error("driver_exit")
         observer.span("driver.exit", died_ns, {"process.exit.code": code}, error=reason)
-        if observer.restarts >= self.spec.max_restarts:
-            print(f"obsctl: giving up after {observer.restarts} restart(s) (max_restarts)", file=sys.stderr,
-                  flush=True)
+        # a running driver that died is worth a start; only a start's failure is judged permanent
+        permanent: str | None = None
+        if owner == "systemd":
+            self.exit_code, observer.state = EXIT_FAILED, "failed"
+            print("obsctl: exiting; systemd restarts the unit (its Restart= and StartLimitBurst= are the restart "
+                  "budget; a start that fails for a permanent reason exits 3 and is not restarted)",
+                  file=sys.stderr, flush=True)
             return False
-        backoff = min(MAX_BACKOFF, 2.0 ** observer.restarts)
-        if self.stop_requested.wait(backoff):
-            return True
-        observer.add_restart()
-        started = time.time_ns()
-        try:
-            self._spawn()
-            self._wait_ready()
-        except Interrupted:
-            abort(self.proc, self.spec.mountpoint, self.mountinfo_path)
-            return True
-        except Exception as exc:  # MountError, or ConfigError from the driver's plan
-            observer.span("restart", started, {"obsctl.restart.count": observer.restarts}, error=str(exc))
-            print(f"obsctl: restart failed: {exc}", file=sys.stderr, flush=True)
-            observer.state = "failed"
-            abort(self.proc, self.spec.mountpoint, self.mountinfo_path)
-            return False
+        while True:
+            if permanent:
+                self.exit_code, observer.state = EXIT_PERMANENT, "failed"
+                print(f"obsctl: permanent error ({permanent}): not restarting; fix it and mount again",
+                      file=sys.stderr, flush=True)
+                return False
+            if observer.restarts >= self.spec.max_restarts:
+                self.exit_code, observer.state = EXIT_FAILED, "failed"
+                print(f"obsctl: giving up after {observer.restarts} restart(s) (max_restarts)", file=sys.stderr,
+                      flush=True)
+                return False
+            observer.state = "restarting"
+            backoff = min(MAX_BACKOFF, 2.0 ** observer.restarts)
+            if self.stop_requested.wait(backoff):
+                return True
+            observer.add_restart()
+            started = time.time_ns()
+            try:
+                self._spawn()
+                self._wait_ready()
+            except Interrupted:
+                abort(self.proc, self.spec.mountpoint, self.mountinfo_path)
+                return True
+            except Exception as exc:  # MountError, or ConfigError from the driver's plan
+                observer.span("restart", started, {"obsctl.restart.count": observer.restarts}, error=str(exc))
+                print(f"obsctl: restart {observer.restarts} of {self.spec.max_restarts} failed: {exc}",
+                      file=sys.stderr, flush=True)
+                abort(self.proc, self.spec.mountpoint, self.mountinfo_path)
+                permanent = permanent_error(str(exc))
+                if not isinstance(exc, MountError):
+                    self.exit_code, observer.state = EXIT_FAILED, "failed"
+                    return False
+                continue
+            break
         observer.span("restart", started, {"obsctl.restart.count": observer.restarts})
         observer.state = "ready"
         # Announced before the probe can say "up" again: obsctl_mount_up stays 0 from the
@@ -423,6 +486,6 @@ class Supervisor:
         observer.stop_polling()  # a poll blocked on the old driver ends once the driver is gone
         observer.span("unmount", started, {})
         # Every log line is in now (the pump hit EOF): the counters are final.
-        observer.close()
+        observer.close(failed=exit_code != 0)
         print(f"obsctl: unmounted {self.spec.mountpoint}", file=sys.stderr, flush=True)
         return exit_code

@@ -355,15 +355,19 @@ class Telemetry:
             return True
         return self._push_reader.force_flush(timeout_millis=timeout_seconds * 1000)
 
-    def shutdown(self, timeout_seconds: float | None = None) -> None:
+    def shutdown(self, timeout_seconds: float | None = None, failed: bool = False) -> None:
         """Export the final values and spans, then stop every exporter and server.
 
         Metrics and spans are flushed in parallel and the whole shutdown is
         bounded by ``timeout_seconds`` (default: the larger configured export
         timeout, 3 s unless set) plus half a second, so an unreachable
         collector cannot hold the exit for longer: what is still retrying
-        then is abandoned (daemon threads), never waited for.
+        then is abandoned (daemon threads), never waited for. ``failed``: the
+        mount failed; its last series stay published for the host's scrape
+        endpoint (:meth:`obsctl.scrape.HostEndpoint.close`).
         """
+        if self.endpoint is not None and failed:
+            self.endpoint.close(failed=True)  # before the providers stop: the last collect is this one
         if timeout_seconds is None:
             timeout_seconds = max(self.cfg.metrics.export_timeout_seconds, self.cfg.traces.export_timeout_seconds)
         workers = [
