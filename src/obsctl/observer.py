@@ -448,4 +448,3 @@ class MountObserver:
             self.probe.mark(health.DOWN)
         statefile.remove_state(self.state_path)
         self._shutdown_telemetry(failed)
-

@@ -104,6 +104,7 @@ def restart_owner() -> str:
     ``obsctl`` (its own backoff, at most the spec's ``max_restarts`` tries)."""
     return "systemd" if os.environ.get("NOTIFY_SOCKET") else "obsctl"
 
+
 #: prctl(2) PR_SET_PDEATHSIG, from <linux/prctl.h>.
 _PR_SET_PDEATHSIG = 1
 try:

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 METER_NAME = "obsctl"
 
+
 @dataclass
 class ExportStatus:
     """The outcome of the last metric export, for ``obsctl status``.
