@@ -234,7 +234,11 @@ class Supervisor:
         except Exception as exc:  # noqa: BLE001 - a new exporter that cannot start: back to the old one
             print(f"obsctl: reload failed, keeping the previous telemetry settings: telemetry did not start "
                   f"with the new file: {exc}", file=sys.stderr, flush=True)
-            observer.reload(old)
+            try:
+                observer.reload(old)
+            except Exception as again:  # noqa: BLE001 - the mount goes on without telemetry
+                print(f"obsctl: the previous telemetry settings did not start again either: {again}",
+                      file=sys.stderr, flush=True)
             return False
         observer.poll(wait=0.5)
         observer.write_state()
