@@ -174,6 +174,16 @@ def read_peers(directory: str, exclude: str | None = None, remove_dead: bool = T
     return groups, serving
 
 
+class _Families:
+    """A prometheus_client collector that yields what ``families()`` returns."""
+
+    def __init__(self, families: Any) -> None:
+        self._families = families
+
+    def collect(self) -> list[Any]:
+        return self._families()
+
+
 class HostEndpoint:
     """This process's part of the host's scrape endpoint (see the module doc).
 
@@ -232,12 +242,8 @@ class HostEndpoint:
         from prometheus_client.exposition import generate_latest
         from prometheus_client.registry import CollectorRegistry  # start-up cost: as above
 
-        class _Own:
-            def collect(inner_self) -> list[Any]:  # noqa: N805
-                return self.own_families()
-
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Own())
+        registry.register(_Families(self.own_families))
         header = f"# obsctl-publisher pid={os.getpid()} start={self._start if self._start is not None else '-'} " \
                  f"serving={0 if failed else 1 if self.serving else 0}{' failed=1' if failed else ''}\n"
         try:

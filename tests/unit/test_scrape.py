@@ -110,7 +110,7 @@ def test_port_held_by_a_stranger_warns_once_and_keeps_the_mount(tmp_path, caplog
         port = stranger.getsockname()[1]
         telemetry = make(tmp_path, port, "/mnt/a")
         try:
-            for _ in range(scrape.FOREIGN_HOLDER_POLLS + 3):
+            for _round in range(scrape.FOREIGN_HOLDER_POLLS + 3):
                 telemetry.poll()
             warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
             assert len(warnings) == 1, warnings
