@@ -12,7 +12,8 @@ Exit status (:data:`obsctl.errors.EXIT_OK` ...): 0 success (also a mount stopped
 by SIGTERM before it was ready); 1 the mount failed or a command could not do
 its job; 2 bad usage, an invalid config file or an unusable mountpoint
 (missing, not a directory, already mounted, already run by a live obsctl):
-nothing was started.
+nothing was started; 3 (``obsctl mount``) the mount failed for a permanent
+reason (credentials refused, no such bucket): not retried.
 What happens on each fault: docs/operations.md.
 
 Only the standard library, msgspec and obsctl's light modules are imported
@@ -32,10 +33,10 @@ import threading
 import time
 from typing import Any, Sequence
 
-from obsctl import __version__, credentials, mounttable, statefile, tomlio
+from obsctl import __version__, credentials, mounttable, scrape, statefile, tomlio
 from obsctl.config import ConfigError, TelemetryConfig, default_telemetry_path, load_telemetry, parse_telemetry
 from obsctl.drivers import get_driver
-from obsctl.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from obsctl.errors import EXIT_FAILED, EXIT_OK, EXIT_PERMANENT, EXIT_USAGE
 from obsctl.mountargs import add_mount_arguments, mount_spec_from_args
 from obsctl.mountspec import check_file
 from obsctl.paths import runtime_dir
@@ -172,13 +173,18 @@ def cmd_mount(args: argparse.Namespace, command: list[str]) -> int:
     except ConfigError as exc:
         print(f"obsctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    supervisor = Supervisor(spec, telemetry, creds, runtime_dir(), driver)
+    supervisor = Supervisor(spec, telemetry, creds, runtime_dir(), driver,
+                            telemetry_loader=lambda: _telemetry(args, spec.telemetry_config))
     supervisor.install_signal_handlers()
     try:
         return supervisor.run()
     except MountError as exc:
         print(f"obsctl: mount failed: {exc}", file=sys.stderr)
         print(f"obsctl: nothing is mounted at {spec.mountpoint}", file=sys.stderr)
+        if getattr(exc, "permanent", False):
+            print("obsctl: a permanent error (credentials refused or no such bucket): not retried; "
+                  "fix it and mount again", file=sys.stderr)
+            return EXIT_PERMANENT
         return EXIT_FAILED
     except ConfigError as exc:
         print(f"obsctl: {exc}", file=sys.stderr)
@@ -272,6 +278,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     removed. Exit 0 when nothing is mounted there afterwards, 1 otherwise.
     """
     target = os.path.normpath(os.path.abspath(args.mountpoint))
+    scrape.remove_publication(runtime_dir(), target)  # a failed mount's last obsctl_mount_up 0, if any
     state = statefile.state_for(runtime_dir(), target)
     if state is None:
         mounted = mounttable.find_mount(target)

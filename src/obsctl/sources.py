@@ -80,6 +80,49 @@ def kernel_complete() -> bool:
     return detect_support().level == "paired"
 
 
+def arm_kernel_source(pid: int) -> str:
+    """Make the kernel source count the next mount of process ``pid``'s driver from its first request.
+
+    Called by the supervisor before it spawns the driver (and before each
+    restart's spawn), so nothing between the mount appearing and READY=1 is
+    lost. Returns which source was armed (``ebpf`` or ``none``). Ordering per source:
+
+    * **eBPF** (first choice): the probe is loaded here, and its ``claimer``
+      is set to ``pid``: the kernel program claims the FUSE connection whose
+      FUSE_INIT a descendant of ``pid`` queues (inside mount(2), before the
+      mount is visible anywhere) and counts every request of it in its maps;
+      the collector's first poll, before READY=1, finds the connection in
+      mountinfo and records everything since FUSE_INIT
+      (:meth:`obsctl.collectors.fuse_bpf.Probe.claim`).
+    * **tracefs** (second choice): an instance is filtered on one connection
+      number, which exists only once mount(2) ran; the collector creates it
+      at its first poll that sees the mount, which the supervisor runs as
+      soon as the mount is ready and before READY=1. Requests made between
+      the mount appearing and that poll (milliseconds) are not counted by
+      the kernel source; nothing gives the kernel's numbers for them later.
+      A unit ordered ``After=`` the mount's unit starts after READY=1, so it
+      loses nothing; a process polling mountinfo can.
+    * **driver logs** (rclone, s3fs): the log pump reads the driver's output
+      from its first line and buffers it until the collectors are attached
+      (:class:`obsctl.logpump.LogPump`), so they count from the first request.
+    * /proc/PID/io and the connection's ``waiting`` are cumulative or
+      instantaneous: nothing to lose.
+    """
+    # start-up cost: the collectors import the OpenTelemetry API; this module is imported before the spawn
+    from obsctl.collectors.fuse_bpf import release_probe, shared_probe
+
+    probe, _reason = shared_probe()
+    if probe is None:
+        return "none"
+    try:
+        probe.claim(pid)
+    except OSError as exc:
+        release_probe(keep=True)
+        return f"none ({exc})"
+    release_probe(keep=True)  # the mount's kernel_source() takes it over
+    return "ebpf"
+
+
 class SourceTable:
     """The owner of each quantity for one mount.
 

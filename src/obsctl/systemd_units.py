@@ -40,7 +40,7 @@ from obsctl import background, engine, health, tomlio
 from obsctl.config import parse_telemetry
 from obsctl.drivers import get_driver
 from obsctl.engine import EngineError, Layout, Request, Runner, check_name, journal_tail, run_command, unit_state
-from obsctl.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError
+from obsctl.errors import EXIT_FAILED, EXIT_OK, EXIT_PERMANENT, EXIT_USAGE, ConfigError
 from obsctl.mountargs import mount_spec_from_args
 from obsctl.mountspec import load_mount_spec
 
@@ -178,6 +178,13 @@ def cmd_apply(args: argparse.Namespace, stdin: Any = None, stdout: Any = None) -
 # check (the timer's health check)
 
 
+def _failed_for_good(run: Runner, unit: str) -> bool:
+    """True when ``unit``'s main process last exited :data:`~obsctl.errors.EXIT_PERMANENT`
+    (``systemctl show --property=ExecMainStatus``: the exit status of the last run)."""
+    rc, out, _err = run(["systemctl", "show", "--property=ExecMainStatus", unit])
+    return rc == 0 and out.strip() == f"ExecMainStatus={EXIT_PERMANENT}"
+
+
 def check(name: str, root: Path = Path("/"), run: Runner = run_command, out: Callable[[str], None] = print,
           probe_timeout: float = 5.0, settle_seconds: float = health.SETTLE_SECONDS,
           sleep: Callable[[float], None] = time.sleep) -> int:
@@ -193,7 +200,10 @@ def check(name: str, root: Path = Path("/"), run: Runner = run_command, out: Cal
       lazily and mounts again (0 when the mount answers within
       ``settle_seconds``, :func:`obsctl.health.wait_until_ok`, else 1);
     * unit ``failed`` (systemd gave up after its start limit):
-      ``reset-failed`` + ``start`` (0 / 1 the same way);
+      ``reset-failed`` + ``start`` (0 / 1 the same way), unless its last run
+      exited :data:`~obsctl.errors.EXIT_PERMANENT` (credentials refused, no such
+      bucket): then it is left failed (1), so a revoked key is not retried
+      every interval forever;
     * unit inactive: stopped on purpose, left alone (0).
     """
     try:
@@ -214,6 +224,10 @@ def check(name: str, root: Path = Path("/"), run: Runner = run_command, out: Cal
     if state == "active" and word == health.OK:
         out(f"obsctl: {spec.mountpoint} is healthy")
         return EXIT_OK
+    if state == "failed" and _failed_for_good(run, layout.unit):
+        out(f"obsctl: {layout.unit} failed for a permanent reason (exit status {EXIT_PERMANENT}: credentials "
+            "refused or no such bucket); left alone: fix it, then systemctl restart " + layout.unit)
+        return EXIT_FAILED
     if state == "failed":
         out(f"obsctl: {layout.unit} failed; starting it again")
         run(["systemctl", "reset-failed", layout.unit])

@@ -89,6 +89,12 @@ class FakeProbe:
     def unwatch(self, conn):
         self.watched.remove(conn)
 
+    def claimed(self, conn):
+        return False  # watched from the collector's first poll (the claim is tested for real in integration)
+
+    def drop_other_claims(self, keep):
+        pass
+
     def snapshot(self, conn):
         return self.snaps.pop(0)
 
