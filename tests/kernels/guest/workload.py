@@ -36,7 +36,7 @@ PROM = "127.0.0.1:9464"
 READ_SIZE = 1_000_000
 WRITE_SIZE = 300_000
 #: Software emulation (TCG) runs Python 10-30 times slower than the host: generous bounds.
-WAIT = 120.0
+WAIT = 300.0
 
 
 def env() -> dict[str, str]:
