@@ -57,8 +57,6 @@ WARNING = ("no systemd on this host: {path} runs under obsctl mount in the backg
            "it does not survive a reboot and nothing restarts it if obsctl itself dies")
 
 
-
-
 class Background(engine.Engine):
     """:class:`obsctl.engine.Engine` for ``service_manager: none``: same files, ``obsctl mount``
     started in the background instead of a unit. ``spawn(argv, env, log_path) -> Popen`` starts it

@@ -37,6 +37,7 @@ log = logging.getLogger("obsctl")
 #: Seconds ``obsctl status`` waits for a stat of a dead writer's mountpoint.
 STATUS_PROBE_TIMEOUT = 1.0
 
+
 def state_file_path(runtime_dir: str, mountpoint: str) -> str:
     """``RUNTIME_DIR/mounts/<mountpoint, / as ->.json`` (``-`` escaped as ``\\x2d``, like systemd-escape)."""
     name = os.path.normpath(mountpoint).strip("/").replace("-", "\\x2d").replace("/", "-") or "-"

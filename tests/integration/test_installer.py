@@ -101,7 +101,8 @@ BAD_FLAGS = [
      "--node-metrics-address, --node-dashboards and --restart-node need --node-config PATH"),
     (["--enable-telemetry", "--restart-node"], E_USAGE, "need --node-config PATH"),
     (["--observability", "local", "--node-config", "/etc/os-release", "--node-metrics-address", "0.0.0.0:9464"],
-     E_USAGE, "--node-metrics-address must be a loopback IP:PORT (the node parses a socket address, not a host name), e.g. 127.0.0.1:9464 (got '0.0.0.0:9464')"),
+     E_USAGE, "--node-metrics-address must be a loopback IP:PORT (the node parses a socket address, "
+     "not a host name), e.g. 127.0.0.1:9464 (got '0.0.0.0:9464')"),
     (["--otlp-endpoint", "http://127.0.0.1:4317", "--no-containers"], E_USAGE,
      "--no-containers is for --observability local, or remote with --node-config (the agent)"),
     (["--otlp-endpoint", "http://127.0.0.1:4317", "--node-config", "/etc/os-release", "--node-dashboards", "/etc"],

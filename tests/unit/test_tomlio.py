@@ -19,7 +19,7 @@ import msgspec
 import pytest
 
 from obsctl import config, mountspec, tomlio
-from obsctl.config import ConfigError, parse_telemetry
+from obsctl.config import parse_telemetry
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "node" / "config.toml"
 REPO = Path(__file__).resolve().parents[2]

@@ -19,7 +19,10 @@
  *   here: start and end are paired by the req pointer)
  *
  * "fentry" (5.15+; fentry/fexit need BTF and ftrace direct calls, no kprobes):
- *   start  fentry fuse_simple_request(fm, args)          exported, 5.10+ until the idmap change
+ *   start  fentry fuse_simple_request(fm, args)          5.10+ until the idmap change (a global
+ *                                                        function of fs/fuse, not exported in 6.1:
+ *                                                        Debian's 6.1.176 dev.c:485; in fuse.ko's
+ *                                                        BTF, attached there: tests/kernels)
  *          fentry __fuse_simple_request(idmap, fm, args) exported, after it (6.18: fuse_simple_request
  *                                                        is a static inline wrapper in fuse_i.h)
  *          fentry fuse_simple_background(fm, args, gfp)  exported, 5.10+ (6.18: present in BTF)
@@ -58,7 +61,11 @@
  *                         mountinfo; fuse_trace.h's "connection" is the same
  *                         field.
  * The same fields, this kernel (6.18), checked with
- * `bpftool btf dump file /sys/kernel/btf/vmlinux format c`.
+ * `bpftool btf dump file /sys/kernel/btf/vmlinux format c`; in Debian's
+ * linux-source-6.1 6.1.176 (fs/fuse/fuse_i.h:366 args, :376 in.h, :381 out.h,
+ * :393 fm, :817 fuse_conn.dev; dev.c:476/478 opcode and args, :229 in.h.len)
+ * and loaded, relocated and counted on that kernel booted under QEMU
+ * (tests/kernels/test_qemu_kernels.py, docs/metrics.md).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
