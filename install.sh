@@ -209,8 +209,8 @@ EOF
     node_metrics="${node_metrics:-$DEFAULT_NODE_METRICS}"
     # Loopback only: the stack or the agent on this host scrapes it, and the
     # node's /metrics is never exposed by the installer.
-    [[ "$node_metrics" =~ ^(127\.[0-9]+\.[0-9]+\.[0-9]+|\[::1\]|localhost):[0-9]{1,5}$ ]] \
-        || die "$E_USAGE" "--node-metrics-address must be a loopback HOST:PORT, e.g. $DEFAULT_NODE_METRICS (got '$node_metrics')"
+    [[ "$node_metrics" =~ ^(127\.[0-9]+\.[0-9]+\.[0-9]+|\[::1\]):[0-9]{1,5}$ ]] \
+        || die "$E_USAGE" "--node-metrics-address must be a loopback IP:PORT (the node parses a socket address, not a host name), e.g. $DEFAULT_NODE_METRICS (got '$node_metrics')"
     if [ -n "$node_dashboards" ]; then
         [ "$mode" = local ] || die "$E_USAGE" "--node-dashboards is for --observability local (remote: import them into your own Grafana, docs/node.md)"
         if [[ "$node_dashboards" != /* ]] || [ ! -d "$node_dashboards" ]; then
@@ -268,15 +268,34 @@ EOF
 
     # -- root, OS --------------------------------------------------------------------
     [ "$(id -u)" = 0 ] || die "$E_ROOT" "run as root: sudo $0 $invocation"
+    # The platforms are meta/platforms.yml (one list with the roles' meta and
+    # the docs): "ID VERSION STATUS NOTE" per entry, read with awk (the file
+    # keeps one "key: value" per line; tests/integration/test_installer.py
+    # runs this check against every entry).
     local os_release="${OBSCTL_INSTALL_OS_RELEASE:-/etc/os-release}"
-    local os_id="" os_version=""
+    local os_id="" os_version="" p_id p_version p_status p_note os_status="" os_note="" accepted=""
     if [ -r "$os_release" ]; then
         os_id="$(sed -n 's/^ID=//p' "$os_release" | tr -d '"')"
         os_version="$(sed -n 's/^VERSION_ID=//p' "$os_release" | tr -d '"')"
     fi
-    case "$os_id:$os_version" in
-        debian:12 | debian:13 | ubuntu:22.04 | ubuntu:24.04) ;;
-        *) die "$E_OS" "unsupported OS '${os_id:-?} ${os_version:-?}' (from $os_release): Debian 12/13 and Ubuntu 22.04/24.04 are supported" ;;
+    [ -r "$here/meta/platforms.yml" ] || die "$E_OS" "$here/meta/platforms.yml is missing: run install.sh from a complete checkout or collection"
+    while IFS=$'\t' read -r p_id p_version p_status p_note; do
+        [ "$p_status" = refused ] || accepted="${accepted:+$accepted, }$p_id $p_version"
+        if [ "$p_id:$p_version" = "$os_id:$os_version" ]; then os_status="$p_status" os_note="$p_note"; fi
+    done < <(awk '
+        function val(line) { sub(/^[^:]*:[ ]*/, "", line); gsub(/^"|"$/, "", line); return line }
+        function flush() { if (id != "") printf "%s\t%s\t%s\t%s\n", id, version, status, note; id = version = status = note = "" }
+        /^  - name:/ { flush() }
+        /^    id:/ { id = val($0) }
+        /^    version:/ { version = val($0) }
+        /^    status:/ { status = val($0) }
+        /^    note:/ { note = val($0) }
+        END { flush() }' "$here/meta/platforms.yml")
+    case "$os_status" in
+        tested) ;;
+        untested) say "note: ${os_id} ${os_version} is accepted but untested: ${os_note}" ;;
+        refused) die "$E_OS" "unsupported OS '${os_id} ${os_version}' (from $os_release): ${os_note}; supported: ${accepted}" ;;
+        *) die "$E_OS" "unsupported OS '${os_id:-?} ${os_version:-?}' (from $os_release): supported: ${accepted}" ;;
     esac
     local has_systemd=0
     if [ -d /run/systemd/system ]; then has_systemd=1; fi

@@ -140,8 +140,11 @@ class KernelCount:
         os.rmdir(self.path)
 
 
-def bpf_prog_stats(names: tuple[str, ...] = ("tp_send", "tp_end", "request_end", "bg_start", "bg_exit",
-                                               "sync_start3", "sync_exit3", "sync_start2", "sync_exit2")) -> dict:
+PROG_NAMES = ("tp_send", "tp_end", "request_end", "bg_start", "bg_exit",
+              "sync_start3", "sync_exit3", "sync_start2", "sync_exit2")
+
+
+def bpf_prog_stats(names: tuple[str, ...] = PROG_NAMES) -> dict:
     """{program name: (run_cnt, run_time_ns)} of loaded programs with those names."""
     out: dict = {}
     try:

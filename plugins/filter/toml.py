@@ -39,11 +39,13 @@ def telemetry_toml(telemetry):
     return _call("telemetry_toml", _toml.render_telemetry, _plain(telemetry))
 
 
-def merge_telemetry_toml(text, telemetry, origin="the application's TOML"):
-    """``{content, removed_legacy_keys, changed}``: the [telemetry] tables written into ``text``."""
+def merge_telemetry_toml(text, telemetry, origin="the application's TOML", profile=_toml.DEFAULT_PROFILE,
+                         extra=None):
+    """``{content, removed_legacy_keys, changed, profile}``: what the application profile allows, written into ``text``."""
     merged, removed = _call("merge_telemetry_toml", _toml.merge_telemetry, to_text(text), _plain(telemetry),
-                            origin=to_text(origin))
-    return {"content": merged, "removed_legacy_keys": removed, "changed": merged != to_text(text)}
+                            origin=to_text(origin), profile=to_text(profile), extra=_plain(extra or {}))
+    return {"content": merged, "removed_legacy_keys": removed, "changed": merged != to_text(text),
+            "profile": to_text(profile)}
 
 
 def _plain(value):

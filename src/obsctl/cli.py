@@ -4,7 +4,7 @@
     obsctl unmount MOUNTPOINT
     obsctl status [--json]
     obsctl top [--once] [--json] [--interval S] [--wait S]
-    obsctl config check PATH
+    obsctl config check [--app-profile NAME] PATH
     obsctl sidecar --pid PID --mountpoint P [--impl X] [--rc-url URL]
     obsctl systemd install|uninstall|apply|check ...
 
@@ -12,8 +12,9 @@ Exit status (:data:`obsctl.errors.EXIT_OK` ...): 0 success (also a mount stopped
 by SIGTERM before it was ready); 1 the mount failed or a command could not do
 its job; 2 bad usage, an invalid config file or an unusable mountpoint
 (missing, a symlink, not a directory, not empty, a system directory, already
-mounted, claimed or run by a live obsctl): nothing was started. Output into a
-closed pipe ends quietly with status 1 (no traceback).
+mounted, claimed or run by a live obsctl): nothing was started; 3 (``obsctl mount``)
+the mount failed for a permanent reason (credentials refused, no such bucket):
+not retried. Output into a closed pipe ends quietly with status 1 (no traceback).
 What happens on each fault: docs/operations.md.
 
 Only the standard library, msgspec and obsctl's light modules are imported
@@ -33,10 +34,10 @@ import threading
 import time
 from typing import Any, Sequence
 
-from obsctl import __version__, credentials, mounttable, statefile
+from obsctl import __version__, credentials, mounttable, scrape, statefile, tomlio
 from obsctl.config import ConfigError, TelemetryConfig, default_telemetry_path, load_telemetry, parse_telemetry
 from obsctl.drivers import get_driver
-from obsctl.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from obsctl.errors import EXIT_FAILED, EXIT_OK, EXIT_PERMANENT, EXIT_USAGE
 from obsctl.mountargs import add_mount_arguments, mount_spec_from_args
 from obsctl.mountspec import check_file
 from obsctl.paths import runtime_dir
@@ -113,7 +114,15 @@ def _parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="configuration files")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
-    check = config_sub.add_parser("check", help="validate a telemetry or mount spec TOML file")
+    check = config_sub.add_parser(
+        "check", help="validate a telemetry or mount spec TOML file, or an application's [telemetry]",
+        description="Validate obsctl's telemetry config or a mount spec; with --app-profile, the [telemetry] "
+                    "tables of an application's own TOML (a node's config.toml) against that application's "
+                    "profile: unknown keys refused at every level, types checked; its other tables are the "
+                    "application's and are not checked.")
+    check.add_argument("--app-profile", metavar="NAME",
+                       help="application profile (e.g. rust-dkg-engine, rollout-plan: the files of "
+                            "plugins/module_utils/app_profiles)")
     check.add_argument("path")
     return parser
 
@@ -160,17 +169,23 @@ def cmd_mount(args: argparse.Namespace, command: list[str]) -> int:
             print(f"obsctl: mount failed: {missing}", file=sys.stderr)
             print(f"obsctl: nothing is mounted at {spec.mountpoint}", file=sys.stderr)
             return EXIT_FAILED
-        creds = credentials.resolve(spec.credentials_from, spec.profile) if driver.needs_credentials else None
+        creds = (credentials.resolve(spec.credentials_from, spec.profile, driver.credentials)
+                 if driver.credentials is not None else None)
     except ConfigError as exc:
         print(f"obsctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    supervisor = Supervisor(spec, telemetry, creds, runtime_dir(), driver)
+    supervisor = Supervisor(spec, telemetry, creds, runtime_dir(), driver,
+                            telemetry_loader=lambda: _telemetry(args, spec.telemetry_config))
     supervisor.install_signal_handlers()
     try:
         return supervisor.run()
     except MountError as exc:
         print(f"obsctl: mount failed: {exc}", file=sys.stderr)
         print(f"obsctl: nothing is mounted at {spec.mountpoint}", file=sys.stderr)
+        if getattr(exc, "permanent", False):
+            print("obsctl: a permanent error (credentials refused or no such bucket): not retried; "
+                  "fix it and mount again", file=sys.stderr)
+            return EXIT_PERMANENT
         return EXIT_FAILED
     except ConfigError as exc:
         print(f"obsctl: {exc}", file=sys.stderr)
@@ -272,6 +287,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
         print(f"obsctl: not unmounting {target}: other mounts are inside it ({', '.join(inside)}); unmounting "
               "it would detach them too. Unmount those first (obsctl unmount PATH)", file=sys.stderr)
         return EXIT_FAILED
+    scrape.remove_publication(runtime_dir(), target)  # a failed mount's last obsctl_mount_up 0, if any
     state = statefile.state_for(runtime_dir(), target)
     holder = statefile.claim_holder(runtime_dir(), target)
     if state is None and holder is not None:
@@ -318,7 +334,26 @@ def cmd_unmount(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    """``obsctl config check PATH``: 0 and a summary, or 2 and what is wrong."""
+    """``obsctl config check [--app-profile NAME] PATH``: 0 and a summary, or 2 and what is wrong.
+
+    With ``--app-profile`` the file is an application's own TOML: its
+    ``[telemetry]`` is checked by :func:`obsctl.tomlio.check_text` (the one
+    profile check, also run by the filter merge_telemetry_toml on the
+    controller), and by obsctl's own parser when the profile has ``parser =
+    "obsctl"``. This is the ``validate:`` of role telemetry_config.
+    """
+    if args.app_profile is not None:
+        try:
+            with open(args.path, "rb") as handle:
+                text = handle.read().decode("utf-8")
+            print(tomlio.check_text(text, args.app_profile, args.path, validate=parse_telemetry))
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"obsctl: cannot read {args.path}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except tomlio.TomlWriteError as exc:
+            print(f"obsctl: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        return EXIT_OK
     try:
         print(check_file(args.path))
     except ConfigError as exc:

@@ -248,9 +248,11 @@ class _TelemetryFile(_Strict):
 class MountSpec(_Strict):
     """One mount: the content of ``/etc/obsctl/mounts/NAME.toml`` or the command line.
 
-    ``source`` is ``s3://BUCKET[/PREFIX]`` for the S3 drivers; for the generic
-    driver it is free text shown in status and labels, and ``command`` is the
-    FUSE daemon's argv (run in the foreground).
+    ``source`` is written as the driver reads it (``s3://BUCKET[/PREFIX]`` for
+    the S3 drivers, a metadata URL for juicefs, free text for the generic
+    driver, whose ``command`` is the FUSE daemon's argv); ``cache_mode`` is one
+    of the driver's cache modes. Those rules are the driver's
+    (:meth:`obsctl.drivers.Driver.check_spec`, applied by :mod:`obsctl.mountspec`).
     """
 
     source: str
@@ -267,7 +269,8 @@ class MountSpec(_Strict):
     #: Mount over a directory that has entries (hidden while mounted): rclone's
     #: ``--allow-non-empty`` semantics; without it obsctl refuses a non-empty mountpoint.
     allow_non_empty: bool = False
-    cache_mode: Literal["off", "minimal", "writes", "full"] | None = None
+    #: One of the driver's :attr:`~obsctl.drivers.Driver.cache_modes` (checked with the driver).
+    cache_mode: str | None = None
     options: list[str] = msgspec.field(default_factory=list)
     command: list[str] = msgspec.field(default_factory=list)
     ready_timeout_seconds: _positive(600) = 30.0
@@ -275,8 +278,8 @@ class MountSpec(_Strict):
     max_restarts: Annotated[int, msgspec.Meta(ge=0, le=100)] = 3
 
     def __post_init__(self) -> None:
-        """The rules of the spec alone; those that need the driver registry (``impl`` known, its
-        options) are :func:`obsctl.mountspec.check_with_driver`'s."""
+        """The rules of the spec alone; those that need the driver registry (``impl`` known, the
+        source form, command, cache mode, options) are :func:`obsctl.mountspec.check_with_driver`'s."""
         _check_endpoint(self.endpoint, "endpoint", "http://127.0.0.1:9000")
         if not self.mountpoint:
             raise ValueError("mountpoint is empty")
@@ -287,38 +290,32 @@ class MountSpec(_Strict):
                 f"mountpoint {self.mountpoint} is a system directory ({system}"
                 f"{' and everything below it' if system != self.mountpoint else ''} is never mounted over: "
                 "it would hide what the system needs); use a directory of its own, e.g. /mnt/BUCKET")
-        if self.impl == "generic":
-            if not self.command:
-                raise ValueError(
-                    "impl generic needs the FUSE daemon's command: "
-                    "obsctl mount SRC MOUNTPOINT --impl generic -- COMMAND ARGS...")
-        else:
-            if self.command:
-                raise ValueError(f"a command after -- is only for --impl generic, not {self.impl}")
-            self.bucket_and_prefix()  # raises ValueError with the reason
-            if self.credentials_from == "profile" and not self.profile:
-                raise ValueError('credentials_from = "profile" needs profile = "NAME" (--profile)')
-        if self.cache_mode and self.impl != "rclone":
-            raise ValueError("cache_mode is an rclone option (--vfs-cache-mode)")
 
     def bucket_and_prefix(self) -> tuple[str, str]:
-        """``("bucket", "prefix/without/slashes")`` from ``s3://bucket/prefix``.
-
-        For the generic driver: ``(source, "")``.
+        """``("bucket", "prefix/without/slashes")`` of an ``s3://bucket/prefix`` source
+        (:func:`s3_bucket_and_prefix`; the S3 drivers' source form).
 
         Raises:
             ValueError: not ``s3://BUCKET[/PREFIX]`` or not a valid S3 bucket name.
         """
-        if self.impl == "generic":
-            return self.source, ""
-        if not self.source.startswith("s3://"):
-            raise ValueError(f"source {self.source!r} must look like s3://BUCKET[/PREFIX]")
-        bucket, _sep, prefix = self.source[len("s3://"):].partition("/")
-        if not _S3_BUCKET.match(bucket) or ".." in bucket:
-            raise ValueError(
-                f"{bucket!r} is not a valid S3 bucket name (3-63 characters: "
-                "lower-case letters, digits, dots and hyphens)")
-        return bucket, prefix.strip("/")
+        return s3_bucket_and_prefix(self.source)
+
+
+def s3_bucket_and_prefix(source: str) -> tuple[str, str]:
+    """``("bucket", "prefix/without/slashes")`` from ``s3://bucket/prefix``.
+
+    Raises:
+        ValueError: not ``s3://BUCKET[/PREFIX]`` or not a valid S3 bucket name
+            (3-63 characters: lower-case letters, digits, dots and hyphens).
+    """
+    if not source.startswith("s3://"):
+        raise ValueError(f"source {source!r} must look like s3://BUCKET[/PREFIX]")
+    bucket, _sep, prefix = source[len("s3://"):].partition("/")
+    if not _S3_BUCKET.match(bucket) or ".." in bucket:
+        raise ValueError(
+            f"{bucket!r} is not a valid S3 bucket name (3-63 characters: "
+            "lower-case letters, digits, dots and hyphens)")
+    return bucket, prefix.strip("/")
 
 
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]+)`$")

@@ -56,11 +56,14 @@ import msgspec
 from obsctl import credentials as creds_mod
 from obsctl import health, mounttable, tomlio
 from obsctl.config import ConfigError
+from obsctl.drivers import DRIVERS, get_driver
 from obsctl.mountspec import build_mount_spec
 from obsctl.fileutil import atomic_write, fsync_dir
 from obsctl.unmount import unmount_argv
 
 STATES = ("mounted", "unmounted", "present", "absent", "remounted")
+#: What runs a mount: a systemd unit, or (no systemd) obsctl mount in the background.
+SERVICE_MANAGERS = ("systemd", "none")
 
 #: Name of the systemd credential; obsctl reads ``$CREDENTIALS_DIRECTORY/s3``.
 CREDENTIAL_NAME = creds_mod.SYSTEMD_CREDENTIAL_NAME
@@ -88,6 +91,9 @@ _CRED_VALUE_RE = re.compile(r"^[!-~]+$")  # printable ASCII, no space
 
 #: The request keys of the S3 credentials (the order of :data:`obsctl.credentials.ENV_KEYS`).
 CREDENTIAL_KEYS = ("access_key_id", "secret_access_key", "session_token")
+#: Every variable of every registered driver's credential shape (kept out of systemctl's environment).
+CREDENTIAL_ENV = tuple(dict.fromkeys(
+    name for cls in DRIVERS.values() if cls.credentials is not None for name in cls.credentials.names))
 
 #: The keys of a mount spec file, in the order the writer sorts them anyway.
 SPEC_KEYS = ("name", "source", "mountpoint", "impl", "endpoint", "region", "profile",
@@ -110,15 +116,33 @@ class EngineError(Exception):
 
 
 class Credentials(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """S3 credentials of a request (values are secrets: never logged, never returned)."""
+    """A request's credentials (values are secrets: never logged, never returned): the S3 key
+    pair, and the other variables of the driver's credential shape by name (``variables``:
+    juicefs's ``{"META_PASSWORD": ...}``)."""
 
-    access_key_id: str
-    secret_access_key: str
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
     session_token: str | None = None
+    variables: dict[str, str] = msgspec.field(default_factory=dict)
 
-    def as_credentials(self) -> creds_mod.Credentials:
-        """The :class:`obsctl.credentials.Credentials` obsctl mount reads from the systemd credential."""
-        return creds_mod.Credentials(self.access_key_id, self.secret_access_key, self.session_token or None)
+    def as_credentials(self, shape: creds_mod.CredentialShape | None = creds_mod.S3_CREDENTIALS,
+                       origin: str = "credentials") -> creds_mod.Credentials:
+        """The :class:`obsctl.credentials.Credentials` of the driver's ``shape`` (what obsctl mount
+        reads back from the systemd credential).
+
+        Raises:
+            ConfigError: the driver takes no credentials (``shape`` None), a variable is not of
+                its shape, or a required one is missing.
+        """
+        if shape is None:
+            raise ConfigError(f"{origin}: this driver takes no credentials; leave credentials out")
+        unknown = sorted(set(self.variables) - set(shape.names) | set(self.variables) & set(creds_mod.ENV_KEYS))
+        if unknown:
+            raise ConfigError(f"{origin}: variables {', '.join(unknown)}: not for this driver "
+                              f"(it takes {shape.describe()}; the S3 keys go in access_key_id / secret_access_key)")
+        values = dict(zip(creds_mod.ENV_KEYS, (self.access_key_id or "", self.secret_access_key or "",
+                                               self.session_token or "")))
+        return creds_mod.from_mapping({**values, **self.variables}, origin, shape)
 
 
 class Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -160,6 +184,9 @@ class Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: state mounted / remounted; stopped and disabled with unmounted), False stopped and
     #: disabled, None left as it is. State absent always stops and disables it.
     health_timer: bool | None = None
+    #: What runs the mount: ``systemd`` (the unit) or ``none`` (hosts without systemd:
+    #: ``obsctl mount`` in the background from the same spec, :mod:`obsctl.background`).
+    service_manager: str = "systemd"
 
 
 # --------------------------------------------------------------------------
@@ -299,15 +326,18 @@ def _check_request(req: Request) -> list[str]:
             if _CONTROL_RE.search(option):
                 errors.append(f"{key}: control characters are not allowed ({option!r})")
     if req.credentials is not None:
-        for key in CREDENTIAL_KEYS:
-            value = getattr(req.credentials, key)
+        values = [(f"credentials.{key}", getattr(req.credentials, key)) for key in CREDENTIAL_KEYS]
+        values += [(f"credentials.variables.{key}", value) for key, value in req.credentials.variables.items()]
+        for key, value in values:
             if value is not None and not _CRED_VALUE_RE.match(value):
-                errors.append(f"credentials.{key}: printable ASCII without spaces expected")
+                errors.append(f"{key}: printable ASCII without spaces expected")
     if req.credentials_from not in (None, "env", "profile"):
         errors.append(f"credentials_from {req.credentials_from!r}: use env or profile "
                       "(give credentials to store them as a systemd credential)")
     if req.ready_timeout < 1:
         errors.append("ready_timeout: at least 1 second")
+    if req.service_manager not in SERVICE_MANAGERS:
+        errors.append(f"service_manager {req.service_manager!r}: use one of {', '.join(SERVICE_MANAGERS)}")
     return errors
 
 
@@ -353,7 +383,20 @@ def desired_spec(req: Request, layout: Layout) -> dict[str, Any]:
         "max_restarts": req.max_restarts,
     }
     spec = build_mount_spec({k: v for k, v in data.items() if v is not None}, origin=f"mount {req.name}")
+    request_credentials(req, spec.impl)  # the driver's credential shape (raises before anything is written)
     return spec_dict(spec)
+
+
+def request_credentials(req: Request, impl: str) -> creds_mod.Credentials | None:
+    """The request's credentials in the shape of driver ``impl`` (:attr:`obsctl.drivers.Driver.credentials`),
+    or None without credentials.
+
+    Raises:
+        ConfigError: credentials that do not fit the driver (:meth:`Credentials.as_credentials`).
+    """
+    if req.credentials is None:
+        return None
+    return req.credentials.as_credentials(get_driver(impl).credentials, f"mount {req.name}: credentials")
 
 
 def decode_request(raw: bytes | str) -> Request:
@@ -381,7 +424,7 @@ def run_command(argv: list[str], data: bytes | None = None) -> tuple[int, str, s
     """Run ``argv`` with ``data`` on stdin, C locale, no pager, no AWS_* variables
     (a credential never reaches systemctl's environment). Never raises on a non-zero status."""
     env = dict(os.environ, SYSTEMD_PAGER="", SYSTEMD_COLORS="0", LC_ALL="C", LANG="C")
-    for var in creds_mod.ENV_KEYS:
+    for var in CREDENTIAL_ENV:
         env.pop(var, None)
     try:
         proc = subprocess.run(list(argv), input=data if data is not None else b"", capture_output=True,
@@ -400,10 +443,9 @@ def redacted_credentials(before: dict[str, str] | None, after: dict[str, str] | 
         if this is None:
             return ""
         lines = []
-        for env in creds_mod.ENV_KEYS:
-            if env in this:
-                changed = other is not None and other.get(env) != this[env]
-                lines.append(f"{env}=<redacted{marker if changed else ''}>\n")
+        for env in this:
+            changed = other is not None and other.get(env) != this[env]
+            lines.append(f"{env}=<redacted{marker if changed else ''}>\n")
         return "".join(lines)
 
     return text(before, after, ", old"), text(after, before, ", new")
@@ -417,7 +459,7 @@ def decrypt_credential(run: Runner, path: Path) -> dict[str, str] | None:
     if rc != 0:
         return None
     try:
-        return creds_mod.parse_env_lines(out, str(path)).as_env()
+        return {key: value for key, value in creds_mod.env_lines(out, str(path)).items() if value}
     except ConfigError:
         return None
 
@@ -722,7 +764,7 @@ class Engine:
         before_creds = decrypt_credential(self.run, layout.credential) if have else None
         if have and before_creds is None:
             before_creds = {}  # unreadable (another host's key, damaged): replaced or removed
-        creds = req.credentials.as_credentials() if (want and req.credentials is not None) else None
+        creds = request_credentials(req, spec["impl"]) if (want and spec is not None) else None
         after_creds = creds.as_env() if creds is not None else None
         if after_creds is not None:
             if before_creds != after_creds:
@@ -987,5 +1029,8 @@ def _predicted_unit_text(state: str, unit: dict[str, Any], mount: dict[str, Any]
 
 
 def apply(req: Request, check_mode: bool = False, **kwargs: Any) -> dict[str, Any]:
-    """``Engine(req, check_mode=check_mode, **kwargs).apply()``: see :class:`Engine`."""
+    """``Engine(req, check_mode=check_mode, **kwargs).apply()``: see :class:`Engine`.
+
+    A request with ``service_manager: none`` is :func:`obsctl.background.apply`'s
+    (same spec, no unit); :func:`obsctl.systemd_units.apply_request` chooses."""
     return Engine(req, check_mode=check_mode, **kwargs).apply()

@@ -14,6 +14,10 @@ from __future__ import annotations
 #: its job (the mount failed, a repair failed; nothing is left half-done); 2 bad usage or
 #: invalid input (:class:`ConfigError`, an unusable mountpoint): nothing was started or changed.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: ``obsctl mount`` only: the mount failed for a permanent reason (the backend refused the
+#: credentials, the bucket does not exist): retrying cannot help, nothing retries it (the unit's
+#: ``RestartPreventExitStatus=3``, the health timer leaves it failed; docs/operations.md).
+EXIT_PERMANENT = 3
 
 
 class ConfigError(ValueError):

@@ -60,6 +60,14 @@ class LogPump(threading.Thread):
             for line in pending:
                 self._feed(line)
 
+    def hold(self) -> None:
+        """Buffer lines again (up to :data:`PENDING_MAX`) until the next :meth:`attach`
+        (a telemetry reload rebuilds the log collectors)."""
+        with self._lock:
+            if self._pending is None:
+                self._pending = []
+            self._sinks = []
+
     def _feed(self, line: str) -> None:
         for sink in self._sinks:  # LogCollector.feed: never raises (obsctl.collectors.Collector.guard)
             sink(line)

@@ -16,7 +16,11 @@ from obsctl.mountspec import build_mount_spec, load_mount_spec, with_options
 
 def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
     """The mount options shared by ``obsctl mount`` and ``obsctl systemd install``."""
-    parser.add_argument("source", nargs="?", help="s3://BUCKET[/PREFIX] (generic: any label)")
+    forms: dict[str, list[str]] = {}
+    for name, cls in DRIVERS.items():
+        forms.setdefault(cls.source_form, []).append(name)
+    parser.add_argument("source", nargs="?", help="the source as the driver reads it: " + "; ".join(
+        f"{form} ({', '.join(names)})" for form, names in forms.items()))
     parser.add_argument("mountpoint", nargs="?", help="an existing empty directory (--allow-non-empty for one with entries)")
     parser.add_argument("--impl", choices=list(DRIVERS), help="FUSE driver (default rclone)")
     parser.add_argument("--endpoint", help="S3 endpoint URL (default: AWS)")
@@ -34,7 +38,9 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-other", action="store_true", default=None, help="let other users use the mount")
     parser.add_argument("--allow-non-empty", action="store_true", default=None,
                         help="mount over a directory that has entries (hidden while mounted; refused without it)")
-    parser.add_argument("--cache-mode", choices=["off", "minimal", "writes", "full"], help="rclone VFS cache mode")
+    parser.add_argument("--cache-mode", choices=list(dict.fromkeys(m for cls in DRIVERS.values() for m in cls.cache_modes)),
+                        help="the driver's cache mode (" + ", ".join(
+                            n for n, cls in DRIVERS.items() if cls.cache_modes) + ")")
     parser.add_argument("--ready-timeout", type=float, help="seconds to wait for the mount (default 30)")
     parser.add_argument("--name", help="mount name (labels, status)")
 

@@ -2,8 +2,10 @@
 
 The schema (:mod:`obsctl.config`) checks what a spec says on its own (types,
 keys, endpoint URL, mountpoint); this module adds what only the driver
-registry (:mod:`obsctl.drivers`) knows: that ``impl`` names a driver, and
-that the driver accepts ``options`` (:meth:`obsctl.drivers.Driver.check_options`).
+registry (:mod:`obsctl.drivers`) knows: that ``impl`` names a driver, that
+the spec suits it (its source form, command, cache mode, credential source:
+:meth:`obsctl.drivers.Driver.check_spec`) and that the driver accepts
+``options`` (:meth:`obsctl.drivers.Driver.check_options`).
 Every caller (``obsctl mount``, ``obsctl systemd``, ``obsctl config check``,
 the engine behind the fuse_mount module) builds specs here.
 """
@@ -29,9 +31,16 @@ def check_with_driver(spec: MountSpec, origin: str = "command line") -> MountSpe
         raise ConfigError(
             f"{origin}: invalid configuration:\n  impl {spec.impl!r} is not a driver obsctl knows: use one of "
             f"{', '.join(DRIVERS)} (or impl = \"generic\" with the daemon's foreground command line)")
+    driver = get_driver(spec.impl)
+    problems = driver.check_spec(spec)
+    if spec.command and not driver.takes_command:
+        problems.append(f"a command after -- is only for --impl "
+                        f"{' / '.join(name for name, cls in DRIVERS.items() if cls.takes_command)}, not {spec.impl}")
+    if problems:
+        raise ConfigError(f"{origin}: invalid configuration:\n  " + "\n  ".join(problems))
     if spec.options:
         try:
-            get_driver(spec.impl).check_options(spec.options)
+            driver.check_options(spec.options)
         except ConfigError as exc:
             raise ConfigError(f"{origin}: invalid configuration:\n  {exc}") from None
     return spec

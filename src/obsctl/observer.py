@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from obsctl import mounttable, statefile
+from obsctl import health, mounttable, scrape, statefile
 from obsctl.collectors import collector_status
 from obsctl.config import TelemetryConfig
 from obsctl.drivers import Driver, LaunchPlan, PlanContext
@@ -151,12 +151,15 @@ class MountObserver:
         driver_log: False when nobody reads the driver's log (the side-car):
             the source table then never gives a quantity to it.
         driver_answers: the driver's :attr:`~obsctl.drivers.Driver.protocol_answers`.
+        driver_source: the driver's own source and the quantities it gives
+            (:attr:`~obsctl.drivers.Driver.log_source`, ``log_gives``).
     """
 
     def __init__(self, labels: MountLabels, telemetry: TelemetryConfig, runtime_dir: str, state: str = "starting",
                  poll_interval: float = 2.0, probe_timeout: float = PROBE_TIMEOUT,
                  mountinfo_path: str = mounttable.MOUNTINFO_PATH, driver_log: bool = True,
-                 driver_answers: frozenset[tuple[str, str]] = frozenset()) -> None:
+                 driver_answers: frozenset[tuple[str, str]] = frozenset(),
+                 driver_source: tuple[str, frozenset[str]] = ("", frozenset())) -> None:
         self.labels = labels
         self.telemetry_cfg = telemetry
         self.poll_interval = poll_interval
@@ -164,7 +167,9 @@ class MountObserver:
         self.mountinfo_path = mountinfo_path
         self.driver_log = driver_log
         self.driver_answers = driver_answers
+        self.driver_source = driver_source
         self.state_path = statefile.state_file_path(runtime_dir, labels.mountpoint)
+        self.publish_path = scrape.publish_path(runtime_dir, labels.mountpoint)
         #: The lifecycle word of the state file (``ready``, ``restarting``, ``observing`` ...).
         self.state = state
         self.restarts = 0
@@ -202,12 +207,12 @@ class MountObserver:
 
         labels = self.labels
         telemetry = Telemetry(self.telemetry_cfg, MountAttributes(labels.bucket, labels.impl, labels.mountpoint),
-                              resource_attributes=labels.resource_attributes())
+                              resource_attributes=labels.resource_attributes(), publish_path=self.publish_path)
         ins = telemetry.instruments
         proc_io, probe, generic = generic_collectors(ins, labels.mountpoint, self._pid, self.probe_timeout,
                                                      self.mountinfo_path)
         kernel, sources = kernel_source(ins, labels.impl, labels.mountpoint, driver_log=self.driver_log,
-                                        driver_answers=self.driver_answers)
+                                        driver_answers=self.driver_answers, driver_source=self.driver_source)
         with self._attach_lock:
             self.telemetry, self.proc_io, self.probe, self.sources = telemetry, proc_io, probe, sources
             self._generic = [*generic, kernel]
@@ -247,7 +252,9 @@ class MountObserver:
         connection = self.connection
         if connection is not None and connection.driver is not None:
             ins = self.telemetry.instruments
-            self._driver_collectors = connection.driver.polling_collectors(ins, connection.plan)
+            # the driver's own numbers pass its source view too (a FUSE quantity the kernel owns is dropped)
+            self._driver_collectors = connection.driver.polling_collectors(self.sources.driver_view(ins),
+                                                                           connection.plan)
             if connection.pump is not None:
                 logs = connection.driver.log_collectors(self.sources.driver_view(ins), connection.plan)
                 connection.pump.attach([c.feed for c in logs])
@@ -264,10 +271,17 @@ class MountObserver:
             as :meth:`start`; the old telemetry is shut down already then.
         """
         with self._poll_lock:
+            pump = self.connection.pump if self.connection is not None else None
+            if pump is not None:
+                pump.hold()  # the driver's log lines wait for the new collectors (replayed at attach)
             self._close_collectors(final_poll=False)
             self._shutdown_telemetry()
             self.telemetry_cfg = telemetry
             self.start()
+            if self._poller is not None:  # running: the new exporter's first export a second later, too
+                self._first_export = threading.Timer(1.0, self.telemetry.flush)
+                self._first_export.daemon = True
+                self._first_export.start()
 
     # -- polling and the state file ---------------------------------------------
     def _pid(self) -> int | None:
@@ -288,6 +302,8 @@ class MountObserver:
                 collector.poll()
                 if collector is self.probe and self.probe.health != before:
                     self.write_state()
+            if self.telemetry is not None:
+                self.telemetry.poll()  # the host's scrape endpoint: take the port if free, publish
         finally:
             self._poll_lock.release()
         return True
@@ -361,9 +377,18 @@ class MountObserver:
             "driver_stats": collected["driver_stats"],
             "telemetry_mode": self.telemetry_cfg.mode,
             "last_export": self.telemetry.export_status.as_dict() if self.telemetry else None,
+            "prometheus": self._endpoint_status(),
             "live": self.telemetry.instruments.live() if self.telemetry else None,
             "sources": self.sources.as_dict() if self.sources is not None else None,
         }
+
+    def _endpoint_status(self) -> dict[str, Any] | None:
+        """``{"bind_address", "serving", "error"}`` of the host's scrape endpoint
+        (:mod:`obsctl.scrape`), None without a bind_address."""
+        endpoint = self.telemetry.endpoint if self.telemetry is not None else None
+        if endpoint is None:
+            return None
+        return {"bind_address": endpoint.bind_address, "serving": endpoint.serving, "error": endpoint.bind_error}
 
     def write_state(self) -> None:
         """Write :meth:`status` to the state file, atomically (:func:`obsctl.statefile.write_state`)."""
@@ -409,20 +434,26 @@ class MountObserver:
             collector.close()
         self.polling, self._generic, self._driver_collectors = [], [], []
 
-    def _shutdown_telemetry(self) -> None:
+    def _shutdown_telemetry(self, failed: bool = False) -> None:
         """Final export, bounded by the export timeout; a failure is one warning line, never a traceback."""
         if self.telemetry is None:
             return
         try:
-            self.telemetry.shutdown()
+            self.telemetry.shutdown(failed=failed)
         except Exception as exc:  # noqa: BLE001
             log.warning("final telemetry export failed: %s", exc)
         self.telemetry = None
 
-    def close(self, final_poll: bool = True) -> None:
-        """The end: a last poll (``final_poll``), every collector closed, the state file removed, the final export."""
+    def close(self, final_poll: bool = True, failed: bool = False) -> None:
+        """The end: a last poll (``final_poll``), every collector closed, the state file removed, the final export.
+
+        ``failed``: the mount failed (a permanent error, the restart budget spent): its
+        ``obsctl_mount_up`` is 0 in the final export and stays published for the host's
+        scrape endpoint (:mod:`obsctl.scrape`), so the ObsctlMountDown alert sees it.
+        """
         self.stop_polling()
         self._close_collectors(final_poll)
+        if failed and self.probe is not None:
+            self.probe.mark(health.DOWN)
         statefile.remove_state(self.state_path)
-        self._shutdown_telemetry()
-
+        self._shutdown_telemetry(failed)

@@ -73,7 +73,10 @@ class Sidecar:
         self.impl = impl
         self.driver = get_driver(impl) if impl in DRIVERS else None
         self.rc_url = rc_url
-        bucket = source[len("s3://"):].partition("/")[0] if source.startswith("s3://") else source
+        try:  # the driver's own label (the S3 bucket, juicefs's volume); any other text as written
+            bucket = self.driver.bucket_label(source) if self.driver else source
+        except ValueError:
+            bucket = source
         labels = MountLabels(self.mountpoint, source, bucket, impl, resource={"obsctl.sidecar": "true"})
         #: Telemetry, collectors and the state file (state ``observing``): the same as ``obsctl mount``'s.
         self.observer = MountObserver(

@@ -6,7 +6,8 @@ The FUSE-level numbers can come from the kernel (first choice: eBPF,
 :mod:`obsctl.collectors.s3fs_log`). Both recording the same operation would
 count it twice, so each *quantity* below has one owner per mount, chosen in
 this order of preference: the kernel when it can give the quantity, else the
-driver's log when it has it, else nothing.
+driver's own source when it has it (the driver says which:
+:attr:`obsctl.drivers.Driver.log_source` / ``log_gives``), else nothing.
 
 Quantities (metric names as Prometheus shows them):
 
@@ -50,12 +51,9 @@ KERNEL_GIVES: dict[str, frozenset[str]] = {
     "none": frozenset(),
 }
 
-#: Driver (impl) -> (its log source name, the quantities that log gives).
-DRIVER_GIVES: dict[str, tuple[str, frozenset[str]]] = {
-    "rclone": ("rclone_log", frozenset(QUANTITIES)),
-    # s3fs logs FUSE callbacks once at entry (no latency); read/write sizes at dbglevel=dbg only
-    "s3fs": ("s3fs_log", frozenset({"fs_ops", "fs_bytes"})),
-}
+#: A driver's own source: (its name, the quantities it gives), from the driver's
+#: :attr:`~obsctl.drivers.Driver.log_source` and :attr:`~obsctl.drivers.Driver.log_gives`.
+NO_DRIVER_SOURCE: tuple[str, frozenset[str]] = ("", frozenset())
 
 #: Lower-case errno names: an ``error_type`` among them is a FUSE answer (``fs_errors``).
 ERRNO_NAMES = frozenset(name.lower() for name in errno.errorcode.values())
@@ -82,6 +80,49 @@ def kernel_complete() -> bool:
     return detect_support().level == "paired"
 
 
+def arm_kernel_source(pid: int) -> str:
+    """Make the kernel source count the next mount of process ``pid``'s driver from its first request.
+
+    Called by the supervisor before it spawns the driver (and before each
+    restart's spawn), so nothing between the mount appearing and READY=1 is
+    lost. Returns which source was armed (``ebpf`` or ``none``). Ordering per source:
+
+    * **eBPF** (first choice): the probe is loaded here, and its ``claimer``
+      is set to ``pid``: the kernel program claims the FUSE connection whose
+      FUSE_INIT a descendant of ``pid`` queues (inside mount(2), before the
+      mount is visible anywhere) and counts every request of it in its maps;
+      the collector's first poll, before READY=1, finds the connection in
+      mountinfo and records everything since FUSE_INIT
+      (:meth:`obsctl.collectors.fuse_bpf.Probe.claim`).
+    * **tracefs** (second choice): an instance is filtered on one connection
+      number, which exists only once mount(2) ran; the collector creates it
+      at its first poll that sees the mount, which the supervisor runs as
+      soon as the mount is ready and before READY=1. Requests made between
+      the mount appearing and that poll (milliseconds) are not counted by
+      the kernel source; nothing gives the kernel's numbers for them later.
+      A unit ordered ``After=`` the mount's unit starts after READY=1, so it
+      loses nothing; a process polling mountinfo can.
+    * **driver logs** (rclone, s3fs): the log pump reads the driver's output
+      from its first line and buffers it until the collectors are attached
+      (:class:`obsctl.logpump.LogPump`), so they count from the first request.
+    * /proc/PID/io and the connection's ``waiting`` are cumulative or
+      instantaneous: nothing to lose.
+    """
+    # start-up cost: the collectors import the OpenTelemetry API; this module is imported before the spawn
+    from obsctl.collectors.fuse_bpf import release_probe, shared_probe
+
+    probe, _reason = shared_probe()
+    if probe is None:
+        return "none"
+    try:
+        probe.claim(pid)
+    except OSError as exc:
+        release_probe(keep=True)
+        return f"none ({exc})"
+    release_probe(keep=True)  # the mount's kernel_source() takes it over
+    return "ebpf"
+
+
 class SourceTable:
     """The owner of each quantity for one mount.
 
@@ -90,11 +131,16 @@ class SourceTable:
         kernel_level: returns the kernel collector's current support level
             (``paired`` / ``unpaired`` / ``none``).
         kernel_stats: returns the kernel collector's counters for status, or None.
+        driver_log: False when nobody reads the driver's own source (the side-car).
+        driver_source: ``(name, quantities)`` of the driver's own source
+            (``("rclone_log", {...})``), :data:`NO_DRIVER_SOURCE` for none.
     """
 
     def __init__(self, impl: str, kernel_level: Callable[[], str],
-                 kernel_stats: Callable[[], dict | None] = lambda: None, driver_log: bool = True) -> None:
+                 kernel_stats: Callable[[], dict | None] = lambda: None, driver_log: bool = True,
+                 driver_source: tuple[str, frozenset[str]] = NO_DRIVER_SOURCE) -> None:
         self.impl = impl
+        self.driver_source = driver_source
         self.kernel_level = kernel_level
         self.kernel_stats = kernel_stats
         self.driver_log = driver_log
@@ -105,7 +151,7 @@ class SourceTable:
         """``kernel``, the driver log's name, or None (not available)."""
         if quantity in KERNEL_GIVES.get(self.kernel_level(), frozenset()):
             return KERNEL
-        log_source, gives = DRIVER_GIVES.get(self.impl, ("", frozenset()))
+        log_source, gives = self.driver_source
         return log_source if self.driver_log and quantity in gives else None
 
     def as_dict(self) -> dict[str, Any]:
@@ -120,18 +166,20 @@ class SourceTable:
         return SourceView(instruments, self, source)
 
     def driver_view(self, instruments: Any) -> Any:
-        """The instruments for the driver's log collectors (:meth:`view` of its log source)."""
-        log_source = DRIVER_GIVES.get(self.impl, ("",))[0]
+        """The instruments for the driver's own collectors (:meth:`view` of its source)."""
+        log_source = self.driver_source[0]
         return self.view(instruments, log_source) if log_source else instruments
 
 
 def kernel_source(instruments: Any, impl: str, mountpoint: str, driver_log: bool = True,
-                  driver_answers: frozenset[tuple[str, str]] = frozenset()) -> tuple[Any, SourceTable]:
+                  driver_answers: frozenset[tuple[str, str]] = frozenset(),
+                  driver_source: tuple[str, frozenset[str]] = NO_DRIVER_SOURCE) -> tuple[Any, SourceTable]:
     """The kernel collector of a mount and its source table.
 
     Args:
         instruments: the mount's :class:`~obsctl.instruments.Instruments`.
-        impl: driver name (which log source :data:`DRIVER_GIVES` names).
+        impl: driver name.
+        driver_source: the driver's own source and what it gives (:class:`SourceTable`).
         mountpoint: the mount's absolute path.
         driver_log: False when nobody reads the driver's log (``obsctl sidecar``).
         driver_answers: the driver's :attr:`~obsctl.drivers.Driver.protocol_answers`
@@ -162,7 +210,8 @@ def kernel_source(instruments: Any, impl: str, mountpoint: str, driver_log: bool
 
         def stats() -> dict:
             return {"source": "tracefs", **collector.stats(), "ebpf_unavailable": reason}
-    table = SourceTable(impl, lambda: collector.support.level, stats, driver_log=driver_log)
+    table = SourceTable(impl, lambda: collector.support.level, stats, driver_log=driver_log,
+                        driver_source=driver_source)
     table.kernel = collector
     return collector, table
 
@@ -192,6 +241,11 @@ class SourceView:
             self._ins.record_fs_op(opcode, latency_ms if timed else None, n=n)
         elif timed and latency_ms >= 0:
             self._ins.fs_latency_ms.record(latency_ms, {"opcode": opcode, **self._ins.attrs.base()})
+
+    def record_fs_latency_buckets(self, opcode: str, counts: list[int], sums_ms: list[float]) -> None:
+        """Latencies sorted into buckets (juicefs's endpoint), only if this source owns ``fs_latency``."""
+        if self._owns("fs_latency"):
+            self._ins.record_fs_latency_buckets(opcode, counts, sums_ms)
 
     def add_read_bytes(self, n: int) -> None:
         if self._owns("fs_bytes"):

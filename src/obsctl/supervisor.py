@@ -26,7 +26,10 @@ The lifecycle (DESIGN section 1; what happens on each fault: docs/operations.md)
    health (:class:`obsctl.collectors.probe.MountProbe`, the one owner of
    ``obsctl_mount_up``) becomes ``down`` at once and stays so through the
    unmount of the dead mount, the backoff and the restart's ready wait;
-5. SIGTERM / SIGINT / SIGHUP, in any phase, within :data:`WATCH_INTERVAL`
+5. SIGHUP (``systemctl reload``): :meth:`Supervisor.reload` re-reads the
+   telemetry file and rebuilds exporters and collectors once the mount is
+   ready; the driver and its open files are untouched;
+6. SIGTERM / SIGINT, in any phase, within :data:`WATCH_INTERVAL`
    s (ready wait: :data:`obsctl.readiness.STEP` s): unmount
    (:func:`obsctl.unmount.unmount`: a busy mount is retried for
    :data:`obsctl.unmount.BUSY_WAIT` s, naming what holds it, then detached
@@ -58,14 +61,16 @@ import time
 from typing import Any, Callable
 
 from obsctl import health, mounttable, statefile
+from obsctl.config import ConfigError, MountSpec, TelemetryConfig
 from obsctl.statefile import MountClaim
-from obsctl.config import MountSpec, TelemetryConfig
 from obsctl.credentials import Credentials
+from obsctl.errors import EXIT_FAILED, EXIT_PERMANENT
 from obsctl.drivers import Driver, LaunchPlan
 from obsctl.logpump import LogPump
 from obsctl.observer import DriverConnection, MountLabels, MountObserver, plan_context
 from obsctl.procutil import describe_exit, start_time
 from obsctl.readiness import Interrupted, MountError, ReadyWait
+from obsctl.sources import arm_kernel_source
 from obsctl.unmount import (
     DETACHED, FAILED, MountpointError, abort, ensure_fusectl, nested_mounts, preflight, recover_orphan,
     stop_process, unmount, unmount_once, warn,
@@ -82,6 +87,33 @@ WATCH_INTERVAL = 0.05
 FAILED_SPAN_WAIT = 2.0
 #: Longest restart backoff (s); the n-th restart waits min(2**(n-1), this).
 MAX_BACKOFF = 30.0
+
+#: What marks a driver's error as permanent (retrying cannot help until someone fixes the
+#: key or the bucket), as the drivers print it: rclone 1.60 logs the S3 error code with
+#: "status code: 403" (tests/fixtures/rclone/auth403/rclone.log), s3fs 1.90 "HTTP response
+#: code 403" (tests/fixtures/s3fs/auth403/s3fs.log); InvalidAccessKeyId, AccessDenied,
+#: ExpiredToken and NoSuchBucket are the S3 API's error codes for a refused key or a missing
+#: bucket (Amazon S3 API Reference, "Error responses"); rclone's own check says "does not
+#: exist" (obsctl.drivers.rclone.RcloneDriver.verify), s3fs "bucket or key not found" (its
+#: start-up check, obsctl.drivers.s3fs). Only a failed start is judged by them: a driver that
+#: ran and died is restarted, and its next start tells whether the key or bucket is gone.
+PERMANENT_MARKERS = ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "ExpiredToken", "NoSuchBucket",
+                     "status code: 403", "HTTP response code 403", "bucket or key not found", "does not exist")
+
+
+def permanent_error(text: str) -> str | None:
+    """The marker of :data:`PERMANENT_MARKERS` found in ``text`` (a driver's error line, a
+    :class:`MountError`'s message), or None for an error worth retrying."""
+    return next((marker for marker in PERMANENT_MARKERS if marker in text), None)
+
+
+def restart_owner() -> str:
+    """Who restarts a driver that died: ``systemd`` when obsctl runs as a Type=notify unit
+    (``$NOTIFY_SOCKET`` set; the unit's Restart=on-failure with StartLimitBurst= /
+    StartLimitIntervalSec= is the budget, obsctl exits instead of restarting), else
+    ``obsctl`` (its own backoff, at most the spec's ``max_restarts`` tries)."""
+    return "systemd" if os.environ.get("NOTIFY_SOCKET") else "obsctl"
+
 
 #: prctl(2) PR_SET_PDEATHSIG, from <linux/prctl.h>.
 _PR_SET_PDEATHSIG = 1
@@ -145,8 +177,14 @@ class Supervisor:
 
     def __init__(self, spec: MountSpec, telemetry: TelemetryConfig, credentials: Credentials | None,
                  runtime_dir: str, driver: Driver, poll_interval: float = 2.0,
-                 mountinfo_path: str = mounttable.MOUNTINFO_PATH) -> None:
+                 mountinfo_path: str = mounttable.MOUNTINFO_PATH,
+                 telemetry_loader: Callable[[], TelemetryConfig] | None = None) -> None:
         self.mountinfo_path = mountinfo_path
+        #: re-reads the telemetry config on SIGHUP (raises ConfigError); None: nothing to re-read
+        self.telemetry_loader = telemetry_loader
+        self.reload_requested = threading.Event()
+        #: the exit status when supervision ends by itself (1, or EXIT_PERMANENT)
+        self.exit_code = EXIT_FAILED
         self.spec = spec
         self.credentials = credentials
         self.runtime_dir = runtime_dir
@@ -158,10 +196,11 @@ class Supervisor:
         self.pump: LogPump | None = None
         #: This process's claim of the mountpoint (taken first in :meth:`run`).
         self.claim = MountClaim(runtime_dir, spec.mountpoint)
-        labels = MountLabels(spec.mountpoint, spec.source, spec.bucket_and_prefix()[0], driver.name, spec.name)
+        labels = MountLabels(spec.mountpoint, spec.source, driver.bucket_label(spec.source), driver.name, spec.name)
         #: Telemetry, collectors, the state file: everything but the lifecycle.
         self.observer = MountObserver(labels, telemetry, runtime_dir, poll_interval=poll_interval,
-                                      mountinfo_path=mountinfo_path, driver_answers=driver.protocol_answers)
+                                      mountinfo_path=mountinfo_path, driver_answers=driver.protocol_answers,
+                                      driver_source=(driver.log_source, driver.log_gives))
 
     # -- signals ---------------------------------------------------------
     def request_stop(self, *_args: Any) -> None:
@@ -169,10 +208,57 @@ class Supervisor:
         self.signals += 1
         self.stop_requested.set()
 
+    def request_reload(self, *_args: Any) -> None:
+        """Ask for a telemetry reload (SIGHUP); done by the main loop once the mount is ready."""
+        self.reload_requested.set()
+
     def install_signal_handlers(self) -> None:
-        """SIGTERM / SIGINT / SIGHUP request an orderly shutdown."""
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        """SIGTERM / SIGINT request an orderly shutdown; SIGHUP a telemetry reload (:meth:`reload`)."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
+
+    def reload(self) -> bool:
+        """Re-read the telemetry config and rebuild exporters and collectors
+        (:meth:`obsctl.observer.MountObserver.reload`); the driver, its pid, its
+        mount and every open file on it are untouched.
+
+        What the driver was started with stays until its next start (rclone's
+        rc API and log level come from the config at spawn time). Counters
+        restart from zero (a counter reset). A new file that does not load
+        (invalid, unreadable) or whose telemetry does not start keeps the old
+        settings, and one line on stderr says why. Returns True when the new
+        settings are in force.
+        """
+        self.reload_requested.clear()
+        if self.telemetry_loader is None:
+            print("obsctl: reload: no telemetry file to re-read; settings unchanged", file=sys.stderr, flush=True)
+            return False
+        try:
+            new = self.telemetry_loader()
+        except (ConfigError, OSError) as exc:
+            print(f"obsctl: reload refused, keeping the previous telemetry settings: {exc}", file=sys.stderr,
+                  flush=True)
+            return False
+        observer = self.observer
+        old = observer.telemetry_cfg
+        try:
+            observer.reload(new)
+        except Exception as exc:  # noqa: BLE001 - a new exporter that cannot start: back to the old one
+            print(f"obsctl: reload failed, keeping the previous telemetry settings: telemetry did not start "
+                  f"with the new file: {exc}", file=sys.stderr, flush=True)
+            try:
+                observer.reload(old)
+            except Exception as again:  # noqa: BLE001 - the mount goes on without telemetry
+                print(f"obsctl: the previous telemetry settings did not start again either: {again}",
+                      file=sys.stderr, flush=True)
+            return False
+        observer.poll(wait=0.5)
+        observer.write_state()
+        sd_notify(f"STATUS=mounted {self.spec.source} on {self.spec.mountpoint} (telemetry reloaded)")
+        print(f"obsctl: reloaded telemetry (mode {new.mode}); driver pid {self.proc.pid if self.proc else '-'} "
+              "and the mount untouched", file=sys.stderr, flush=True)
+        return True
 
     # -- spawn / ready ---------------------------------------------------
     def _spawn(self) -> int:
@@ -185,6 +271,9 @@ class Supervisor:
         # Mode none opens no port at all, not even rclone's loopback rc API (PlanContext.listen);
         # the observer's config is the current one (a reload changes it for the next spawn).
         self.plan = self.driver.plan(self.spec, self.credentials, plan_context(self.observer.telemetry_cfg))
+        # before the spawn: the kernel source counts the new connection from its FUSE_INIT on
+        # (obsctl.sources.arm_kernel_source: what each source can and cannot see before READY=1)
+        arm_kernel_source(os.getpid())
         spawned = time.time_ns()
         try:
             self.proc = subprocess.Popen(
@@ -265,11 +354,13 @@ class Supervisor:
         except BaseException as exc:
             observer.state = "failed"
             abort(self.proc, self.spec.mountpoint, self.mountinfo_path)
+            if isinstance(exc, MountError) and permanent_error(str(exc)):
+                exc.permanent = True  # type: ignore[attr-defined]  # exit status 3: nobody retries it
             if telemetry_thread is not None and observer.started.wait(FAILED_SPAN_WAIT) \
                     and observer.telemetry is not None:
                 observer.span("mount", spawned, {}, error=str(exc))
                 observer.add_error("mount_failed")
-                observer.close(final_poll=False)
+                observer.close(final_poll=False, failed=True)
             raise
         observer.ready_at = time.time()
         while not observer.started.wait(WATCH_INTERVAL):
@@ -348,24 +439,37 @@ class Supervisor:
             while not self.stop_requested.wait(WATCH_INTERVAL):
                 if self.proc is not None and self.proc.poll() is not None:
                     if not self._handle_driver_exit():
-                        exit_code = 1
+                        exit_code = self.exit_code
                         break
+                elif self.reload_requested.is_set() and self.observer.state == "ready":
+                    self.reload()
             if exit_code or not self._stop_refused():
                 break
         return self._shutdown(exit_code)
 
     def _handle_driver_exit(self) -> bool:
-        """The driver died under a live mount: mark it down, clear the dead mount, restart with backoff.
+        """The driver died under a live mount: mark it down, clear the dead mount, then restart
+        it if obsctl owns restarts (:func:`restart_owner`).
 
-        Returns False when the restart budget is spent or a restart failed
-        (the caller shuts down with status 1); True after a restart or when
-        a stop was requested meanwhile (the caller's loop sees it).
+        * under systemd: no restart here; :attr:`exit_code` 1 (the unit's
+          Restart=on-failure restarts it within its StartLimitBurst=) or
+          :data:`~obsctl.errors.EXIT_PERMANENT` for a permanent error (the
+          unit's RestartPreventExitStatus= keeps it failed);
+        * in the foreground: backoff min(2**(n-1), :data:`MAX_BACKOFF`) s, at
+          most the spec's ``max_restarts`` tries, a failed try counting as one;
+          a permanent error (:func:`permanent_error`) stops at once.
+
+        Returns False when obsctl must shut down (state ``failed``, exit
+        status in :attr:`exit_code`); True after a restart or when a stop was
+        requested meanwhile (the caller's loop sees it).
         """
         assert self.proc is not None and self.pump is not None
         observer = self.observer
         code = self.proc.returncode
         died_ns = time.time_ns()
-        observer.mark(health.DOWN, "restarting" if observer.restarts < self.spec.max_restarts else "failed")
+        owner = restart_owner()
+        observer.mark(health.DOWN, "restarting" if owner == "obsctl" and observer.restarts < self.spec.max_restarts
+                      else "failed")
         # A dead driver's mount answers ENOTCONN; nothing can be waiting on it: lazy at once.
         if not unmount_once(self.spec.mountpoint, path=self.mountinfo_path):
             unmount_once(self.spec.mountpoint, lazy=True, path=self.mountinfo_path)
@@ -374,27 +478,48 @@ class Supervisor:
         print(f"obsctl: {reason}", file=sys.stderr, flush=True)
         observer.add_error("driver_exit")
         observer.span("driver.exit", died_ns, {"process.exit.code": code}, error=reason)
-        if observer.restarts >= self.spec.max_restarts:
-            print(f"obsctl: giving up after {observer.restarts} restart(s) (max_restarts)", file=sys.stderr,
-                  flush=True)
+        # a running driver that died is worth a start; only a start's failure is judged permanent
+        permanent: str | None = None
+        if owner == "systemd":
+            self.exit_code, observer.state = EXIT_FAILED, "failed"
+            print("obsctl: exiting; systemd restarts the unit (its Restart= and StartLimitBurst= are the restart "
+                  "budget; a start that fails for a permanent reason exits 3 and is not restarted)",
+                  file=sys.stderr, flush=True)
             return False
-        backoff = min(MAX_BACKOFF, 2.0 ** observer.restarts)
-        if self.stop_requested.wait(backoff):
-            return True
-        observer.add_restart()
-        started = time.time_ns()
-        try:
-            self._spawn()
-            self._wait_ready()
-        except Interrupted:
-            abort(self.proc, self.spec.mountpoint, self.mountinfo_path)
-            return True
-        except Exception as exc:  # MountError, or ConfigError from the driver's plan
-            observer.span("restart", started, {"obsctl.restart.count": observer.restarts}, error=str(exc))
-            print(f"obsctl: restart failed: {exc}", file=sys.stderr, flush=True)
-            observer.state = "failed"
-            abort(self.proc, self.spec.mountpoint, self.mountinfo_path)
-            return False
+        while True:
+            if permanent:
+                self.exit_code, observer.state = EXIT_PERMANENT, "failed"
+                print(f"obsctl: permanent error ({permanent}): not restarting; fix it and mount again",
+                      file=sys.stderr, flush=True)
+                return False
+            if observer.restarts >= self.spec.max_restarts:
+                self.exit_code, observer.state = EXIT_FAILED, "failed"
+                print(f"obsctl: giving up after {observer.restarts} restart(s) (max_restarts)", file=sys.stderr,
+                      flush=True)
+                return False
+            observer.state = "restarting"
+            backoff = min(MAX_BACKOFF, 2.0 ** observer.restarts)
+            if self.stop_requested.wait(backoff):
+                return True
+            observer.add_restart()
+            started = time.time_ns()
+            try:
+                self._spawn()
+                self._wait_ready()
+            except Interrupted:
+                abort(self.proc, self.spec.mountpoint, self.mountinfo_path)
+                return True
+            except Exception as exc:  # MountError, or ConfigError from the driver's plan
+                observer.span("restart", started, {"obsctl.restart.count": observer.restarts}, error=str(exc))
+                print(f"obsctl: restart {observer.restarts} of {self.spec.max_restarts} failed: {exc}",
+                      file=sys.stderr, flush=True)
+                abort(self.proc, self.spec.mountpoint, self.mountinfo_path)
+                permanent = permanent_error(str(exc))
+                if not isinstance(exc, MountError):
+                    self.exit_code, observer.state = EXIT_FAILED, "failed"
+                    return False
+                continue
+            break
         observer.span("restart", started, {"obsctl.restart.count": observer.restarts})
         observer.state = "ready"
         # Announced before the probe can say "up" again: obsctl_mount_up stays 0 from the
@@ -429,6 +554,6 @@ class Supervisor:
         observer.stop_polling()  # a poll blocked on the old driver ends once the driver is gone
         observer.span("unmount", started, {})
         # Every log line is in now (the pump hit EOF): the counters are final.
-        observer.close()
+        observer.close(failed=exit_code != 0)
         print(f"obsctl: unmounted {self.spec.mountpoint}", file=sys.stderr, flush=True)
         return exit_code

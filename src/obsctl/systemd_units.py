@@ -36,18 +36,31 @@ from pathlib import Path
 from typing import Any, Callable
 
 from obsctl import credentials as creds_mod
-from obsctl import engine, health, tomlio
+from obsctl import background, engine, health, tomlio
 from obsctl.config import parse_telemetry
+from obsctl.drivers import get_driver
 from obsctl.engine import EngineError, Layout, Request, Runner, check_name, journal_tail, run_command, unit_state
-from obsctl.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError
+from obsctl.errors import EXIT_FAILED, EXIT_OK, EXIT_PERMANENT, EXIT_USAGE, ConfigError
 from obsctl.mountargs import mount_spec_from_args
 from obsctl.mountspec import load_mount_spec
+
+
+def apply_request(req: Request, check_mode: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Converge one mount request: :func:`obsctl.engine.apply` (a systemd unit), or
+    :func:`obsctl.background.apply` when ``req.service_manager`` is ``"none"``
+    (the same spec, run by ``obsctl mount --config`` in the background).
+
+    ``kwargs`` go to the engine (e.g. ``root`` for tests). Returns the engine's
+    result dict (changed, actions, diff, ...); raises what they raise."""
+    if req.service_manager == "none":
+        return background.apply(req, check_mode=check_mode, **kwargs)
+    return engine.apply(req, check_mode=check_mode, **kwargs)
 
 
 def request_from_args(args: argparse.Namespace, command: list[str]) -> Request:
     """The engine request of ``obsctl systemd install``: nothing is written.
 
-    Credentials: ``--credentials-from env|stdin`` (or AWS_ACCESS_KEY_ID set) are
+    Credentials (the driver's shape): ``--credentials-from env|stdin`` (or one of its variables set) are
     read now and stored as a systemd credential; ``profile`` stays a profile.
 
     Raises:
@@ -60,14 +73,17 @@ def request_from_args(args: argparse.Namespace, command: list[str]) -> Request:
     source_of_creds = args.credentials_from
     creds = None
     credentials_from = spec.credentials_from if spec.credentials_from in ("env", "profile") else None
-    if spec.impl != "generic":
-        if source_of_creds in ("env", "stdin") or (source_of_creds is None and os.environ.get("AWS_ACCESS_KEY_ID")):
-            found = creds_mod.resolve(source_of_creds or "env")
-            creds = engine.Credentials(access_key_id=found.access_key_id, secret_access_key=found.secret_access_key,
-                                       session_token=found.session_token or None)
-        elif source_of_creds is None and spec.credentials_from == "env" and not args.config:
+    shape = get_driver(spec.impl).credentials
+    if shape is not None:
+        if source_of_creds in ("env", "stdin") or (
+                source_of_creds is None and any(os.environ.get(name) for name in shape.names)):
+            found = creds_mod.resolve(source_of_creds or "env", shape=shape)
+            creds = engine.Credentials(access_key_id=found.access_key_id or None,
+                                       secret_access_key=found.secret_access_key or None,
+                                       session_token=found.session_token or None, variables=dict(found.extra))
+        elif source_of_creds is None and spec.credentials_from == "env" and not args.config and shape.required:
             raise ConfigError(
-                "no S3 credentials: set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or pass "
+                f"no {shape.what}: set {' / '.join(shape.required)}, or pass "
                 "--credentials-from stdin (KEY=VALUE lines) or --credentials-from profile --profile P")
     telemetry = None
     if args.otel_endpoint or args.otel_protocol:
@@ -99,7 +115,7 @@ def cmd_install(args: argparse.Namespace, command: list[str]) -> int:
         return EXIT_USAGE
     try:
         req = request_from_args(args, command)
-        result = engine.apply(req)
+        result = apply_request(req)
     except ConfigError as exc:
         print(f"obsctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -123,7 +139,7 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
         print("obsctl: systemd uninstall needs root", file=sys.stderr)
         return EXIT_USAGE
     try:
-        result = engine.apply(Request(name=args.name, state="absent"))
+        result = apply_request(Request(name=args.name, state="absent"))
     except (EngineError, OSError) as exc:
         print(f"obsctl: uninstall of {args.name} failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -144,7 +160,7 @@ def cmd_apply(args: argparse.Namespace, stdin: Any = None, stdout: Any = None) -
     code, result = EXIT_OK, None
     try:
         req = engine.decode_request(stdin.read())
-        result = engine.apply(req, check_mode=args.check)
+        result = apply_request(req, check_mode=args.check)
         if not args.diff:
             result.pop("diff", None)
     except ConfigError as exc:
@@ -162,6 +178,13 @@ def cmd_apply(args: argparse.Namespace, stdin: Any = None, stdout: Any = None) -
 # check (the timer's health check)
 
 
+def _failed_for_good(run: Runner, unit: str) -> bool:
+    """True when ``unit``'s main process last exited :data:`~obsctl.errors.EXIT_PERMANENT`
+    (``systemctl show --property=ExecMainStatus``: the exit status of the last run)."""
+    rc, out, _err = run(["systemctl", "show", "--property=ExecMainStatus", unit])
+    return rc == 0 and out.strip() == f"ExecMainStatus={EXIT_PERMANENT}"
+
+
 def check(name: str, root: Path = Path("/"), run: Runner = run_command, out: Callable[[str], None] = print,
           probe_timeout: float = 5.0, settle_seconds: float = health.SETTLE_SECONDS,
           sleep: Callable[[float], None] = time.sleep) -> int:
@@ -177,7 +200,10 @@ def check(name: str, root: Path = Path("/"), run: Runner = run_command, out: Cal
       lazily and mounts again (0 when the mount answers within
       ``settle_seconds``, :func:`obsctl.health.wait_until_ok`, else 1);
     * unit ``failed`` (systemd gave up after its start limit):
-      ``reset-failed`` + ``start`` (0 / 1 the same way);
+      ``reset-failed`` + ``start`` (0 / 1 the same way), unless its last run
+      exited :data:`~obsctl.errors.EXIT_PERMANENT` (credentials refused, no such
+      bucket): then it is left failed (1), so a revoked key is not retried
+      every interval forever;
     * unit inactive: stopped on purpose, left alone (0).
     """
     try:
@@ -198,6 +224,10 @@ def check(name: str, root: Path = Path("/"), run: Runner = run_command, out: Cal
     if state == "active" and word == health.OK:
         out(f"obsctl: {spec.mountpoint} is healthy")
         return EXIT_OK
+    if state == "failed" and _failed_for_good(run, layout.unit):
+        out(f"obsctl: {layout.unit} failed for a permanent reason (exit status {EXIT_PERMANENT}: credentials "
+            "refused or no such bucket); left alone: fix it, then systemctl restart " + layout.unit)
+        return EXIT_FAILED
     if state == "failed":
         out(f"obsctl: {layout.unit} failed; starting it again")
         run(["systemctl", "reset-failed", layout.unit])

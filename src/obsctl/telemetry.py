@@ -11,8 +11,9 @@ What is created (DESIGN section 3):
   nothing listens;
 * ``remote`` / ``local``: a PeriodicExportingMetricReader over an OTLP metric
   exporter (gRPC or http/protobuf), a BatchSpanProcessor over an OTLP span
-  exporter, and optionally a PrometheusMetricReader served by
-  ``prometheus_client`` on ``[telemetry.metrics] bind_address``.
+  exporter, and optionally a PrometheusMetricReader whose series the host's
+  one scrape endpoint on ``[telemetry.metrics] bind_address`` serves
+  (:mod:`obsctl.scrape`: shared by every mount of the host).
 
 Every reader gets the SDK's cardinality limit (``cardinality_limit`` per
 instrument class). Export results are recorded for ``obsctl status``.
@@ -58,20 +59,6 @@ from obsctl.redact import redact
 log = logging.getLogger(__name__)
 
 METER_NAME = "obsctl"
-
-#: Threads that run the /metrics app (a scrape takes milliseconds; 2 lets a
-#: second scraper in while one is served).
-PROMETHEUS_THREADS = 2
-#: waitress settings of the Prometheus endpoint (obsctl's choices, not
-#: waitress defaults): at most 64 open connections (more wait in the listen
-#: backlog), a connection idle for 10 s is closed (Prometheus' default
-#: scrape_timeout is 10 s), checked every 2 s; poll() instead of select()
-#: so a descriptor above 1023 cannot break the loop; no "Server: waitress"
-#: banner.
-PROMETHEUS_SERVER: dict[str, Any] = {
-    "threads": PROMETHEUS_THREADS, "connection_limit": 64, "channel_timeout": 10, "cleanup_interval": 2,
-    "asyncore_use_poll": True, "ident": "obsctl", "clear_untrusted_proxy_headers": True,
-}
 
 
 @dataclass
@@ -274,15 +261,16 @@ class Telemetry:
         resource_attributes: extra resource attributes (obsctl.mount.* ...),
             merged over ``[telemetry.resource]`` and OTEL_RESOURCE_ATTRIBUTES.
         extra_readers: more metric readers (tests pass an InMemoryMetricReader).
+        publish_path: where this mount publishes its series for the host's
+            scrape endpoint (:func:`obsctl.scrape.publish_path`), or None.
 
-    Raises:
-        OSError: the Prometheus bind_address cannot be bound (in use, not a
-            local address); the message names the address.
+    A ``bind_address`` that cannot be bound (in use by another mount, not a
+    local address) never raises: see :class:`obsctl.scrape.HostEndpoint`.
     """
 
     def __init__(self, cfg: TelemetryConfig, attrs: MountAttributes,
                  resource_attributes: dict[str, str] | None = None,
-                 extra_readers: Sequence[MetricReader] = ()) -> None:
+                 extra_readers: Sequence[MetricReader] = (), publish_path: str | None = None) -> None:
         self.cfg = cfg
         self.export_status = ExportStatus()
         host_name = socket.gethostname()
@@ -298,7 +286,8 @@ class Telemetry:
         })
         limits = _cardinality_limits(cfg.metrics.cardinality_limit)
         readers: list[MetricReader] = list(extra_readers)
-        self._prometheus_server: Any = None
+        #: this mount's part of the host's scrape endpoint (:mod:`obsctl.scrape`), or None
+        self.endpoint: Any = None
         self._push_reader: PeriodicExportingMetricReader | None = None
         if cfg.pushes_metrics:
             self._push_reader = PeriodicExportingMetricReader(
@@ -309,7 +298,7 @@ class Telemetry:
                 cardinality_limits=limits)
             readers.append(self._push_reader)
         if cfg.exports_metrics and cfg.metrics.bind_address:
-            readers.append(self._start_prometheus(cfg.metrics.bind_address, limits))
+            readers.append(self._start_prometheus(cfg.metrics.bind_address, limits, attrs.mountpoint, publish_path))
         self.meter_provider = MeterProvider(resource=self.resource, metric_readers=readers,
                                             shutdown_on_exit=False)
         self.instruments: Instruments = create_instruments(
@@ -320,48 +309,41 @@ class Telemetry:
                 otlp_exporter(cfg, "traces"), export_timeout_millis=cfg.traces.export_timeout_seconds * 1000))
         self.tracer: Tracer = self.tracer_provider.get_tracer(METER_NAME, __version__)
 
-    def _start_prometheus(self, bind_address: str, limits: dict[type, int]) -> MetricReader:
-        """Serve ``/metrics`` on ``bind_address`` with bounded threads and connections.
+    def _start_prometheus(self, bind_address: str, limits: dict[type, int], mountpoint: str,
+                          publish_path: str | None) -> MetricReader:
+        """This mount's part of the host's scrape endpoint on ``bind_address``
+        (:class:`obsctl.scrape.HostEndpoint`): bound now when the port is free,
+        else retried at every :meth:`poll`; never raises.
 
-        prometheus_client's own ``start_http_server`` starts one thread per
-        connection with no cap; here the WSGI app of prometheus_client runs
-        under waitress, which reads requests for every connection in one
-        event-loop thread and runs the app on a fixed pool of
-        :data:`PROMETHEUS_THREADS` threads, so idle or half-open connections
-        cost a file descriptor, not a thread. The limits are in
-        :data:`PROMETHEUS_SERVER`.
+        The PrometheusMetricReader writes into a private registry; the endpoint
+        serves it (with every other live mount's published series when this
+        process holds the port) and publishes it to ``publish_path``.
         """
-        # start-up cost: the Prometheus exporter and its server load only in mode local
+        # start-up cost: the Prometheus exporter and its server load only with a bind_address
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from prometheus_client import CollectorRegistry, make_wsgi_app  # start-up cost: as above
-        from waitress.server import create_server  # start-up cost: as above
+        from prometheus_client import CollectorRegistry  # start-up cost: as above
 
-        host, _sep, port = bind_address.rpartition(":")
-        host = host.strip("[]")
+        from obsctl.scrape import HostEndpoint  # start-up cost: as above
+
         if not self.cfg.metrics.bind_is_loopback:  # expose_prometheus = true, or validation refused it
             log.warning("Prometheus endpoint exposed beyond loopback on %s ([telemetry.metrics] "
-                        "expose_prometheus = true): anyone who can reach it reads this mount's metrics "
+                        "expose_prometheus = true): anyone who can reach it reads this host's mount metrics "
                         "(bucket, mount point), unauthenticated and in clear text; restrict it with a "
                         "firewall", bind_address)
-        registry = CollectorRegistry()
+        registry = CollectorRegistry(auto_describe=False)
         reader = PrometheusMetricReader(registry=registry, cardinality_limits=limits)
-        try:
-            server = create_server(make_wsgi_app(registry), host=host, port=int(port), **PROMETHEUS_SERVER)
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot serve Prometheus metrics on {bind_address}: {exc.strerror}") from None
-        threading.Thread(target=server.run, name="prometheus-server", daemon=True).start()
-        self._prometheus_server = server
+        self.endpoint = HostEndpoint(bind_address, registry, mountpoint, publish_path)
+        self.endpoint.try_bind()
         return reader
 
-    def _stop_prometheus(self) -> None:
-        """Stop accepting, drop every open connection and the worker threads (bounded, ~1 s)."""
-        server = self._prometheus_server
-        for channel in list(server._map.values()):
+    def poll(self) -> None:
+        """Once per observer poll: the scrape endpoint's round (take the port if free,
+        publish this mount's series); nothing without a bind_address. Never raises."""
+        if self.endpoint is not None:
             try:
-                channel.close()
-            except OSError:
-                pass
-        server.task_dispatcher.shutdown(cancel_pending=True, timeout=1)
+                self.endpoint.poll()
+            except Exception:  # noqa: BLE001 - the endpoint never takes the mount down
+                log.debug("scrape endpoint poll failed", exc_info=True)
 
     def flush(self, timeout_seconds: float = 5.0) -> bool:
         """Collect and push over OTLP now (the first export after ready).
@@ -374,15 +356,19 @@ class Telemetry:
             return True
         return self._push_reader.force_flush(timeout_millis=timeout_seconds * 1000)
 
-    def shutdown(self, timeout_seconds: float | None = None) -> None:
+    def shutdown(self, timeout_seconds: float | None = None, failed: bool = False) -> None:
         """Export the final values and spans, then stop every exporter and server.
 
         Metrics and spans are flushed in parallel and the whole shutdown is
         bounded by ``timeout_seconds`` (default: the larger configured export
         timeout, 3 s unless set) plus half a second, so an unreachable
         collector cannot hold the exit for longer: what is still retrying
-        then is abandoned (daemon threads), never waited for.
+        then is abandoned (daemon threads), never waited for. ``failed``: the
+        mount failed; its last series stay published for the host's scrape
+        endpoint (:meth:`obsctl.scrape.HostEndpoint.close`).
         """
+        if self.endpoint is not None and failed:
+            self.endpoint.close(failed=True)  # before the providers stop: the last collect is this one
         if timeout_seconds is None:
             timeout_seconds = max(self.cfg.metrics.export_timeout_seconds, self.cfg.traces.export_timeout_seconds)
         workers = [
@@ -398,5 +384,5 @@ class Telemetry:
         if any(worker.is_alive() for worker in workers):
             log.warning("final telemetry export did not finish within %.1f s (collector unreachable?); "
                         "exiting without it", timeout_seconds)
-        if self._prometheus_server is not None:
-            self._stop_prometheus()
+        if self.endpoint is not None:
+            self.endpoint.close()

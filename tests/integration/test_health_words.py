@@ -121,4 +121,3 @@ def test_the_check_command_line_is_the_units(tmp_path):
     proc = run_obsctl("systemd", "check", "--name", "no-such-mount-" + tmp_path.name[-8:])
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "no such file" in proc.stdout + proc.stderr
-

@@ -101,7 +101,8 @@ BAD_FLAGS = [
      "--node-metrics-address, --node-dashboards and --restart-node need --node-config PATH"),
     (["--enable-telemetry", "--restart-node"], E_USAGE, "need --node-config PATH"),
     (["--observability", "local", "--node-config", "/etc/os-release", "--node-metrics-address", "0.0.0.0:9464"],
-     E_USAGE, "--node-metrics-address must be a loopback HOST:PORT, e.g. 127.0.0.1:9464 (got '0.0.0.0:9464')"),
+     E_USAGE, "--node-metrics-address must be a loopback IP:PORT (the node parses a socket address, "
+     "not a host name), e.g. 127.0.0.1:9464 (got '0.0.0.0:9464')"),
     (["--otlp-endpoint", "http://127.0.0.1:4317", "--no-containers"], E_USAGE,
      "--no-containers is for --observability local, or remote with --node-config (the agent)"),
     (["--otlp-endpoint", "http://127.0.0.1:4317", "--node-config", "/etc/os-release", "--node-dashboards", "/etc"],
@@ -174,7 +175,7 @@ def test_unsupported_os(tmp_path):
     proc = _run_host(["--yes"], _host_env(OBSCTL_INSTALL_OS_RELEASE=str(os_release)))
     assert proc.returncode == E_OS, proc.stderr
     assert "unsupported OS 'fedora 40'" in proc.stderr
-    assert "Debian 12/13 and Ubuntu 22.04/24.04" in proc.stderr
+    assert "supported: debian 12, " in proc.stderr  # meta/platforms.yml
 
 
 @pytest.mark.no_fuse
@@ -579,7 +580,9 @@ def test_without_systemd_mounts_run_in_the_background(container, s3_auth_server,
     assert run.returncode == 0, run.stdout + run.stderr
     assert "will NOT survive a reboot" in run.stdout
     assert "hello.txt" in c.sh("ls /mnt/nosd").stdout
-    assert "obsctl mount" in c.sh("ps -eo args").stdout
+    # The engine's spec, run by obsctl mount --config (fuse_mounts_service_manager none).
+    assert "obsctl mount --config /etc/obsctl/mounts/nosd.toml" in c.sh("ps -eo args").stdout
+    assert 'credentials_from = "env"' in c.sh("cat /etc/obsctl/mounts/nosd.toml").stdout
 
 
 # ---------------------------------------------------------------------------
@@ -642,10 +645,6 @@ bind_address = "127.0.0.1:9464"
 NODE_CONFIG = "/etc/rust-dkg-engine/config.toml"
 NODE_METRICS = "127.0.0.1:9464"
 STACK_DIR = "/etc/obsctl/observability-stack"
-#: Role telemetry_config writes the node's file by application profile once
-#: branch `profiles` is merged (issue 15); until then it ignores the profile.
-PROFILES_MERGED = "telemetry_config_node_profile:" in (
-    REPO / "roles" / "telemetry_config" / "defaults" / "main.yml").read_text()
 
 
 def _put_node_config(c: Container) -> None:
@@ -662,11 +661,10 @@ def _check_node_file(c: Container) -> None:
     original = tomllib.loads(NODE_CONFIG_TOML)
     assert {k: v for k, v in doc.items() if k != "telemetry"} == \
         {k: v for k, v in original.items() if k != "telemetry"}
-    if not PROFILES_MERGED:
-        # TODO(branch profiles): once role telemetry_config writes by profile,
-        # this branch goes and the profile check below runs unconditionally.
-        return
     assert doc["telemetry"] == {"metrics": {"enabled": True, "bind_address": NODE_METRICS}}, text
+    # The profile check (deny unknown fields, as the node's serde structs) on the host.
+    check = c.exec(["/opt/obsctl/bin/obsctl", "config", "check", "--app-profile", "rust-dkg-engine", NODE_CONFIG])
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 @pytest.mark.container

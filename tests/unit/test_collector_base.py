@@ -118,7 +118,7 @@ def test_each_collector_contributes_its_own_status(tmp_path):
 #: status() of their own (obsctl top, topstats and ``obsctl status`` read them).
 STATE_KEYS = {"name", "mountpoint", "source", "bucket", "impl", "state", "pid", "driver_pid", "driver_start",
               "started_at", "ready_at", "restarts", "health", "read_bytes", "write_bytes", "fs_ops", "errors",
-              "driver_io", "driver_stats", "telemetry_mode", "last_export", "live", "sources"}
+              "driver_io", "driver_stats", "telemetry_mode", "last_export", "prometheus", "live", "sources"}
 
 
 def test_supervisor_status_keeps_the_state_file_shape(tmp_path):

@@ -11,7 +11,7 @@ from obsctl import credentials
 from obsctl.cli import main
 from obsctl.config import ConfigError, load_telemetry, parse_telemetry
 from obsctl.mountspec import build_mount_spec, check_file
-from obsctl.drivers import PlanContext, get_driver, redact
+from obsctl.drivers import DRIVERS, PlanContext, get_driver, redact
 
 VALID = """
 [telemetry]
@@ -94,7 +94,7 @@ def test_config_check_exit_codes(tmp_path, capsys):
     ({"source": "s3://Upper", "mountpoint": "/m"}, "not a valid S3 bucket name"),
     ({"source": "s3://ok-bucket", "mountpoint": "/m", "impl": "ftp"}, "impl"),
     ({"source": "s3://ok-bucket", "mountpoint": "/m", "impl": "ftp"},
-     "not a driver obsctl knows: use one of rclone, s3fs, goofys, geesefs, mountpoint-s3, generic"),
+     "not a driver obsctl knows: use one of " + ", ".join(DRIVERS)),
     ({"source": "s3://ok-bucket", "mountpoint": "/m", "impl": "generic"}, "needs the FUSE daemon's command"),
     ({"source": "s3://ok-bucket", "mountpoint": "/m", "credentials_from": "profile"}, "needs profile"),
     ({"source": "s3://ok-bucket", "mountpoint": "/m", "impl": "s3fs", "cache_mode": "full"}, "rclone option"),

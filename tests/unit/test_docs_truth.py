@@ -16,6 +16,7 @@ from obsctl.telemetry import Telemetry
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 OBSERVABILITY = (ROOT / "docs" / "observability.md").read_text()
+CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
 
 
 def _paragraph(text: str, needle: str) -> str:
@@ -37,11 +38,11 @@ def test_readme_commands_run_in_a_root_shell_without_sudo():
     assert "calls no `sudo`" in README
 
 
-def test_pull_only_rule_is_what_the_readme_says(monkeypatch):
+def test_pull_only_rule_is_what_the_docs_say(monkeypatch):
     for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
                 "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"):
         monkeypatch.delenv(var, raising=False)
-    said = _paragraph(README, "pull-only")
+    said = _paragraph(CONFIGURATION, "pull-only")
     assert "[telemetry.traces] enabled = false" in said, said
     pull = {"telemetry": {"mode": "remote", "metrics": {"bind_address": "127.0.0.1:9464"},
                           "traces": {"enabled": False}}}

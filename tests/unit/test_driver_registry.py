@@ -1,12 +1,15 @@
 """One driver registry: obsctl.drivers.DRIVERS is what config validation, the
-CLI's --impl, the Ansible module, the fuse_mounts role and docs/drivers.md offer."""
+CLI's --impl, the Ansible module, the roles and the docs offer (the lists outside
+the package are written by scripts/gen-driver-docs; --check is tested here)."""
 
 from __future__ import annotations
 
 import ast
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import yaml
@@ -33,8 +36,10 @@ def test_cli_choices_are_the_registry():
 @pytest.mark.parametrize("impl", list(DRIVERS))
 def test_config_accepts_every_registered_driver(impl):
     data = {"source": "s3://ok-bucket", "mountpoint": "/m", "impl": impl}
-    if impl == "generic":
+    if get_driver(impl).takes_command:
         data["command"] = ["bindfs", "-f", "/a", "/m"]
+    if get_driver(impl).source_form.startswith("META-URL"):
+        data["source"] = "sqlite3:///var/lib/obsctl/m.db"
     assert build_mount_spec(data).impl == impl
 
 
@@ -48,19 +53,52 @@ def test_config_refuses_other_names_listing_the_registry():
 def test_registry_entries(impl, cls):
     driver = get_driver(impl)
     assert isinstance(driver, Driver) and isinstance(driver, cls) and driver.name == impl
-    if impl != "generic":
-        assert driver.binary and "obsctl.observability.fuse_driver" in driver.install_hint
+    if driver.binary:
+        assert "obsctl.observability.fuse_driver" in driver.install_hint
 
 
-def _module_doc_drivers() -> list[str]:
-    """The drivers the fuse_mount module's documentation names (its impl has no choices of
-    its own: obsctl validates, with its own message)."""
+def _module_impl() -> dict:
     tree = ast.parse((ROOT / "plugins/modules/fuse_mount.py").read_text())
     doc = next(n.value.value for n in tree.body if isinstance(n, ast.Assign)
                and getattr(n.targets[0], "id", "") == "DOCUMENTATION")
-    impl = yaml.safe_load(doc)["options"]["impl"]
-    assert "choices" not in impl, "the module must not refuse what obsctl accepts (or the reverse)"
-    return re.findall(r"V\(([a-z0-9-]+)\)", impl["description"][0])
+    return yaml.safe_load(doc)["options"]["impl"]
+
+
+def test_module_impl_has_no_choices_of_its_own():
+    """obsctl validates impl, with its own message: the module must not refuse what obsctl accepts (or the reverse)."""
+    impl = _module_impl()
+    assert "choices" not in impl
+    assert re.findall(r"V\(([a-z0-9-]+)\)", impl["description"][0]) == list(DRIVERS)
+
+
+GENERATOR = ROOT / "scripts/gen-driver-docs"
+
+
+def _generator(*args: str, root: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(GENERATOR), "--root", str(root), *args],
+                          capture_output=True, text=True, check=False)
+
+
+def test_every_driver_list_is_generated_from_the_registry():
+    """docs tables, the module's impl text, the roles' choices and release defaults: scripts/gen-driver-docs
+    writes them from obsctl.drivers.DRIVERS; --check fails when one was edited by hand or the registry changed."""
+    proc = _generator("--check")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_generator_check_names_a_stale_block_and_rewrites_it(tmp_path):
+    """--check really compares: a hand-edited list is found (and named), the rewrite restores it."""
+    for rel in ("docs", "plugins/modules", "roles/fuse_mounts/meta", "roles/fuse_driver/meta", "roles/fuse_driver/defaults"):
+        shutil.copytree(ROOT / rel, tmp_path / rel)
+    specs = tmp_path / "roles/fuse_mounts/meta/argument_specs.yml"
+    original = specs.read_text()
+    specs.write_text(original.replace(", generic]", ", generic, riofs]"))
+    proc = _generator("--check", root=tmp_path)
+    assert proc.returncode == 1
+    assert "roles/fuse_mounts/meta/argument_specs.yml: block impl-choices" in proc.stderr
+    assert _generator(root=tmp_path).returncode == 0
+    assert specs.read_text() == original
+    assert _generator("--check", root=tmp_path).returncode == 0
 
 
 def _role_option(role: str, *path: str) -> dict:
@@ -72,16 +110,18 @@ def _role_option(role: str, *path: str) -> dict:
     return option
 
 
-def _docs_drivers_table() -> list[str]:
-    """The ``impl`` column of the first table of docs/drivers.md (the one headed ``| impl |``)."""
-    lines = (ROOT / "docs/drivers.md").read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| impl |"))
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append(line.split("|")[1].strip())
-    return rows
+def test_generated_role_lists_are_the_registry():
+    """What the generator wrote parses to the registry's names (the YAML is real YAML, in the right place)."""
+    assert _role_option("fuse_mounts", "fuse_mounts_list", "impl")["choices"] == list(DRIVERS)
+    assert _role_option("fuse_driver", DISTRO_DRIVERS)["choices"] == registry(DISTRO_DRIVERS)
+    assert _role_option("fuse_driver", RELEASE_DRIVERS)["choices"] == registry(RELEASE_DRIVERS)
+    releases = yaml.safe_load((ROOT / "roles/fuse_driver/defaults/main.yml").read_text())["fuse_driver_releases"]
+    assert releases == _role_option("fuse_driver", "fuse_driver_releases")["default"]
+    assert list(releases) == registry(RELEASE_DRIVERS)
+    for name, entry in releases.items():
+        cls = DRIVERS[name]
+        assert entry["program"] == cls.binary and str(entry["version"]) == cls.release.version
+        assert entry.get("member") == cls.release.member and (entry["kind"] == "tar") == bool(cls.release.member)
 
 
 def registry(installed_by: str | None = None) -> list[str]:
@@ -89,31 +129,8 @@ def registry(installed_by: str | None = None) -> list[str]:
     return [name for name, cls in DRIVERS.items() if installed_by is None or cls.installed_by == installed_by]
 
 
-#: Every place outside obsctl.drivers that spells a list of drivers: (where, how to read it, what it must equal).
-#: A new place is one more row.
-DRIVER_LISTS: list[tuple[str, Callable[[], list[str]], Callable[[], list[str]]]] = [
-    ("obsctl mount --impl choices", cli_impl_choices, registry),
-    ("plugins/modules/fuse_mount.py DOCUMENTATION impl (no choices: obsctl validates)", _module_doc_drivers, registry),
-    ("roles/fuse_mounts/meta/argument_specs.yml fuse_mounts_list[].impl choices",
-     lambda: _role_option("fuse_mounts", "fuse_mounts_list", "impl")["choices"], registry),
-    (f"roles/fuse_driver/meta/argument_specs.yml {DISTRO_DRIVERS} choices",
-     lambda: _role_option("fuse_driver", DISTRO_DRIVERS)["choices"], lambda: registry(DISTRO_DRIVERS)),
-    (f"roles/fuse_driver/meta/argument_specs.yml {RELEASE_DRIVERS} choices",
-     lambda: _role_option("fuse_driver", RELEASE_DRIVERS)["choices"], lambda: registry(RELEASE_DRIVERS)),
-    ("roles/fuse_driver/meta/argument_specs.yml fuse_driver_releases default (one pinned release per driver)",
-     lambda: list(_role_option("fuse_driver", "fuse_driver_releases")["default"]), lambda: registry(RELEASE_DRIVERS)),
-    ("roles/fuse_driver/defaults/main.yml fuse_driver_releases",
-     lambda: list(yaml.safe_load((ROOT / "roles/fuse_driver/defaults/main.yml").read_text())["fuse_driver_releases"]),
-     lambda: registry(RELEASE_DRIVERS)),
-    ("docs/drivers.md driver table", _docs_drivers_table, registry),
-]
-
-
-@pytest.mark.parametrize("where, read, expected", DRIVER_LISTS, ids=[row[0] for row in DRIVER_LISTS])
-def test_driver_lists_agree_with_the_registry(where, read, expected):
-    assert read() == expected(), f"{where} differs from obsctl.drivers.DRIVERS"
-
-
-def test_every_driver_but_generic_is_installed_by_the_role():
-    """installed_by names a fuse_driver variable, so the role lists above cover every driver with a binary."""
-    assert registry(DISTRO_DRIVERS) + registry(RELEASE_DRIVERS) == [n for n in DRIVERS if n != "generic"]
+def test_every_driver_with_a_binary_is_installed_by_the_role():
+    """installed_by names a fuse_driver variable, so the role lists above cover every driver with a binary;
+    a release driver declares its release layout."""
+    assert registry(DISTRO_DRIVERS) + registry(RELEASE_DRIVERS) == [n for n, c in DRIVERS.items() if c.binary]
+    assert all(DRIVERS[n].release is not None for n in registry(RELEASE_DRIVERS))

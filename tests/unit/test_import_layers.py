@@ -35,17 +35,17 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # the files obsctl reads and writes: config schema, TOML, credentials, state files
     ("schema", ("obsctl.config", "obsctl.tomlio", "obsctl.credentials", "obsctl.statefile")),
     # OpenTelemetry instruments, exporters and the collectors that record into them
-    ("telemetry", ("obsctl.instruments", "obsctl.telemetry", "obsctl.collectors", "obsctl.collectors.*",
+    ("telemetry", ("obsctl.instruments", "obsctl.telemetry", "obsctl.scrape", "obsctl.collectors", "obsctl.collectors.*",
                    "obsctl.sources")),
     # the FUSE drivers (their collectors come from the layer below)
     ("drivers", ("obsctl.drivers", "obsctl.drivers.*")),
     # the rules that join the schema and the drivers, and one driver process's plumbing
     ("rules", ("obsctl.mountspec", "obsctl.mountargs", "obsctl.logpump", "obsctl.readiness", "obsctl.unmount")),
     # one mount observed / supervised / converged; the host-wide views
-    ("runtime", ("obsctl.observer", "obsctl.supervisor", "obsctl.sidecar", "obsctl.engine", "obsctl.inventory",
+    ("runtime", ("obsctl.observer", "obsctl.background", "obsctl.supervisor", "obsctl.sidecar", "obsctl.engine", "obsctl.inventory",
                  "obsctl.top")),
     # the command line on top: nothing imports it
-    ("cli", ("obsctl.cli", "obsctl.systemd_units", "obsctl.tomlcheck", "obsctl.__main__")),
+    ("cli", ("obsctl.cli", "obsctl.systemd_units", "obsctl.__main__")),
 ]
 
 REASON = "start-up"

@@ -412,9 +412,9 @@ def test_next_mount_forgets_a_dead_sidecar_state_without_touching_anything(tmp_p
     sup = make_supervisor(tmp_path, table)
     bystander = subprocess.Popen(["sleep", "30"])
     try:
-        statefile.write_state(sup.observer.state_path, {"mountpoint": sup.spec.mountpoint, "state": "observing",
-                                               "pid": _dead_pid(), "driver_pid": bystander.pid,
-                                               "driver_start": start_time(bystander.pid)})
+        statefile.write_state(sup.observer.state_path, {
+            "mountpoint": sup.spec.mountpoint, "state": "observing", "pid": _dead_pid(),
+            "driver_pid": bystander.pid, "driver_start": start_time(bystander.pid)})
         sup._recover()
         assert not Path(sup.observer.state_path).exists()
         assert bystander.poll() is None

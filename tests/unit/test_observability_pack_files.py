@@ -315,7 +315,7 @@ def test_synthetic_node_emits_the_plan_shape():
     assert {s["status"] for s in labels["node_task_runs_total"]} == {"success", "failure"}
     assert all(set(s) == {"command", "status", "le"} for s in labels["node_command_duration_seconds_bucket"])
     assert all(set(s) == {"task", "le"} for s in labels["node_task_cadence_seconds_bucket"])
-    assert [s for s in labels["node_command_queue_fill_ratio"]] == [{}]
+    assert list(labels["node_command_queue_fill_ratio"]) == [{}]
     assert not [n for n in labels if n.startswith("node_sync")], sorted(labels)
 
 

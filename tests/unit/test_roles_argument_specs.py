@@ -146,8 +146,10 @@ def test_apt_prediction_and_mount_restart_exist_once():
     mounts are written in roles/common only; the roles reach them from there."""
     simulate = [p for p, text in _role_files() if "'--simulate'" in text]
     assert simulate == [ROLES_DIR / "common" / "tasks" / "apt_packages.yml"], simulate
-    restart = [p for p, text in _role_files() if "obsctl-mount@.+" in text and "restarted" in text]
+    restart = [p for p, text in _role_files() if "obsctl-mount@.+" in text and "state: restarted" in text]
     assert restart == [ROLES_DIR / "common" / "tasks" / "restart_mounts.yml"], restart
+    reload = [p for p, text in _role_files() if "obsctl-mount@.+" in text and "state: reloaded" in text]
+    assert reload == [ROLES_DIR / "common" / "tasks" / "reload_mounts.yml"], reload
     # the only other apt task: Docker's packages right after their repository is
     # added, which apt-get --simulate could not predict before it exists
     apt = [p for p, text in _role_files() if "ansible.builtin.apt:" in text]
@@ -156,9 +158,13 @@ def test_apt_prediction_and_mount_restart_exist_once():
     for handlers in ROLES_DIR.glob("*/handlers/main.yml"):
         for handler in _load(handlers) or []:
             include = handler.get("ansible.builtin.include_tasks", "")
-            if "restart_mounts.yml" in include:
-                assert include == "{{ role_path | dirname }}/common/tasks/restart_mounts.yml"
-                assert (ROLES_DIR / "common" / "tasks" / "restart_mounts.yml").is_file()
+            for task in ("restart_mounts.yml", "reload_mounts.yml"):
+                if task in include:
+                    assert include == "{{ role_path | dirname }}/common/tasks/" + task
+                    assert (ROLES_DIR / "common" / "tasks" / task).is_file()
+    # a changed telemetry file reloads the mounts; only an obsctl upgrade restarts them (opt-in)
+    handler = _load(ROLES_DIR / "telemetry_config" / "handlers" / "main.yml")[0]
+    assert handler["ansible.builtin.include_tasks"].endswith("/common/tasks/reload_mounts.yml")
 
 
 def test_fuse_mounts_preflight_uses_the_engine_name_rule():

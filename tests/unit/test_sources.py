@@ -8,6 +8,7 @@ import pytest
 
 from obsctl.collectors.rclone_log import RcloneLogCollector
 from obsctl.collectors.s3fs_log import S3fsLogCollector
+from obsctl.drivers import get_driver
 from obsctl.instruments import MountAttributes
 from obsctl.sources import SourceTable
 from support.metrics import in_memory
@@ -19,7 +20,8 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 def run(impl, level, collector_cls, log_path):
     attrs = MountAttributes("obsctl-fixture", impl, "/mnt/fixture")
     reader, ins = in_memory(attrs)
-    table = SourceTable(impl, lambda: level)
+    driver = get_driver(impl)
+    table = SourceTable(impl, lambda: level, driver_source=(driver.log_source, driver.log_gives))
     collector = collector_cls(table.driver_view(ins))
     for line in log_path.read_text().splitlines():
         collector.feed(line)
@@ -64,7 +66,9 @@ def test_s3fs_http_errors_and_request_latency_always_from_its_log(level):
 def test_generic_has_no_driver_source():
     table = SourceTable("generic", lambda: "none")
     assert {table.owner(q) for q in ("fs_ops", "fs_latency", "fs_bytes", "fs_errors")} == {None}
-    sidecar = SourceTable("rclone", lambda: "none", driver_log=False)
+    rclone = get_driver("rclone")
+    sidecar = SourceTable("rclone", lambda: "none", driver_log=False,
+                          driver_source=(rclone.log_source, rclone.log_gives))
     assert sidecar.owner("fs_ops") is None
 
 

@@ -99,7 +99,7 @@ def test_prometheus_endpoint_shows_design_names():
         "obsctl_mount_up",
     } <= names
     assert 'obsctl_fs_read_bytes_total{bucket="data",impl="rclone",mountpoint="/mnt/data"' in text
-    assert re.search(r'obsctl_operation_duration_ms_bucket{bucket="data",impl="rclone",le="25.0",opcode="GET"[,}].* 1.0', text)
+    assert re.search(r'obsctl_operation_duration_ms_bucket{bucket="data",impl="rclone",le="25.0",mountpoint="/mnt/data",opcode="GET"[,}].* 1.0', text)
     # one copy of each family, even after a flush (force_flush must not queue a second)
     assert text.count("# TYPE obsctl_fs_read_bytes_total counter") == 1
 
@@ -109,6 +109,6 @@ def test_mode_none_creates_no_exporter_and_no_listener():
     telemetry = Telemetry(cfg, ATTRS)
     record_everything(telemetry)
     assert telemetry.flush()
-    assert telemetry._prometheus_server is None and telemetry._push_reader is None
+    assert telemetry.endpoint is None and telemetry._push_reader is None
     assert telemetry.instruments.totals["obsctl_fs_read_bytes"] == 4096
     telemetry.shutdown()

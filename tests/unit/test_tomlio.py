@@ -3,12 +3,12 @@
 Round trips through obsctl's own parser (obsctl.config.parse_telemetry), the
 merge into an application's TOML (tests/fixtures/node/config.toml) keeping
 everything outside [telemetry] byte for byte, legacy keys removed and
-reported, bad input refused, ``python -m obsctl.tomlcheck``.
+reported, bad input refused, ``obsctl config check --app-profile rollout-plan``.
+The application profiles themselves: tests/unit/test_app_profiles.py.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -18,8 +18,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from obsctl import config, mountspec, tomlcheck, tomlio
-from obsctl.config import ConfigError, parse_telemetry
+from obsctl import config, mountspec, tomlio
+from obsctl.config import parse_telemetry
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "node" / "config.toml"
 REPO = Path(__file__).resolve().parents[2]
@@ -198,24 +198,25 @@ def test_merge_refuses_files_it_cannot_merge(text, what):
 
 
 def test_legacy_keys_are_obsctl_configs():
-    assert set(tomlio.LEGACY_TELEMETRY_KEYS) == set(config.LEGACY_TELEMETRY_KEYS)
+    assert tomlio.load_profile("rollout-plan")["legacy"] == config.LEGACY_TELEMETRY_KEYS
 
 
 def test_managed_keys_exist_in_obsctl_config():
+    keys = tomlio.load_profile("rollout-plan")["keys"]
+    managed = [k for k, spec in keys.items() if spec["managed"] and "." in k]
     for table, struct in (("traces", config.TracesConfig), ("metrics", config.MetricsConfig),
                           ("resource", config.ResourceConfig)):
         fields = {f.name for f in msgspec.structs.fields(struct)}
-        missing = set(tomlio.MANAGED_KEYS[table]) - fields - {"expose_prometheus"}
-        assert not missing, f"[telemetry.{table}] keys the writer manages but obsctl does not read: {missing}"
+        mine = {k.split(".", 1)[1] for k in managed if k.startswith(table + ".")}
+        assert mine and not mine - fields, f"[telemetry.{table}] keys the writer manages but obsctl does not read"
 
 
-# -- python -m obsctl.tomlcheck (the role's validate:) --------------------------------
+# -- obsctl config check --app-profile rollout-plan (the role's validate:) --------------------
 
 
 def _check(path: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    return subprocess.run([sys.executable, "-m", "obsctl.tomlcheck", str(path)],
-                          capture_output=True, text=True, env=env, timeout=60, check=False)
+    return subprocess.run([sys.executable, "-m", "obsctl", "config", "check", "--app-profile", "rollout-plan",
+                           str(path)], capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_check_accepts_an_application_file_with_telemetry(tmp_path):
@@ -223,20 +224,25 @@ def test_check_accepts_an_application_file_with_telemetry(tmp_path):
     path.write_text(tomlio.merge_telemetry(FIXTURE.read_text(), REMOTE)[0])
     proc = _check(path)
     assert proc.returncode == 0, proc.stderr
-    assert "[telemetry] is valid" in proc.stdout
+    assert "[telemetry] fits profile rollout-plan" in proc.stdout
 
 
 def test_check_refuses_legacy_keys_and_missing_tables(tmp_path):
     path = tmp_path / "config.toml"
     path.write_text(FIXTURE.read_text())
     proc = _check(path)
-    assert proc.returncode == 1 and "legacy flat keys" in proc.stderr and "[telemetry.resource]" in proc.stderr
+    assert proc.returncode == 2 and "telemetry.enabled: a legacy key" in proc.stderr
+    assert "[telemetry.resource] service_name" in proc.stderr
     path.write_text("[server]\nport = 1\n")
     proc = _check(path)
-    assert proc.returncode == 1 and "has no [telemetry] table" in proc.stderr
-    assert _check(tmp_path / "missing.toml").returncode == 1
+    assert proc.returncode == 2 and "has no [telemetry] table" in proc.stderr
+    proc = _check(tmp_path / "missing.toml")
+    assert proc.returncode == 2 and "cannot read" in proc.stderr
 
 
-def test_check_text_raises_config_error():
-    with pytest.raises(ConfigError):
-        tomlcheck.check_text('[telemetry]\nmode = "remote"\n[telemetry.traces]\nenabled = 1\n')
+def test_check_runs_obsctl_parser_for_the_plan(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(tomlio.merge_telemetry(FIXTURE.read_text(), REMOTE)[0].replace(
+        "cardinality_limit = 500", "cardinality_limit = 5"))
+    proc = _check(path)
+    assert proc.returncode == 2 and "cardinality_limit" in proc.stderr, proc.stderr

@@ -19,7 +19,10 @@
  *   here: start and end are paired by the req pointer)
  *
  * "fentry" (5.15+; fentry/fexit need BTF and ftrace direct calls, no kprobes):
- *   start  fentry fuse_simple_request(fm, args)          exported, 5.10+ until the idmap change
+ *   start  fentry fuse_simple_request(fm, args)          5.10+ until the idmap change (a global
+ *                                                        function of fs/fuse, not exported in 6.1:
+ *                                                        Debian's 6.1.176 dev.c:485; in fuse.ko's
+ *                                                        BTF, attached there: tests/kernels)
  *          fentry __fuse_simple_request(idmap, fm, args) exported, after it (6.18: fuse_simple_request
  *                                                        is a static inline wrapper in fuse_i.h)
  *          fentry fuse_simple_background(fm, args, gfp)  exported, 5.10+ (6.18: present in BTF)
@@ -58,7 +61,11 @@
  *                         mountinfo; fuse_trace.h's "connection" is the same
  *                         field.
  * The same fields, this kernel (6.18), checked with
- * `bpftool btf dump file /sys/kernel/btf/vmlinux format c`.
+ * `bpftool btf dump file /sys/kernel/btf/vmlinux format c`; in Debian's
+ * linux-source-6.1 6.1.176 (fs/fuse/fuse_i.h:366 args, :376 in.h, :381 out.h,
+ * :393 fm, :817 fuse_conn.dev; dev.c:476/478 opcode and args, :229 in.h.len)
+ * and loaded, relocated and counted on that kernel booted under QEMU
+ * (tests/kernels/test_qemu_kernels.py, docs/metrics.md).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -75,6 +82,7 @@ struct fuse_in_header___o { __u32 len; __u32 opcode; __u64 unique; } __attribute
 struct fuse_out_header___o { __u32 len; __s32 error; __u64 unique; } __attribute__((preserve_access_index));
 struct fuse_conn___o { dev_t dev; } __attribute__((preserve_access_index));
 struct fuse_mount___o { struct fuse_conn___o *fc; } __attribute__((preserve_access_index));
+struct fuse_args___o { __u32 opcode; } __attribute__((preserve_access_index));
 struct fuse_req___o {
 	void *args;
 	struct { struct fuse_in_header___o h; } in;
@@ -116,7 +124,8 @@ struct bounds { __u64 ns[NBOUNDS]; };
 
 enum { CNT_ENDS, CNT_UNSTARTED, CNT_NOT_SENT, CNT_MAP_FULL, CNT_MAX };
 
-/* connections traced: conn -> 1 (obsctl writes its mount's connection) */
+/* connections traced: conn -> 1 (obsctl writes its mount's connection) or
+ * CLAIMED (the program claimed it at its FUSE_INIT, see claim_new below) */
 struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 64);
 	 __type(key, __u32); __type(value, __u32); } conns SEC(".maps");
 /* in-flight requests: args pointer -> start; LRU bounds it if ends go missing */
@@ -133,6 +142,48 @@ struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, CNT_MAX);
 	 __type(key, __u32); __type(value, __u64); } counters SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1);
 	 __type(key, __u32); __type(value, struct bounds); } bounds SEC(".maps");
+/* claimer[0]: the tgid of the obsctl process about to spawn a driver, 0 = none */
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1);
+	 __type(key, __u32); __type(value, __u32); } claimer SEC(".maps");
+
+#define FUSE_INIT 26   /* include/uapi/linux/fuse.h */
+#define CLAIMED 2
+#define CLAIM_DEPTH 4  /* obsctl -> driver -> fusermount3 (-> its helper): ancestors checked */
+
+/*
+ * Counting from the first request (DESIGN section 4): obsctl cannot write its
+ * mount's connection into `conns` before the connection exists, and the
+ * mount is visible to everyone the moment mount(2) returns. The first request
+ * of every FUSE connection is FUSE_INIT, queued by the task that mounts (the
+ * driver calling mount(2), or the fusermount3 it runs) inside mount(2),
+ * before the mount is attached anywhere: fs/fuse/inode.c fuse_fill_super ->
+ * fuse_send_init. So a FUSE_INIT of an unknown connection queued by a
+ * descendant of the claimer (obsctl wrote its own tgid before spawning the
+ * driver) claims the connection: every later request of it is counted.
+ */
+struct task_struct___o { int tgid; struct task_struct___o *real_parent; } __attribute__((preserve_access_index));
+
+static __always_inline int claim_new(__u32 conn, __u32 opcode)
+{
+	if (opcode != FUSE_INIT)
+		return 0;
+	__u32 zero = 0;
+	__u32 *who = bpf_map_lookup_elem(&claimer, &zero);
+	if (!who || *who == 0)
+		return 0;
+	struct task_struct___o *task = (void *)bpf_get_current_task();
+	for (int i = 0; i < CLAIM_DEPTH; i++) {  /* a bounded loop: the verifier accepts it since 5.3 */
+		if (!task)
+			return 0;
+		if ((__u32)BPF_CORE_READ(task, tgid) == *who) {
+			__u32 claimed = CLAIMED;
+			bpf_map_update_elem(&conns, &conn, &claimed, BPF_NOEXIST);
+			return 1;
+		}
+		task = BPF_CORE_READ(task, real_parent);
+	}
+	return 0;
+}
 
 static __always_inline void count(__u32 which)
 {
@@ -150,7 +201,8 @@ static __always_inline __u32 conn_of_fm(void *fm)
 static __always_inline int on_start(void *fm, void *args)
 {
 	__u32 conn = conn_of_fm(fm);
-	if (!bpf_map_lookup_elem(&conns, &conn))
+	if (!bpf_map_lookup_elem(&conns, &conn)
+	    && !claim_new(conn, BPF_CORE_READ((struct fuse_args___o *)args, opcode)))
 		return 0;
 	struct start s = {};
 	s.ts = bpf_ktime_get_ns();
@@ -189,7 +241,7 @@ static __always_inline int on_tp_send(void *req_ptr)
 {
 	struct fuse_req___o *req = req_ptr;
 	__u32 conn = (__u32)BPF_CORE_READ(req, fm, fc, dev);
-	if (!bpf_map_lookup_elem(&conns, &conn))
+	if (!bpf_map_lookup_elem(&conns, &conn) && !claim_new(conn, BPF_CORE_READ(req, in.h.opcode)))
 		return 0;
 	struct start s = {};
 	s.ts = bpf_ktime_get_ns();

@@ -98,6 +98,8 @@ WHO_KEY = struct.Struct("<II16s")                               # conn, tid, com
 U64 = struct.Struct("<Q")
 U32 = struct.Struct("<I")
 BOUNDS = struct.Struct(f"<{len(LATENCY_BUCKETS_MS)}Q")
+#: ``conns`` value of a connection the kernel program claimed at its FUSE_INIT (CLAIMED in the C source)
+CLAIMED = 2
 #: counters map indexes (enum in the C source)
 COUNTERS = ("ends", "unstarted", "not_sent", "map_full")
 
@@ -195,7 +197,7 @@ class Probe:
         if self._obj is None:
             raise OSError(errno_mod.ENOTSUP, "; ".join(errors) or "no hook family")
         self.maps = {name: self._obj.map(name, percpu=name in ("ops", "errs", "counters"))
-                     for name in ("conns", "ops", "errs", "who", "counters", "bounds")}
+                     for name in ("conns", "ops", "errs", "who", "counters", "bounds", "claimer")}
         self.maps["bounds"].update(U32.pack(0), BOUNDS.pack(*(round(ms * 1_000_000) for ms in LATENCY_BUCKETS_MS)))
 
     @staticmethod
@@ -219,11 +221,34 @@ class Probe:
     @staticmethod
     def _check_layout(obj: Any) -> None:
         for name, key, value in (("ops", OP_KEY.size, OP_VAL.size), ("errs", ERR_KEY.size, 8),
-                                 ("who", WHO_KEY.size, 8), ("conns", 4, 4), ("bounds", 4, BOUNDS.size)):
+                                 ("who", WHO_KEY.size, 8), ("conns", 4, 4), ("bounds", 4, BOUNDS.size),
+                                 ("claimer", 4, 4)):
             m = obj.map(name)
             if (m.key_size, m.value_size) != (key, value):
                 raise OSError(errno_mod.EINVAL, f"map {name} of the object is {m.key_size}/{m.value_size} bytes, "
                               f"obsctl expects {key}/{value}: rebuild it (scripts/build-bpf)")
+
+    def claim(self, tgid: int) -> None:
+        """Claim every FUSE connection whose FUSE_INIT a descendant of process ``tgid``
+        queues (up to 4 generations: obsctl, the driver, fusermount3 ...): the kernel
+        program starts counting it from that first request (see fuse_requests.bpf.c,
+        ``claim_new``). Set before the driver is spawned; 0 stops claiming."""
+        with self.lock:
+            self.maps["claimer"].update(U32.pack(0), U32.pack(tgid))
+
+    def claimed(self, conn: int) -> bool:
+        """True when the kernel program claimed ``conn`` at its FUSE_INIT (counted since its first request)."""
+        value = self.maps["conns"].lookup(U32.pack(conn))
+        return bool(value) and U32.unpack(value[0][:4])[0] == CLAIMED
+
+    def drop_other_claims(self, keep: int) -> None:
+        """Forget connections claimed but never watched, other than ``keep`` (a previous
+        driver of this process that died before a poll saw its connection)."""
+        with self.lock:
+            for key in list(self.maps["conns"].keys()):
+                conn = U32.unpack(key)[0]
+                if conn != keep and conn not in self.watchers:
+                    self._forget(conn)
 
     def watch(self, conn: int) -> None:
         with self.lock:
@@ -239,11 +264,15 @@ class Probe:
                 self.watchers[conn] = left
                 return
             self.watchers.pop(conn, None)
-            self.maps["conns"].delete(U32.pack(conn))
-            for name, fmt in (("ops", OP_KEY), ("errs", ERR_KEY), ("who", WHO_KEY)):
-                for key in list(self.maps[name].keys()):
-                    if fmt.unpack(key)[0] == conn:
-                        self.maps[name].delete(key)
+            self._forget(conn)
+
+    def _forget(self, conn: int) -> None:
+        """Stop counting ``conn`` and drop its entries (caller holds the lock)."""
+        self.maps["conns"].delete(U32.pack(conn))
+        for name, fmt in (("ops", OP_KEY), ("errs", ERR_KEY), ("who", WHO_KEY)):
+            for key in list(self.maps[name].keys()):
+                if fmt.unpack(key)[0] == conn:
+                    self.maps[name].delete(key)
 
     def snapshot(self, conn: int) -> Snapshot:
         """Read the maps once: ``conn``'s cumulative values."""
@@ -449,8 +478,15 @@ class FuseBpfCollector(PollingCollector):
             self.connection = conn
             self._last = Snapshot({}, {}, {})
             if conn is not None:
+                claimed = probe.claimed(int(conn))
                 probe.watch(int(conn))
-                self._last = probe.snapshot(int(conn))  # a reused number's leftovers are not ours
+                if claimed:
+                    # counted by the kernel since its FUSE_INIT, before the mount was visible:
+                    # everything in the maps is this mount's, from its first request on
+                    probe.drop_other_claims(int(conn))
+                    self._record(probe.snapshot(int(conn)))
+                else:
+                    self._last = probe.snapshot(int(conn))  # a reused number's leftovers are not ours
             return
         if conn is not None:
             self._record(probe.snapshot(int(conn)))

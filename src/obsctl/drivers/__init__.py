@@ -34,6 +34,7 @@ from obsctl.redact import redact  # noqa: F401  (re-exported: tests and drivers 
 from obsctl.drivers.generic import GenericDriver
 from obsctl.drivers.geesefs import GeesefsDriver
 from obsctl.drivers.goofys import GoofysDriver
+from obsctl.drivers.juicefs import JuicefsDriver
 from obsctl.drivers.mountpoint_s3 import MountpointS3Driver
 from obsctl.drivers.rclone import RcloneDriver
 from obsctl.drivers.s3fs import S3fsDriver
@@ -58,5 +59,6 @@ DRIVERS: dict[str, type[Driver]] = {
     "goofys": GoofysDriver,
     "geesefs": GeesefsDriver,
     "mountpoint-s3": MountpointS3Driver,
+    "juicefs": JuicefsDriver,
     "generic": GenericDriver,
 }

@@ -18,7 +18,7 @@ geesefs's own source (github.com/yandex-cloud/geesefs, commit 6e2bbab):
 
 from __future__ import annotations
 
-from obsctl.drivers.base import CMDLINE, CREDS, RELEASE_DRIVERS, SPEC, OptionRule
+from obsctl.drivers.base import CMDLINE, CREDS, RELEASE_DRIVERS, SPEC, DocRow, OptionRule, Release
 from obsctl.drivers.goofys import GoofysDriver  # geesefs is a goofys fork: same command line and logs
 
 #: ``--print-stats`` interval obsctl sets (seconds): the window of each stats line.
@@ -63,6 +63,16 @@ class GeesefsDriver(GoofysDriver):
     installed_by = RELEASE_DRIVERS
     refused_options = REFUSED_OPTIONS
     fstype = "fuse.geesefs"
+    #: Bare binaries attached to the GitHub release (the release workflow uploads no checksum).
+    release = Release("0.43.2", {
+        "x86_64": "https://github.com/yandex-cloud/geesefs/releases/download/v0.43.2/geesefs-linux-amd64",
+        "aarch64": "https://github.com/yandex-cloud/geesefs/releases/download/v0.43.2/geesefs-linux-arm64"})
+    doc = DocRow(
+        binary="geesefs 0.43 (release file)",
+        runs="`geesefs -f --endpoint=ENDPOINT [--region=REGION] [-o ro] [-o allow_other] --print-stats=10s "
+             "[OPTIONS] BUCKET[:PREFIX] MP` (ENDPOINT `https://s3.amazonaws.com` when the spec has none: "
+             "geesefs's own default is Yandex Object Storage), keys in AWS_*",
+        collectors="geesefs_log (cache hits/misses from `--print-stats`), proc_io, fuse_conn, probe")
 
     def own_flags(self, spec):
         flags = [f"--print-stats={STATS_SECONDS}s"]

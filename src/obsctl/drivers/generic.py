@@ -8,14 +8,26 @@ probe). The daemon must stay in the foreground (bindfs ``-f``, sshfs ``-f``).
 
 from __future__ import annotations
 
-from obsctl.drivers.base import Driver
+from obsctl.drivers.base import DocRow, Driver
 
 
 class GenericDriver(Driver):
     """Supervise ``spec.command`` unchanged."""
 
     name = "generic"
-    needs_credentials = False
+    #: The source is free text, shown in status and as the ``bucket`` label.
+    source_form = "any text (a label)"
+    takes_command = True
+    credentials = None
+    doc = DocRow(binary="any FUSE daemon in the foreground", runs="the command after `--`, unchanged",
+                 collectors="proc_io, fuse_conn, probe", mount_type="any fuse.*")
+
+    def check_source(self, source):
+        """Any text: obsctl only shows it."""
+
+    def bucket_label(self, source):
+        """The source as written."""
+        return source
 
     def command(self, spec, options, context, launch):
         """``spec.command`` as given (the generic driver has no options of its own)."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-from obsctl.drivers.base import CMDLINE, RELEASE_DRIVERS, SPEC, LongFlagDriver, OptionRule
+from obsctl.drivers.base import CMDLINE, RELEASE_DRIVERS, SPEC, DocRow, LongFlagDriver, OptionRule, Release
 
 #: Options refused for goofys, from its option reference (internal/flags.go of
 #: goofys 0.24). obsctl's own settings: credentials in AWS_* of goofys's
@@ -62,6 +62,13 @@ class GoofysDriver(LongFlagDriver):
     refused_options = REFUSED_OPTIONS
     #: The type in /proc/self/mountinfo (jacobsa/fuse: ``fuse.`` + Subtype).
     fstype = "fuse.goofys"
+    #: A bare binary attached to the GitHub release (no checksum file published).
+    release = Release("0.24.0", {"x86_64": "https://github.com/kahing/goofys/releases/download/v0.24.0/goofys"})
+    doc = DocRow(
+        binary="goofys 0.24 (release file)",
+        runs="`goofys -f [--endpoint=ENDPOINT] [--region=REGION] [-o ro] [-o allow_other] [OPTIONS] "
+             "BUCKET[:PREFIX] MP`, keys in AWS_* of its environment",
+        collectors="proc_io, fuse_conn, probe (goofys reports no numbers of its own)")
 
     def source_arg(self, bucket: str, prefix: str) -> str:
         """``BUCKET`` or ``BUCKET:PREFIX`` (goofys and geesefs usage)."""

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 
-from obsctl.drivers.base import RELEASE_DRIVERS, SPEC, LongFlagDriver, OptionRule, PlanContext
+from obsctl.drivers.base import RELEASE_DRIVERS, SPEC, DocRow, LongFlagDriver, OptionRule, PlanContext, Release
 
 _PROFILE = ('use credentials_from = "profile" with profile = "NAME" (--profile NAME): obsctl reads the profile '
             "and passes the keys in the driver's environment")
@@ -69,6 +69,17 @@ class MountpointS3Driver(LongFlagDriver):
     refused_options = REFUSED_OPTIONS
     #: fuser with ``FSName("mountpoint-s3")`` and no subtype: plain ``fuse``.
     fstype = "fuse"
+    #: A tar archive whose bin/ holds the program; signed (FILE.asc), no checksum (doc/INSTALL.md).
+    release = Release("1.24.0", {
+        "x86_64": "https://s3.amazonaws.com/mountpoint-s3-release/1.24.0/x86_64/mount-s3-1.24.0-x86_64.tar.gz"},
+        member="bin/mount-s3")
+    doc = DocRow(
+        binary="mount-s3 1.x (release file)",
+        runs="`mount-s3 --foreground [--region=REGION] [--endpoint-url=ENDPOINT --force-path-style] "
+             "[--prefix=PREFIX/] [--read-only] [--allow-other] [--otlp-endpoint=URL --otlp-export-interval=N] "
+             "[OPTIONS] BUCKET MP`, keys in AWS_*",
+        collectors="its own OTLP export, proc_io, fuse_conn, probe",
+        mount_type="fuse (source `mountpoint-s3`, no subtype)")
 
     @staticmethod
     def otlp_endpoint(context: PlanContext) -> str | None:

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import json
 import secrets as _secrets
-import socket
 import subprocess
 
-from obsctl.drivers.base import CMDLINE, CREDS, DISTRO_DRIVERS, Driver, OptionRule, split_option
+from obsctl.drivers.base import CMDLINE, CREDS, DISTRO_DRIVERS, DocRow, Driver, OptionRule, free_loopback_port, split_option
 from obsctl.redact import redact
 
 REMOTE = "obsctl"
@@ -36,13 +35,6 @@ _OTHER_BACKENDS = (
     "smb", "storj", "sugarsync", "swift", "union", "uptobox", "webdav", "yandex", "zoho")
 _FORWARD_LEVELS = {"critical", "error", "warning", "notice"}
 _ERROR_LEVELS = {"critical", "error", "fatal"}
-
-
-def free_loopback_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (kernel-chosen)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 #: Options refused for rclone, from the rclone 1.60 option reference
@@ -101,6 +93,18 @@ class RcloneDriver(Driver):
     installed_by = DISTRO_DRIVERS
     refused_options = REFUSED_OPTIONS
     fstype = "fuse.rclone"
+    #: ``--vfs-cache-mode`` (rclone docs/content/commands/rclone_mount.md, "VFS File Caching").
+    cache_modes = ("off", "minimal", "writes", "full")
+    #: Every FUSE operation logged on entry and exit at DEBUG (ENVIRONMENT.md): all four quantities.
+    log_source = "rclone_log"
+    log_gives = frozenset({"fs_ops", "fs_latency", "fs_bytes", "fs_errors"})
+    doc = DocRow(
+        binary="rclone >= 1.60 (Debian)",
+        runs='`rclone mount obsctl:BUCKET[/PREFIX] MP --config "" --use-json-log --log-level INFO` (kernel '
+             "6.18+, FUSE numbers from the kernel) or `DEBUG` (older kernels) `[--rc --rc-addr 127.0.0.1:PORT "
+             "--rc-enable-metrics (not in telemetry mode none)] [--read-only] [--allow-other] "
+             "[--vfs-cache-mode M]`, remote from `RCLONE_CONFIG_OBSCTL_*`",
+        collectors="rclone_log, rclone_rc, proc_io, fuse_conn, probe")
     #: rclone mount (bazil.org/fuse) answers every GETXATTR with EIO, "function not
     #: implemented" -- seen with rclone v1.60.1 ``--debug-fuse``: ``<- Getxattr ...
     #: "security.capability"`` / ``-> Getxattr error=EIO: function not implemented``. The

@@ -9,7 +9,7 @@ s3fs_log.S3fsLogCollector` pairs into request latency and status codes.
 
 from __future__ import annotations
 
-from obsctl.drivers.base import CREDS, DISTRO_DRIVERS, Driver, OptionRule
+from obsctl.drivers.base import CREDS, DISTRO_DRIVERS, DocRow, Driver, OptionRule
 
 
 #: Options refused for s3fs, from the s3fs 1.90 man page (doc/man/s3fs.1,
@@ -54,6 +54,14 @@ class S3fsDriver(Driver):
     installed_by = DISTRO_DRIVERS
     refused_options = REFUSED_OPTIONS
     fstype = "fuse.s3fs"
+    #: s3fs logs FUSE callbacks once at entry (no latency); read/write sizes at dbglevel=dbg only.
+    log_source = "s3fs_log"
+    log_gives = frozenset({"fs_ops", "fs_bytes"})
+    doc = DocRow(
+        binary="s3fs >= 1.90 (Debian)",
+        runs="`s3fs BUCKET[:/PREFIX] MP -f -o dbglevel=dbg -o curldbg [-o url=ENDPOINT -o use_path_request_style] "
+             "[-o endpoint=REGION] [-o ro] [-o allow_other]`",
+        collectors="s3fs_log, proc_io, fuse_conn, probe")
 
     def option_items(self, options):
         """Each s3fs option once: ``["-o", "multireq_max=8"]`` is the option ``multireq_max=8``

@@ -33,7 +33,8 @@ def test_merge_result_shape():
                                              "telemetry.service_name"]
     assert tomllib.loads(result["content"])["telemetry"]["mode"] == "local"
     again = FILTERS["merge_telemetry_toml"](result["content"], {"mode": "local"})
-    assert again == {"content": result["content"], "removed_legacy_keys": [], "changed": False}
+    assert again == {"content": result["content"], "removed_legacy_keys": [], "changed": False,
+                     "profile": "rollout-plan"}
 
 
 def test_subclassed_values_are_plain():

@@ -1,0 +1,214 @@
+"""Runs INSIDE the QEMU guest (not collected by pytest): bindfs under ``obsctl mount``,
+a known workload, and one JSON result line on the serial console.
+
+scripts/kernel-images copies this file to /opt/obsctl-guest/workload.py of the guest's
+root file system; the guest's /init (tests/kernels/guest/init) runs it with the guest's
+obsctl venv (/opt/obsctl/bin/python) once /proc, /sys, /dev, tracefs and fusectl are
+mounted, fuse is loaded and loopback is up. It asserts nothing: it collects what the
+guest saw and tests/kernels/test_qemu_kernels.py asserts on the host.
+
+The workload is the one of tests/integration/test_fuse_bpf.py (same sizes, same
+ENOENT and EACCES). The numbers come from obsctl's real Prometheus endpoint on the
+guest's loopback (``[telemetry.metrics] bind_address``), parsed with
+prometheus_client's own text parser, and from ``obsctl status --json``.
+
+Output: exactly one line ``OBSCTL_KERNEL_RESULT <json>`` (see :func:`main` for its keys),
+also when something failed (then ``error`` says what).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import urllib.request
+
+MARKER = "OBSCTL_KERNEL_RESULT "
+OBSCTL = "/opt/obsctl/bin/obsctl"
+SRC = "/srv/src"
+MNT = "/mnt/fuse"
+RUNTIME = "/run/obsctl"
+PROM = "127.0.0.1:9464"
+READ_SIZE = 1_000_000
+WRITE_SIZE = 300_000
+#: Software emulation (TCG) runs Python 10-30 times slower than the host: generous bounds.
+WAIT = 300.0
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e.update({"OBSCTL_RUNTIME_DIR": RUNTIME, "PYTHONUNBUFFERED": "1", "PATH": "/opt/obsctl/bin:/usr/sbin:/usr/bin:/sbin:/bin"})
+    return e
+
+
+def status_entry() -> dict | None:
+    out = subprocess.run([OBSCTL, "status", "--json"], env=env(), capture_output=True, text=True, timeout=WAIT)
+    try:
+        entries = json.loads(out.stdout or "[]")
+    except ValueError:
+        return None
+    for e in entries:
+        if os.path.normpath(str(e.get("mountpoint") or "")) == MNT:
+            return e
+    return None
+
+
+def scrape() -> dict:
+    """obsctl's Prometheus endpoint -> {"ops": {opcode: n}, "errors": {type: n},
+    "latency": {opcode: [count, sum_ms]}, "read_bytes": n, "write_bytes": n}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://{PROM}/metrics", timeout=30).read().decode()
+    out: dict = {"ops": {}, "errors": {}, "latency": {}, "read_bytes": 0, "write_bytes": 0}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "obsctl_fs_ops_total":
+                out["ops"][s.labels["opcode"]] = int(s.value)
+            elif s.name == "obsctl_errors_total":
+                out["errors"][s.labels["error_type"]] = int(s.value)
+            elif s.name == "obsctl_fs_latency_ms_count":
+                out["latency"].setdefault(s.labels["opcode"], [0, 0.0])[0] = int(s.value)
+            elif s.name == "obsctl_fs_latency_ms_sum":
+                out["latency"].setdefault(s.labels["opcode"], [0, 0.0])[1] = float(s.value)
+            elif s.name == "obsctl_fs_read_bytes_total":
+                out["read_bytes"] = int(s.value)
+            elif s.name == "obsctl_fs_write_bytes_total":
+                out["write_bytes"] = int(s.value)
+    return out
+
+
+def wait_until(pred, what: str, timeouts: list[str], timeout: float = WAIT) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if pred():
+                return True
+        except Exception:  # noqa: BLE001 - the endpoint may not answer yet
+            pass
+        time.sleep(0.5)
+    timeouts.append(what)
+    return False
+
+
+def workload(result: dict) -> None:
+    """The known workload (tests/integration/test_fuse_bpf.py); records what each step gave."""
+    steps = result["steps"]
+    try:
+        os.stat(f"{MNT}/no-such-file")
+        steps["lookup_enoent"] = "no error"
+    except FileNotFoundError:
+        steps["lookup_enoent"] = "ENOENT"
+    data = os.urandom(WRITE_SIZE)
+    with open(f"{MNT}/new.bin", "wb") as fh:
+        fh.write(data)
+    steps["written"] = os.stat(f"{SRC}/new.bin").st_size
+    os.stat(f"{MNT}/new.bin")
+    with open(f"{MNT}/read.bin", "rb") as fh:
+        steps["read"] = len(fh.read())
+    os.unlink(f"{MNT}/new.bin")
+    try:
+        open(f"{MNT}/locked", "rb").close()
+        steps["open_locked"] = "no error"
+    except PermissionError:
+        steps["open_locked"] = "EACCES"
+    with open(f"{SRC}/gone", "w") as fh:
+        fh.write("x")
+    os.stat(f"{MNT}/gone")
+    os.unlink(f"{SRC}/gone")
+    try:  # the dentry is cached (entry timeout 1 s): OPEN goes to the daemon, which answers ENOENT
+        open(f"{MNT}/gone", "rb").close()
+        steps["open_gone"] = "no error"
+    except FileNotFoundError:
+        steps["open_gone"] = "ENOENT"
+
+
+def fuse_kind() -> str:
+    """``module`` (listed in /proc/modules), ``builtin`` (a filesystem without a module) or ``absent``."""
+    with open("/proc/modules") as fh:
+        if any(line.split(" ", 1)[0] == "fuse" for line in fh):
+            return "module"
+    with open("/proc/filesystems") as fh:
+        return "builtin" if any(line.split()[-1] == "fuse" for line in fh if line.strip()) else "absent"
+
+
+def main() -> int:
+    """Keys of the result: kernel, fuse (builtin | module), module_btf, steps, timeouts,
+    baseline / metrics (scrapes before and after the workload), status (sources),
+    live (obsctl status's live counters), requester (this thread's comm[tid]),
+    unmount_rc, log (obsctl's output, tail), error."""
+    result: dict = {"kernel": os.uname().release, "steps": {}, "timeouts": [],
+                    "fuse": fuse_kind(),
+                    "module_btf": os.path.exists("/sys/kernel/btf/fuse"),
+                    "vmlinux_btf": os.path.exists("/sys/kernel/btf/vmlinux")}
+    timeouts = result["timeouts"]
+    proc = None
+    log_path = "/run/obsctl-mount.log"
+    t0 = time.monotonic()
+    try:
+        os.makedirs(SRC, exist_ok=True)
+        os.makedirs(MNT, exist_ok=True)
+        with open(f"{SRC}/read.bin", "wb") as fh:
+            fh.write(os.urandom(READ_SIZE))
+        with open(f"{SRC}/locked", "w") as fh:
+            fh.write("x")
+        os.chmod(f"{SRC}/locked", 0)
+        tel = "/run/telemetry.toml"
+        with open(tel, "w") as fh:
+            fh.write("[telemetry]\nmode = \"remote\"\n\n[telemetry.traces]\nenabled = false\n\n"
+                     "[telemetry.metrics]\nenabled = true\nexport_interval_seconds = 1\n"
+                     f"bind_address = \"{PROM}\"\n")
+        log = open(log_path, "wb")
+        # the daemon without CAP_DAC_OVERRIDE/READ_SEARCH: root's open of the mode-000 file fails in bindfs
+        proc = subprocess.Popen(
+            [OBSCTL, "mount", SRC, MNT, "--impl", "generic", "--telemetry-config", tel,
+             "--ready-timeout", str(int(WAIT)), "--", "setpriv", "--bounding-set",
+             "-dac_override,-dac_read_search", "bindfs", "-f", SRC, MNT],
+            env=env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if not wait_until(lambda: ((status_entry() or {}).get("sources") or {}).get("kernel_trace", {})
+                          .get("connection") is not None or proc.poll() is not None,
+                          "kernel source watching the connection", timeouts):
+            raise RuntimeError("obsctl never watched the connection")
+        if proc.poll() is not None:
+            raise RuntimeError(f"obsctl mount exited with {proc.returncode}")
+        result["mounted_after_s"] = round(time.monotonic() - t0, 1)
+        wait_until(lambda: sum(scrape()["ops"].values()) > 0, "first counted request", timeouts)
+        result["baseline"] = scrape()
+        tid = threading.get_native_id()
+        with open(f"/proc/self/task/{tid}/comm") as fh:
+            result["requester"] = f"{fh.read().strip()}[{tid}]"
+        workload(result)
+        wait_until(lambda: {"eacces", "enoent"} <= set(scrape()["errors"]), "eacces and enoent exported", timeouts)
+        wait_until(lambda: scrape()["read_bytes"] >= READ_SIZE and scrape()["write_bytes"] >= WRITE_SIZE,
+                   "read and write bytes exported", timeouts)
+        time.sleep(2)  # one more poll: nothing late
+        result["metrics"] = scrape()
+        st = status_entry() or {}
+        result["status"] = st.get("sources")
+        result["live"] = st.get("live")
+    except Exception:  # noqa: BLE001 - reported to the host in the result line
+        result["error"] = traceback.format_exc()
+    finally:
+        if proc is not None:
+            if proc.poll() is None:
+                un = subprocess.run([OBSCTL, "unmount", MNT, "--timeout", str(int(WAIT))], env=env(),
+                                    capture_output=True, text=True, timeout=WAIT + 30)
+                result["unmount_rc"] = un.returncode
+            try:
+                result["obsctl_rc"] = proc.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                result["obsctl_rc"] = "killed"
+            with open(log_path, "rb") as fh:
+                result["log"] = fh.read().decode(errors="replace")[-4000:]
+        result["elapsed_s"] = round(time.monotonic() - t0, 1)
+        sys.stdout.write("\n" + MARKER + json.dumps(result, sort_keys=True) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
