@@ -9,7 +9,10 @@ process can listen on it. The design, like node_exporter serving a host:
   to ``RUNTIME_DIR/metrics/<state key>.prom`` (:func:`publish_path`: the same
   key as the mount's state file, :func:`obsctl.statefile.state_file_path`),
   atomically (:func:`obsctl.fileutil.atomic_write`), and removes it on exit.
-  The first line is ``# obsctl-publisher pid=PID start=TICKS``: who wrote it;
+  The first line is ``# obsctl-publisher pid=PID start=TICKS ... bind=HOST:PORT``:
+  who wrote it, and for which endpoint (mounts whose telemetry files name
+  different addresses each have their own endpoint and never serve each
+  other's series);
 * **serve**: whichever obsctl process holds the port serves its own series,
   collected at scrape time, plus every other live publisher's file, parsed
   with prometheus_client's text parser and merged family by family, so each
@@ -55,7 +58,8 @@ FOREIGN_HOLDER_POLLS = 3
 #: Subdirectory of the runtime directory where the mounts publish.
 METRICS_SUBDIR = "metrics"
 #: The first line of a published file.
-HEADER = re.compile(r"^# obsctl-publisher pid=(\d+) start=(\d+|-) serving=([01])(?: failed=([01]))?$")
+HEADER = re.compile(
+    r"^# obsctl-publisher pid=(\d+) start=(\d+|-) serving=([01])(?: failed=([01]))?(?: bind=(\S+))?$")
 
 #: waitress settings of the endpoint (obsctl's choices, not waitress defaults):
 #: 2 app threads (a scrape takes milliseconds; 2 lets a second scraper in),
@@ -127,8 +131,10 @@ def remove_publication(runtime_dir: str, mountpoint: str) -> None:
         pass
 
 
-def read_peers(directory: str, exclude: str | None = None, remove_dead: bool = True) -> tuple[list[list[Any]], bool]:
-    """The families of every live publisher's file in ``directory`` but ``exclude`` (a path).
+def read_peers(directory: str, exclude: str | None = None, remove_dead: bool = True,
+               bind_address: str | None = None) -> tuple[list[list[Any]], bool]:
+    """The families of every live publisher's file in ``directory`` but ``exclude`` (a path)
+    whose endpoint is ``bind_address`` (None: any; a file without ``bind=`` matches any).
 
     Returns ``(groups, serving)``: one list of families per file, and whether a live
     publisher says it serves the endpoint. A file whose publisher is gone is deleted
@@ -165,6 +171,8 @@ def read_peers(directory: str, exclude: str | None = None, remove_dead: bool = T
                 except OSError:
                     pass
             continue
+        if bind_address is not None and match.group(5) not in (None, bind_address):
+            continue  # another endpoint's mount: served there
         try:
             groups.append(list(text_string_to_metric_families(text)))
         except ValueError as exc:
@@ -226,7 +234,8 @@ class HostEndpoint:
         """The served families: this mount's, then every live peer's, merged (prometheus_client collector)."""
         peers: list[list[Any]] = []
         if self.path is not None:
-            peers, _serving = read_peers(os.path.dirname(self.path), exclude=self.path)
+            peers, _serving = read_peers(os.path.dirname(self.path), exclude=self.path,
+                                         bind_address=self.bind_address)
         yield from merge([self.own_families(), *peers])
 
     def publish(self, failed: bool = False) -> None:
@@ -245,7 +254,8 @@ class HostEndpoint:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Families(self.own_families))
         header = f"# obsctl-publisher pid={os.getpid()} start={self._start if self._start is not None else '-'} " \
-                 f"serving={0 if failed else 1 if self.serving else 0}{' failed=1' if failed else ''}\n"
+                 f"serving={0 if failed else 1 if self.serving else 0}{' failed=1' if failed else ''} " \
+                 f"bind={self.bind_address}\n"
         try:
             os.makedirs(os.path.dirname(self.path), mode=0o750, exist_ok=True)
             atomic_write(self.path, header.encode() + generate_latest(registry), 0o640)
@@ -281,7 +291,8 @@ class HostEndpoint:
         if exc.errno != errno.EADDRINUSE or self.path is None:
             self._warn_once(f"{self.bind_error}; the mount is unaffected, obsctl retries at every poll")
             return
-        _groups, peer_serving = read_peers(os.path.dirname(self.path), exclude=self.path, remove_dead=False)
+        _groups, peer_serving = read_peers(os.path.dirname(self.path), exclude=self.path, remove_dead=False,
+                                           bind_address=self.bind_address)
         if peer_serving:
             self._foreign_polls = 0
             if not self._informed:

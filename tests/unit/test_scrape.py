@@ -87,6 +87,23 @@ def test_two_mounts_one_port_both_scraped_then_the_other_takes_over(tmp_path, ca
     assert not os.listdir(scrape.metrics_dir(str(tmp_path)))
 
 
+def test_mounts_on_two_addresses_never_serve_each_other(tmp_path):
+    """Two telemetry files naming two addresses: two endpoints, each with its own mount only
+    (the holder of one address must not serve, and then drop, the other's series)."""
+    one, two = free_port(), free_port()
+    first = make(tmp_path, one, "/mnt/a")
+    second = make(tmp_path, two, "/mnt/b")
+    try:
+        first.poll()
+        second.poll()
+        assert first.endpoint.serving and second.endpoint.serving
+        assert set(samples(scrape_text(one), "obsctl_fs_read_bytes_total")) == {"/mnt/a"}
+        assert set(samples(scrape_text(two), "obsctl_fs_read_bytes_total")) == {"/mnt/b"}
+    finally:
+        first.shutdown()
+        second.shutdown()
+
+
 def test_dead_publishers_file_is_dropped(tmp_path):
     port = free_port()
     holder = make(tmp_path, port, "/mnt/a")
