@@ -70,7 +70,8 @@ def test_wrong_secret_key(impl, s3_auth_server, mountpoint, runtime_dir, start_m
     assert_failed_cleanly(
         m, mountpoint,
         r"SignatureDoesNotMatch|\b403\b|Forbidden|AccessDenied|InvalidAccessKeyId|"
-        r"signature we calculated|signature does not match|credentials?\b|secret")
+        r"signature we calculated|signature does not match|credentials?\b|secret",
+        codes=(3,))  # a permanent error (docs/cli.md, exit codes): not retried
 
 
 def test_right_key_on_auth_server_mounts(impl, s3_auth_server, mountpoint, runtime_dir,
@@ -96,7 +97,8 @@ def test_missing_bucket(impl, s3_server, mountpoint, env, start_mount):
     bucket = unique_bucket_name("missing")  # never created
     m = start_mount(s3_mount_args(bucket, mountpoint, impl, s3_server.endpoint,
                                   ready_timeout=15), env)
-    assert_failed_cleanly(m, mountpoint, r"NoSuchBucket|\b404\b|does not exist|not found|no such bucket")
+    assert_failed_cleanly(m, mountpoint, r"NoSuchBucket|\b404\b|does not exist|not found|no such bucket",
+                          codes=(3,))  # a permanent error (docs/cli.md, exit codes): not retried
 
 
 def test_unreachable_endpoint(impl, mountpoint, env, start_mount):
