@@ -103,9 +103,8 @@ def test_a_node_that_cannot_serve_metrics_gets_its_old_file_back(host):
     host.run(f"systemctl stop {HOLDER}; rm -f {HOLDER_PORT_FILE}")
     host.check_output(f"systemd-run --unit={HOLDER} --property=Type=exec /usr/bin/python3 -c {shlex.quote(HOLDER_CODE)}")
     try:
-        for _ in range(50):
-            if host.file(HOLDER_PORT_FILE).exists:
-                break
+        deadline = time.monotonic() + 10
+        while not host.file(HOLDER_PORT_FILE).exists and time.monotonic() < deadline:
             time.sleep(0.1)
         held = int(host.file(HOLDER_PORT_FILE).content_string)
 
