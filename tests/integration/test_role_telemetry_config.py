@@ -300,8 +300,8 @@ def test_restart_in_check_mode_says_what_it_would_do(node_work):
 def test_a_restart_that_fails_puts_the_old_file_back(node_work):
     """The roll-back, for real: the unit cannot be restarted here (no unit of that name on a
     host with systemd; no systemd as PID 1 on this test machine), so the handler must put the
-    old file back and fail saying so. The success path (unit active, /metrics answering) needs
-    a systemd host with the node and is not run here."""
+    old file back and fail saying so. The success path (unit active, /metrics answering) and a
+    roll-back under systemd run in the molecule scenario node_restart."""
     node = node_work / "etc" / "node" / "config.toml"
     before = node.read_bytes()
     proc = play(node_work, telemetry_config_node_restart=True,
