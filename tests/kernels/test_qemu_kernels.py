@@ -134,7 +134,7 @@ def test_kernel_source_numbers(kernel, tmp_path, kernel_summary):
     if family == "fallback":
         # not a silent pass: the mount worked and said why eBPF could not run
         assert sources["kernel"] != "ebpf" and "ebpf_unavailable" in trace, (where, sources)
-        kernel_summary.append(f"{kernel['label']:>5}  {where.split(';')[0]}: fallback {sources['kernel']!r} "
+        kernel_summary.append(f"{kernel['label']:>5}  {where.split(';', 1)[0]}: fallback {sources['kernel']!r} "
                               f"({trace['ebpf_unavailable']}); {why}")
         return
     assert sources["kernel"] == "ebpf" and trace["source"] == "ebpf", (where, sources)
@@ -161,7 +161,7 @@ def test_kernel_source_numbers(kernel, tmp_path, kernel_summary):
     assert requesters.get(result["requester"], 0) >= 10, (where, result["requester"], requesters)
 
     kernel_summary.append(
-        f"{kernel['label']:>5}  {where.split(';')[0]}: eBPF {family} ({trace['reason']}); "
+        f"{kernel['label']:>5}  {where.split(';', 1)[0]}: eBPF {family} ({trace['reason']}); "
         f"FUSE {result['fuse']}{' with module BTF' if result['module_btf'] else ''}; "
         f"{sum(after['ops'].values())} requests, {len(after['ops'])} opcodes, read {after['read_bytes']} B, "
         f"write {after['write_bytes']} B, errors {after['errors']}; boot + workload {took:.0f} s")

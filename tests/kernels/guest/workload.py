@@ -46,7 +46,8 @@ def env() -> dict[str, str]:
 
 
 def status_entry() -> dict | None:
-    out = subprocess.run([OBSCTL, "status", "--json"], env=env(), capture_output=True, text=True, timeout=WAIT)
+    out = subprocess.run([OBSCTL, "status", "--json"], env=env(), capture_output=True, text=True, timeout=WAIT,
+                         check=False)
     try:
         entries = json.loads(out.stdout or "[]")
     except ValueError:
@@ -195,7 +196,7 @@ def main() -> int:
         if proc is not None:
             if proc.poll() is None:
                 un = subprocess.run([OBSCTL, "unmount", MNT, "--timeout", str(int(WAIT))], env=env(),
-                                    capture_output=True, text=True, timeout=WAIT + 30)
+                                    capture_output=True, text=True, timeout=WAIT + 30, check=False)
                 result["unmount_rc"] = un.returncode
             try:
                 result["obsctl_rc"] = proc.wait(WAIT)
