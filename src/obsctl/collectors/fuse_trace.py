@@ -282,6 +282,8 @@ class FuseTraceCollector(PollingCollector):
         recover_after: calm read cycles (each :data:`READ_INTERVAL` s apart,
             so 20 = 1 s) before leaving counting mode.
         degrade_busy: reader CPU share (of one core) that switches to counting mode.
+        buffer_size_kb: the instance's per-CPU ring buffer size (``buffer_size_kb``),
+            None for the kernel's default (1408 KiB on this kernel).
 
     Attributes:
         support: the :class:`KernelSupport` in force (``unpaired`` once a
@@ -305,8 +307,9 @@ class FuseTraceCollector(PollingCollector):
                  mountinfo_path: str = mounttable.MOUNTINFO_PATH, support: KernelSupport | None = None,
                  max_pending: int = 4096, recover_after: int = 20,
                  driver_answers: frozenset[tuple[str, str]] = frozenset(),
-                 degrade_busy: float = DEGRADE_BUSY) -> None:
+                 degrade_busy: float = DEGRADE_BUSY, buffer_size_kb: int | None = None) -> None:
         super().__init__(instruments)
+        self.buffer_size_kb = buffer_size_kb
         #: The driver's own protocol answers (:attr:`obsctl.drivers.Driver.protocol_answers`),
         #: not counted as errors in paired mode.
         self.driver_answers = driver_answers
@@ -393,6 +396,9 @@ class FuseTraceCollector(PollingCollector):
             self._inst_lost = self._inst_sends = self._inst_ends = self._early_ends = 0
             self._first_req = None
             self._base_requests_lost = self.requests_lost
+        if self.buffer_size_kb is not None:
+            with open(os.path.join(path, "buffer_size_kb"), "w", encoding="ascii") as handle:
+                handle.write(f"{int(self.buffer_size_kb)}\n")
         for event in EVENTS:
             base = os.path.join(path, "events", "fuse", event)
             with open(os.path.join(base, "filter"), "w", encoding="ascii") as handle:
