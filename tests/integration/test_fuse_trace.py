@@ -206,6 +206,10 @@ def test_s3fs_kernel_numbers(s3_server, bucket, mountpoint, env, otlp, telemetry
     assert otlp.histogram_points("obsctl_operation_duration_ms", **attrs), "s3fs_log request latency"
     table = my_status(env, mountpoint)["sources"]
     assert table["fs_ops"] == table["fs_latency"] == table["fs_bytes"] == "kernel"
+    # the kernel feeds every FUSE number: s3fs runs without its debug level,
+    # and its curldbg lines still give request latency (asserted above)
+    driver_cmd = open(f"/proc/{my_status(env, mountpoint)['driver_pid']}/cmdline").read().split("\0")
+    assert "dbglevel=warn" in driver_cmd and "curldbg" in driver_cmd, driver_cmd
     assert m.stop(30) == 0
 
 
