@@ -9,7 +9,7 @@
   endpoint (what the ObsctlMountDown alert keys on).
 
 The systemd side (Restart=, StartLimitBurst=, RestartPreventExitStatus=, the
-timer) is checked in tests/unit/test_restart_budget.py.
+timer) is checked in tests/unit/test_restart_policy.py.
 """
 
 from __future__ import annotations

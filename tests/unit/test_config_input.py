@@ -84,9 +84,9 @@ def test_exposed_endpoint_logs_the_risk_at_start(caplog):
         tel.shutdown(1)
 
 
-def test_readme_telemetry_block_is_valid_and_documents_expose_prometheus():
-    readme = open("README.md", encoding="utf-8").read()
-    block = readme.split("```toml\n[telemetry]", 1)[1].split("```", 1)[0]
+def test_documented_telemetry_block_is_valid_and_documents_expose_prometheus():
+    doc = open("docs/configuration.md", encoding="utf-8").read()
+    block = doc.split("```toml\n[telemetry]", 1)[1].split("```", 1)[0]
     data = tomllib.loads("[telemetry]" + block)
     assert "expose_prometheus" in data["telemetry"]["metrics"]
     parse_telemetry(data)
