@@ -52,17 +52,21 @@ files: ``connection %u req %llu opcode %u (%s) len %u`` and
   end line: at most ``max_pending`` requests wait for their end, the oldest
   is dropped beyond that (:attr:`FuseTraceCollector.evicted`).
 
-Keeping up: ``trace_pipe`` is read in a thread every 50 ms until empty, in
-chunks of up to 1 MiB, with one precompiled regex over the chunk. The kernel's ring buffer never
-blocks the FUSE request path: if the reader falls behind, the kernel
-overwrites the oldest events and counts them as ``overrun`` in
-``per_cpu/cpuN/stats`` (read into :attr:`FuseTraceCollector.lost`). When
-a read returns a full chunk (a backlog) or the overrun count grows, the
-collector degrades to counting (:attr:`FuseTraceCollector.degraded`): only
-send lines are parsed, opcodes are tallied per chunk and added once per
-chunk, no latency, no pairing, so memory stays bounded and cost per event
-drops; it returns to full mode after ``recover_after`` calm reads.
-bench/fuse_trace.py measures the rates.
+Keeping up: ``trace_pipe`` is read in a thread every 50 ms until empty
+(a read returns at most ~8 KiB: one trace_seq buffer), with one
+precompiled regex over each piece. A request is counted at its send line.
+The kernel's ring buffer never blocks the FUSE request path: if the reader
+falls behind, the kernel overwrites the oldest events and counts them in
+``per_cpu/cpuN/stats`` (read into :attr:`FuseTraceCollector.lost`). The
+collector degrades to counting (:attr:`FuseTraceCollector.degraded`: only
+send lines are parsed, opcodes tallied per chunk, no latency, no pairing)
+when a read cycle used more than :data:`DEGRADE_BUSY` of a core, hit
+:data:`MAX_READS`, or the loss count grew; it returns to full mode after
+``recover_after`` cycles below half the byte rate of the switch
+(:meth:`FuseTraceCollector.note_cycle`). What could not be recorded is
+exported as ``obsctl_kernel_events_lost_total{source="tracefs", part}``
+(:meth:`FuseTraceCollector._account`): counted + ``part="count"`` = the
+kernel's own count. bench/fuse_trace.py measures the rates.
 """
 
 from __future__ import annotations
@@ -124,12 +128,18 @@ _LINE = re.compile(
 #: Counting mode: only send lines, only the opcode name.
 _SEND_OPCODE = re.compile(rb"fuse_request_send: connection \d+ req \d+ opcode \d+ \((\w+)\)")
 _END = b"fuse_request_end:"
+#: What trace_pipe prints where the ring buffer lost events before the next
+#: one: ``CPU:%d [LOST %lu EVENTS]`` (kernel/trace/trace.c, print_trace_line).
+_LOST_MARK = b" [LOST "
 #: errno names that are a failure for some opcodes only (unpaired mode cannot tell).
 _AMBIGUOUS = frozenset(name for _op, name in NOT_FAILURES)
 #: Lines of ``per_cpu/cpuN/stats`` that count events the reader never got:
-#: ``overrun`` (overwritten, the default overwrite mode) and ``dropped events``
-#: (refused, with ``options/overwrite`` 0); kernel/trace/trace.c tracing_stats_read.
-_LOST_LINES = re.compile(r"^(?:overrun|dropped events): (\d+)$", re.M)
+#: ``overrun`` (overwritten, the default overwrite mode), ``commit overrun``
+#: (lost while the writer wrapped the buffer during a nested write: seen here
+#: with an 8 KiB buffer) and ``dropped events`` (refused, with
+#: ``options/overwrite`` 0); kernel/trace/trace.c tracing_stats_read. Their sum
+#: equalled the ``[LOST N EVENTS]`` markers of trace_pipe in the integration test.
+_LOST_LINES = re.compile(r"^(?:overrun|commit overrun|dropped events): (\d+)$", re.M)
 #: Reader CPU share (thread CPU s / wall s of a read cycle) above which the
 #: collector degrades to counting mode: a quarter of one core.
 DEGRADE_BUSY = 0.25
@@ -293,9 +303,9 @@ class FuseTraceCollector(PollingCollector):
         events: event lines handled; ``sends`` / ``ends``: send and end lines
             read (``sends`` = requests counted in ``obsctl_fs_ops_total``);
             ``matched``: ends paired with their send (paired mode).
-        lost: events the kernel never handed over (``overrun`` + ``dropped
-            events`` of the instance's ``per_cpu/cpu*/stats``, summed, all
-            instances of this collector);
+        lost: events the kernel never handed over (``overrun`` + ``commit
+            overrun`` + ``dropped events`` of the instance's
+            ``per_cpu/cpu*/stats``, summed, all instances of this collector);
         requests_lost: requests in no ``obsctl_fs_ops_total`` (see :meth:`_account`);
         details_lost: requests counted whose latency/bytes/errno are missing (paired mode);
         evicted: requests dropped from the pending table without an end;
@@ -346,6 +356,7 @@ class FuseTraceCollector(PollingCollector):
         self._inst_ends = 0
         self._first_req: int | None = None
         self._early_ends = 0
+        self._early_until: int | None = None
         self._base_requests_lost = 0
         self._exported = {"count": 0, "detail": 0}
         self._lock = threading.Lock()
@@ -395,6 +406,7 @@ class FuseTraceCollector(PollingCollector):
         with self._lock:
             self._inst_lost = self._inst_sends = self._inst_ends = self._early_ends = 0
             self._first_req = None
+            self._early_until = None
             self._base_requests_lost = self.requests_lost
         if self.buffer_size_kb is not None:
             with open(os.path.join(path, "buffer_size_kb"), "w", encoding="ascii") as handle:
@@ -442,7 +454,8 @@ class FuseTraceCollector(PollingCollector):
 
     def read_lost(self) -> int | None:
         """Events the kernel never handed to the reader of the current instance:
-        ``overrun`` + ``dropped events`` of ``per_cpu/cpu*/stats``, summed; None
+        ``overrun`` + ``commit overrun`` + ``dropped events`` of
+        ``per_cpu/cpu*/stats`` (:data:`_LOST_LINES`), summed; None
         when there is no instance or the files cannot be read."""
         if self.instance is None:
             return None
@@ -475,8 +488,7 @@ class FuseTraceCollector(PollingCollector):
 
         ``count``: every request has one send and one end event (FORGET and
         INTERRUPT have none), and ``trace_pipe`` hands events over in time
-        order across CPUs, so for one instance, with L events lost (overrun +
-        dropped), S sends and E ends read (ends of requests sent before the
+        order across CPUs, so for one instance, with L events lost (:meth:`read_lost`), S sends and E ends read (ends of requests sent before the
         instance existed left out), the sends lost are ``(L + E - S) / 2``
         exactly once no request is in flight and everything written was
         read; while requests are in flight the formula is lower by half of
@@ -593,6 +605,8 @@ class FuseTraceCollector(PollingCollector):
 
     def _count_only(self, data: bytes) -> None:
         self.degraded_chunks += 1
+        if _LOST_MARK in data:
+            self._early_until = -1
         tally: dict[bytes, int] = {}
         for match in _SEND_OPCODE.finditer(data):
             name = match.group(1)
@@ -616,6 +630,15 @@ class FuseTraceCollector(PollingCollector):
         histogram record."""
         pending = self._pending
         paired = self.support.level == "paired"
+        # An end without its send is a request sent before the instance existed
+        # only until the first loss: then its send may have been overwritten.
+        early_until = len(data)
+        if self._inst_lost or self._early_until is not None:
+            early_until = -1
+        else:
+            mark = data.find(_LOST_MARK)
+            if mark >= 0:
+                early_until, self._early_until = mark, -1
         ops: dict[str, int] = {}
         errors: dict[str, int] = {}
         tasks: dict[tuple[bytes, bytes], int] = {}
@@ -646,7 +669,7 @@ class FuseTraceCollector(PollingCollector):
             ends += 1
             error = int(m.group(10))
             if not paired:
-                if self._inst_sends + sends == 0:
+                if self._inst_sends + sends == 0 and m.start() < early_until:
                     self._early_ends += 1  # an end before any send: a request sent before the instance
                 if error < 0:
                     label = errno_label(error)
@@ -657,7 +680,7 @@ class FuseTraceCollector(PollingCollector):
             sent = pending.pop(req, None)
             if sent is None:
                 self.unmatched += 1
-                if self._first_req is None or int(req) < self._first_req:
+                if m.start() < early_until and (self._first_req is None or int(req) < self._first_req):
                     self._early_ends += 1  # sent before the instance existed: not ours to count
                 continue
             matched += 1
