@@ -32,7 +32,16 @@ numbers before the kernel source) and at ``INFO`` (what it runs now on 6.18+),
 stdout/stderr read and discarded by this process; printed: rclone's CPU
 seconds (utime+stime of /proc/PID/stat), log bytes, and the saving.
 
-Writes bench/results/fuse_trace-latest.json. Never fails on a number.
+Part 3, ``--compare REV``: the tracefs collector of git revision REV (its
+src/obsctl/collectors/fuse_trace.py, loaded from ``git show``) against this
+tree's, in one run: reader capacity on the capture (full and counting mode)
+and a live bindfs metadata storm with each collector in turn (interleaved
+``--runs`` times), printing obsctl CPU per request, requests counted, the
+lost counter (new only) and the kernel's own count (bench/fuse_bpf.py's
+64 MiB second instance). Only this part runs with ``--compare``.
+
+Writes bench/results/fuse_trace-latest.json (``--compare``:
+fuse_trace-compare-latest.json). Never fails on a number.
 """
 
 from __future__ import annotations
@@ -61,14 +70,31 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def collector_main(mountpoint: str) -> None:
+def load_revision(rev: str):
+    """The ``fuse_trace`` module of git revision ``rev`` (its source from ``git show``), imported
+    under another name; it uses this tree's obsctl for everything else."""
+    import importlib.util
+
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:src/obsctl/collectors/fuse_trace.py"],
+                            capture_output=True, check=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="obsctl-bench-rev-")) / "fuse_trace_rev.py"
+    path.write_bytes(source)
+    spec = importlib.util.spec_from_file_location("fuse_trace_rev", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fuse_trace_rev"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def collector_main(mountpoint: str, rev: str | None = None) -> None:
     """Child: trace ``mountpoint`` until stdin closes; print stats JSON."""
-    from obsctl.collectors.fuse_trace import FuseTraceCollector, detect_support
+    from obsctl.collectors import fuse_trace
     from obsctl.instruments import MountAttributes
     from support.metrics import in_memory
 
+    module = load_revision(rev) if rev else fuse_trace
     _reader, ins = in_memory(MountAttributes("", "bench", mountpoint))
-    col = FuseTraceCollector(ins, mountpoint, support=detect_support(disabled=False))
+    col = module.FuseTraceCollector(ins, mountpoint, support=module.detect_support(disabled=False))
     col.poll()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)  # imports and set-up are not the reader's cost
     print("ready", flush=True)
@@ -159,14 +185,61 @@ def bench_driver(name: str, mp: str, workloads: dict, runs: int, nice: int = 0) 
     return results
 
 
-def reader_capacity(seconds: float = 3.0) -> dict:
+def compare(rev: str, mp: str, files: int, workers: int, runs: int) -> dict:
+    """Part 3 (see module doc)."""
+    import fuse_bpf as fb  # bench/fuse_bpf.py: the kernel's own count
+
+    from obsctl.collectors import fuse_trace
+
+    out: dict = {"rev": rev, "capacity": {}, "storm": {"old": [], "new": []}}
+    old_module = load_revision(rev)
+    for name, module in (("old", old_module), ("new", fuse_trace)):
+        out["capacity"][name] = reader_capacity(module=module, label=f"{name} ({rev if name == 'old' else 'tree'})")
+    ft_meta = lambda: meta(mp, files, workers)  # noqa: E731
+    ft_meta()  # warm-up
+    for _run in range(runs):
+        for name in ("old", "new"):
+            counter = fb.KernelCount(fb.connection_of(mp))
+            try:
+                child = subprocess.Popen([sys.executable, __file__, "--collector", mp]
+                                         + (["--collector-rev", rev] if name == "old" else []),
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                assert child.stdout.readline().strip() == "ready"
+                seconds = ft_meta()
+                time.sleep(0.6)
+                stdout, _err = child.communicate("", timeout=120)
+                row = json.loads(stdout.strip().splitlines()[-1])
+                row.update(seconds=seconds, kernel=counter.result())
+            finally:
+                counter.close()
+            out["storm"][name].append(row)
+    for name, rows in out["storm"].items():
+        for row in rows:
+            row["cpu_us_per_request"] = row["cpu_s"] * 1e6 / max(1, row["kernel"]["sends"])
+        med = statistics.median(r["cpu_us_per_request"] for r in rows)
+        log(f"storm   {name}: obsctl cpu/request {med:6.1f} us (median of {len(rows)})  requests/s "
+            f"{statistics.median(r['kernel']['sends'] / r['seconds'] for r in rows):8.0f}  counted "
+            f"{[int(r['ops']) for r in rows]}  lost {[r.get('requests_lost', '-') for r in rows]}  kernel "
+            f"{[r['kernel']['sends'] for r in rows]}  counting mode {[r.get('degradations', r['degraded_chunks']) for r in rows]}")
+    old = statistics.median(r["cpu_us_per_request"] for r in out["storm"]["old"])
+    new = statistics.median(r["cpu_us_per_request"] for r in out["storm"]["new"])
+    out["storm_cpu_ratio_new_old"] = new / old if old else None
+    cap = out["capacity"]
+    log(f"ratios new/old: storm cpu/request {new / old:5.2f}; capacity full {cap['new']['full'] / cap['old']['full']:5.2f}x, "
+        f"counting {cap['new']['counting'] / cap['old']['counting']:5.2f}x")
+    return out
+
+
+def reader_capacity(seconds: float = 3.0, module=None, label: str = "") -> dict:
     """Requests per CPU-second the parser handles, full mode and counting mode,
     on the real capture tests/fixtures/fuse_trace/bindfs-6.18.txt (174 requests)
     fed repeatedly: the rate above which a live reader must fall behind."""
-    from obsctl.collectors.fuse_trace import FuseTraceCollector, KernelSupport
+    from obsctl.collectors import fuse_trace
     from obsctl.instruments import MountAttributes
     from support.metrics import in_memory
 
+    module = module or fuse_trace
+    FuseTraceCollector, KernelSupport = module.FuseTraceCollector, module.KernelSupport  # noqa: N806
     data = (ROOT / "tests/fixtures/fuse_trace/bindfs-6.18.txt").read_bytes()
     out = {}
     for mode, full in (("full", False), ("counting", True)):
@@ -178,7 +251,7 @@ def reader_capacity(seconds: float = 3.0) -> dict:
             col.feed_chunk(data, full=full)
             n += 174
         out[mode] = n / (time.process_time() - start)
-    log(f"reader  capacity (one core, parse + OpenTelemetry SDK): full {out['full']:,.0f} requests/s, "
+    log(f"reader  {label} capacity (one core, parse + OpenTelemetry SDK): full {out['full']:,.0f} requests/s, "
         f"counting mode {out['counting']:,.0f} requests/s")
     return out
 
@@ -230,6 +303,8 @@ def bench_rclone_log(endpoint: str, bucket: str, keys: tuple[str, str], work_dir
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     ap.add_argument("--collector", help=argparse.SUPPRESS)
+    ap.add_argument("--collector-rev", help=argparse.SUPPRESS)
+    ap.add_argument("--compare", metavar="REV", help="old collector (git revision) against this tree's")
     ap.add_argument("--files", type=int, default=1500)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--read-mib", type=int, default=128)
@@ -239,7 +314,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=2)
     args = ap.parse_args()
     if args.collector:
-        collector_main(args.collector)
+        collector_main(args.collector, args.collector_rev)
         return 0
     if os.geteuid() != 0:
         log("run as root (FUSE mounts, tracefs)")
@@ -264,6 +339,12 @@ def main() -> int:
                 fh.write(os.urandom(1 << 20))
         procs.append(subprocess.Popen(["bindfs", "-f", src, mp]))
         wait_mounted(mp)
+        if args.compare:
+            results["compare"] = compare(args.compare, mp, args.files, args.workers, args.runs)
+            out = HERE / "results" / "fuse_trace-compare-latest.json"
+            out.write_text(json.dumps(results, indent=1) + "\n")
+            log(f"written {out}")
+            return 0
         results["reader_capacity"] = reader_capacity()
         results["bindfs"] = bench_driver("bindfs", mp, {
             "meta": lambda: meta(mp, args.files, args.workers),

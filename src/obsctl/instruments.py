@@ -63,6 +63,11 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "obsctl_cache_misses": ("counter", "{request}", "Reads the driver had to fetch"),
     # obsctl_driver_restarts_total
     "obsctl_driver_restarts": ("counter", "{restart}", "Driver restarts by the supervisor"),
+    # obsctl_kernel_events_lost_total{source, part} (owned by the kernel sources, collectors.fuse_trace)
+    "obsctl_kernel_events_lost": (
+        "counter", "{request}",
+        "FUSE requests the kernel made that the kernel source could not fully record: part=count (in no "
+        "obsctl_fs_ops_total), part=detail (counted, but latency, bytes and errno missing)"),
     # obsctl_fuse_requests_waiting (observable, owned by collectors.fuse_conn)
     "obsctl_fuse_requests_waiting": (
         "gauge", "{request}", "FUSE requests waiting (/sys/fs/fuse/connections/N/waiting)"),
@@ -122,6 +127,7 @@ class Instruments:
     cache_hits: Counter
     cache_misses: Counter
     driver_restarts: Counter
+    kernel_events_lost: Counter
     #: Local running totals, for ``obsctl status`` and the final-value check:
     #: name as in :data:`METRICS` -> value. Updated by the helpers below.
     totals: dict[str, float] = field(default_factory=dict)
@@ -267,6 +273,18 @@ class Instruments:
         self.driver_restarts.add(1, self.attrs.base())
         self._count("obsctl_driver_restarts", 1)
 
+    def add_kernel_lost(self, n: int, source: str, part: str) -> None:
+        """Count ``n`` FUSE requests the kernel source ``source`` (``tracefs``) could not record.
+
+        ``part``: ``count`` (the request is in no ``obsctl_fs_ops_total``: its
+        event was overwritten in the kernel's ring buffer) or ``detail``
+        (counted, but its latency, bytes and errno are missing). Labels: the
+        mount's (``bucket``, ``impl``, ``mountpoint``) plus ``source`` and ``part``.
+        """
+        if n > 0:
+            self.kernel_events_lost.add(n, {**self.attrs.with_mountpoint(), "source": source, "part": part})
+            self._count(f"obsctl_kernel_events_lost:{part}", n)
+
     def observable_gauge(
         self, name: str, callback: Callable[[CallbackOptions], Iterable[Observation]]
     ) -> None:
@@ -368,4 +386,5 @@ def create_instruments(meter: Meter, attrs: MountAttributes) -> Instruments:
         cache_hits=counter("obsctl_cache_hits"),
         cache_misses=counter("obsctl_cache_misses"),
         driver_restarts=counter("obsctl_driver_restarts"),
+        kernel_events_lost=counter("obsctl_kernel_events_lost"),
     )

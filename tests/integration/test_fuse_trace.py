@@ -206,6 +206,10 @@ def test_s3fs_kernel_numbers(s3_server, bucket, mountpoint, env, otlp, telemetry
     assert otlp.histogram_points("obsctl_operation_duration_ms", **attrs), "s3fs_log request latency"
     table = my_status(env, mountpoint)["sources"]
     assert table["fs_ops"] == table["fs_latency"] == table["fs_bytes"] == "kernel"
+    # the kernel feeds every FUSE number: s3fs runs without its debug level,
+    # and its curldbg lines still give request latency (asserted above)
+    driver_cmd = open(f"/proc/{my_status(env, mountpoint)['driver_pid']}/cmdline").read().split("\0")
+    assert "dbglevel=warn" in driver_cmd and "curldbg" in driver_cmd, driver_cmd
     assert m.stop(30) == 0
 
 
@@ -310,3 +314,99 @@ def test_sidecar_gets_the_kernel_collector(tmp_path, mountpoint, runtime_dir, ot
             if proc is not None and proc.poll() is None:
                 proc.kill()
         force_cleanup(mountpoint)
+
+
+class _KernelCount:
+    """A second tracefs instance with a 64 MiB per-CPU buffer recording both fuse
+    events of one connection: the kernel's own count, read after the run from
+    ``trace`` (no reader competes during it) and checked for no loss."""
+
+    def __init__(self, conn: str) -> None:
+        self.path = INSTANCES / f"obsctl-test-count-{os.getpid()}"
+        self.path.mkdir()
+        (self.path / "buffer_size_kb").write_text("65536\n")
+        for event in ("fuse_request_send", "fuse_request_end"):
+            (self.path / "events/fuse" / event / "filter").write_text(f"connection == {int(conn)}\n")
+            (self.path / "events/fuse" / event / "enable").write_text("1\n")
+
+    def counts(self) -> tuple[int, int, int]:
+        """(sends, ends, events the kernel lost in this instance)."""
+        sends = ends = 0
+        with open(self.path / "trace", "rb") as fh:
+            for line in fh:
+                if b"fuse_request_send:" in line:
+                    sends += 1
+                elif b"fuse_request_end:" in line:
+                    ends += 1
+        lost = 0
+        for stats in self.path.glob("per_cpu/cpu*/stats"):
+            text = stats.read_text()
+            lost += sum(int(line.split(":")[1]) for line in text.splitlines()
+                        if line.startswith(("overrun:", "dropped events:")))
+        return sends, ends, lost
+
+    def close(self) -> None:
+        for event in ("fuse_request_send", "fuse_request_end"):
+            (self.path / "events/fuse" / event / "enable").write_text("0\n")
+        self.path.rmdir()
+
+
+def _storm(mnt: Path, files: int) -> None:
+    for i in range(files):
+        p = mnt / f"f{i}"
+        with open(p, "wb") as fh:
+            fh.write(b"x" * 64)
+        os.stat(p)
+        os.unlink(p)
+
+
+@pytest.mark.parametrize("buffer_kb", [8, None])
+def test_requests_lost_are_exported_and_add_up_to_the_kernel_count(tmp_path, mountpoint, buffer_kb):
+    """bindfs under a metadata storm, the tracefs source on it with a tiny
+    per-CPU buffer (8 KiB: the kernel must overwrite events) or the default
+    one: counted requests (obsctl_fs_ops_total) + obsctl_kernel_events_lost_total
+    {part="count"} = the kernel's own count from a second instance; never less."""
+    require_driver("generic")
+    src = tmp_path / "src"
+    src.mkdir()
+    bindfs = subprocess.Popen(["bindfs", "-f", str(src), str(mountpoint)], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    counter = col = None
+    try:
+        wait_until(lambda: is_mounted(mountpoint), 10, "bindfs mounted")
+        os.stat(mountpoint)
+        attrs = MountAttributes("", "generic", str(mountpoint))
+        reader, ins = in_memory(attrs)
+        col = FuseTraceCollector(ins, str(mountpoint), support=detect_support(disabled=False),
+                                 buffer_size_kb=buffer_kb)
+        col.poll()
+        assert col.instance is not None
+        counter = _KernelCount(connection_of(mountpoint))
+        for _round in range(4):
+            _storm(mountpoint, 1500)
+            col.poll()
+        time.sleep(0.3)
+        col.close()  # drains trace_pipe and reads the loss counters last
+        sends, ends, kernel_lost = counter.counts()
+        assert kernel_lost == 0 and sends == ends, (sends, ends, kernel_lost)
+        pts = metric_points(reader, attrs)
+        counted = sum(v for k, v in pts.items() if k[0] == "obsctl_fs_ops")
+        lost = {dict(k[1])["part"]: v for k, v in pts.items() if k[0] == "obsctl_kernel_events_lost"}
+        st = col.stats()
+        assert counted == st["sends"]
+        assert lost.get("count", 0) == st["requests_lost"]
+        print(f"buffer_kb={buffer_kb} kernel sends={sends} counted={counted} lost={lost} stats={st}")
+        assert counted + lost.get("count", 0) == sends, (counted, lost, sends, st)
+        if buffer_kb is not None:
+            # the tiny buffer did overflow: the loss is visible, and counting mode engaged
+            assert st["lost"] > 0 and lost.get("count", 0) > 0 and st["degradations"] >= 1, st
+            assert lost.get("detail", 0) > 0, st
+    finally:
+        if col is not None:
+            col.close()
+        if counter is not None:
+            counter.close()
+        force_cleanup(mountpoint)
+        if bindfs.poll() is None:
+            bindfs.kill()
+        bindfs.wait(10)

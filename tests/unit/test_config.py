@@ -177,6 +177,40 @@ def test_s3fs_startup_verdict_from_real_logs(fixture, verdict):
     assert verdicts and verdicts[0] == verdict
 
 
+#: What s3fs 1.90 prints at ``dbglevel=warn -o curldbg``: curldbg lines (no
+#: level check, src/s3fs_logger.h:170-179), CRT/ERR/WAN lines and ``s3fs:`` exits.
+_AT_WARN = ("[CURL DBG]", "[CRT]", "[ERR]", "[WAN]", "s3fs:")
+
+
+@pytest.mark.parametrize("fixture, verdict", [
+    ("tests/fixtures/s3fs/ok/s3fs.log", "ok"),
+    ("tests/fixtures/s3fs/auth403/s3fs.log", "failed"),
+])
+def test_s3fs_startup_verdict_at_warn_level(fixture, verdict):
+    """At dbglevel=warn the INFO line ``HTTP response code 200`` is gone: the
+    curl response line gives the same verdict, and the collector still gets
+    every request and response."""
+    from obsctl.collectors.s3fs_log import S3fsLogCollector
+    from obsctl.instruments import MountAttributes
+    from support.metrics import in_memory
+
+    driver = get_driver("s3fs")
+    with open(fixture, encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    warn = [line for line in lines if any(marker in line for marker in _AT_WARN)]
+    assert not any("RequestPerform(2316)" in line for line in warn)
+    verdicts = [v for v in map(driver.startup_verdict, warn) if v]
+    assert verdicts and verdicts[0] == verdict
+    totals = []
+    for kept in (lines, warn):
+        _reader, ins = in_memory(MountAttributes("b", "s3fs", "/m"))
+        col = S3fsLogCollector(ins)
+        for line in kept:
+            col.feed(line)
+        totals.append((dict(ins.errors_by_type), col.pending, col.dropped))
+    assert totals[0] == totals[1]
+
+
 def test_package_ships_every_template():
     """templates/ exists once; src/obsctl/templates holds one file symlink per template."""
     from pathlib import Path

@@ -108,6 +108,26 @@ def test_rclone_debug_log_only_when_the_kernel_cannot_give_everything(monkeypatc
     assert _rclone_log_level() == expected
 
 
+def _s3fs_log_level(context):
+    from obsctl.drivers.s3fs import S3fsDriver
+    from obsctl.mountspec import build_mount_spec
+
+    plan = S3fsDriver().plan(build_mount_spec({"source": "s3://bucket", "mountpoint": "/mnt/x", "impl": "s3fs"}),
+                             None, context)
+    levels = [a for a in plan.argv if a.startswith("dbglevel=")]
+    assert len(levels) == 1 and "curldbg" in plan.argv, plan.argv
+    return levels[0].split("=", 1)[1]
+
+
+def test_s3fs_debug_log_only_when_the_kernel_cannot_give_everything():
+    """s3fs's dbg level feeds FUSE ops and bytes; when the kernel owns them it
+    runs at warn (curldbg lines print at every level: s3fs 1.90 src/s3fs_logger.h:170)."""
+    from obsctl.drivers import PlanContext
+
+    assert _s3fs_log_level(PlanContext(kernel_complete=False, listen=False)) == "dbg"
+    assert _s3fs_log_level(PlanContext(kernel_complete=True, listen=False)) == "warn"
+
+
 def test_plan_context_follows_the_telemetry_mode():
     """Mode none opens no port (no rclone rc API); a mode that exports lets rclone serve its rc on loopback."""
     from obsctl.config import parse_telemetry

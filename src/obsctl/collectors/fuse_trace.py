@@ -52,17 +52,21 @@ files: ``connection %u req %llu opcode %u (%s) len %u`` and
   end line: at most ``max_pending`` requests wait for their end, the oldest
   is dropped beyond that (:attr:`FuseTraceCollector.evicted`).
 
-Keeping up: ``trace_pipe`` is read in a thread every 50 ms until empty, in
-chunks of up to 1 MiB, with one precompiled regex over the chunk. The kernel's ring buffer never
-blocks the FUSE request path: if the reader falls behind, the kernel
-overwrites the oldest events and counts them as ``overrun`` in
-``per_cpu/cpuN/stats`` (read into :attr:`FuseTraceCollector.lost`). When
-a read returns a full chunk (a backlog) or the overrun count grows, the
-collector degrades to counting (:attr:`FuseTraceCollector.degraded`): only
-send lines are parsed, opcodes are tallied per chunk and added once per
-chunk, no latency, no pairing, so memory stays bounded and cost per event
-drops; it returns to full mode after ``recover_after`` calm reads.
-bench/fuse_trace.py measures the rates.
+Keeping up: ``trace_pipe`` is read in a thread every 50 ms until empty
+(a read returns at most ~8 KiB: one trace_seq buffer), with one
+precompiled regex over each piece. A request is counted at its send line.
+The kernel's ring buffer never blocks the FUSE request path: if the reader
+falls behind, the kernel overwrites the oldest events and counts them in
+``per_cpu/cpuN/stats`` (read into :attr:`FuseTraceCollector.lost`). The
+collector degrades to counting (:attr:`FuseTraceCollector.degraded`: only
+send lines are parsed, opcodes tallied per chunk, no latency, no pairing)
+when a read cycle used more than :data:`DEGRADE_BUSY` of a core, hit
+:data:`MAX_READS`, or the loss count grew; it returns to full mode after
+``recover_after`` cycles below half the byte rate of the switch
+(:meth:`FuseTraceCollector.note_cycle`). What could not be recorded is
+exported as ``obsctl_kernel_events_lost_total{source="tracefs", part}``
+(:meth:`FuseTraceCollector._account`): counted + ``part="count"`` = the
+kernel's own count. bench/fuse_trace.py measures the rates.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -110,18 +115,37 @@ OPCODES: dict[str, str] = {
 }
 
 
-#: One regex for both events. Groups: ts, event, connection, req, then
-#: opcode name + len (send) or len + error (end).
+#: One regex for both events, anchored at the line start so the requesting
+#: task comes with it (a separate task regex over the chunk cost as much as
+#: all the rest of the parsing: bench/fuse_trace.py). Groups: comm, pid, ts
+#: seconds, ts microseconds, then req, opcode name, len (send) or req, len,
+#: error (end). ``comm`` may hold spaces and dashes: the lazy match stops at
+#: the last ``-PID [CPU]`` (the kernel prints ``%16s-%-7d [%03d]``).
 _LINE = re.compile(
-    rb" (\d+)\.(\d{6}): fuse_request_(?:send: connection (\d+) req (\d+) opcode \d+ \((\w+)\) len (\d+)"
-    rb"|end: connection (\d+) req (\d+) len (\d+) error (-?\d+))")
-#: The requesting task ("comm-pid" before the CPU field) of a send line.
-_SEND_TASK = re.compile(rb"^ *(.+?)-(\d+) +\[\d+\] [^\n]*?fuse_request_send", re.M)
+    rb"(?m)^ *([^\n]*?)-(\d+) +\[\d+\] \S+ +(\d+)\.(\d{6}): fuse_request_(?:"
+    rb"send: connection \d+ req (\d+) opcode \d+ \((\w+)\) len (\d+)"
+    rb"|end: connection \d+ req (\d+) len (\d+) error (-?\d+))")
 #: Counting mode: only send lines, only the opcode name.
 _SEND_OPCODE = re.compile(rb"fuse_request_send: connection \d+ req \d+ opcode \d+ \((\w+)\)")
+_END = b"fuse_request_end:"
+#: What trace_pipe prints where the ring buffer lost events before the next
+#: one: ``CPU:%d [LOST %lu EVENTS]`` (kernel/trace/trace.c, print_trace_line).
+_LOST_MARK = b" [LOST "
 #: errno names that are a failure for some opcodes only (unpaired mode cannot tell).
 _AMBIGUOUS = frozenset(name for _op, name in NOT_FAILURES)
-_OVERRUN = re.compile(r"^overrun: (\d+)$", re.M)
+#: Lines of ``per_cpu/cpuN/stats`` that count events the reader never got:
+#: ``overrun`` (overwritten, the default overwrite mode), ``commit overrun``
+#: (lost while the writer wrapped the buffer during a nested write: seen here
+#: with an 8 KiB buffer) and ``dropped events`` (refused, with
+#: ``options/overwrite`` 0); kernel/trace/trace.c tracing_stats_read. Their sum
+#: equalled the ``[LOST N EVENTS]`` markers of trace_pipe in the integration test.
+_LOST_LINES = re.compile(r"^(?:overrun|commit overrun|dropped events): (\d+)$", re.M)
+#: Reader CPU share (thread CPU s / wall s of a read cycle) above which the
+#: collector degrades to counting mode: a quarter of one core.
+DEGRADE_BUSY = 0.25
+#: Reads of one cycle after which a backlog is assumed (8 KiB each: trace_pipe
+#: returns at most one page per read(), kernel/trace/trace.c tracing_read_pipe).
+MAX_READS = 256
 
 _warned = False
 
@@ -265,25 +289,37 @@ class FuseTraceCollector(PollingCollector):
         mountinfo_path: the mount table.
         support: the result of :func:`detect_support` (computed when None).
         max_pending: bound of requests waiting for their end line.
-        recover_after: calm reads before leaving counting mode.
+        recover_after: calm read cycles (each :data:`READ_INTERVAL` s apart,
+            so 20 = 1 s) before leaving counting mode.
+        degrade_busy: reader CPU share (of one core) that switches to counting mode.
+        buffer_size_kb: the instance's per-CPU ring buffer size (``buffer_size_kb``),
+            None for the kernel's default (1408 KiB on this kernel).
 
     Attributes:
         support: the :class:`KernelSupport` in force (``unpaired`` once a
             ``req 0`` send line was seen).
         connection: the FUSE connection traced, or None.
         instance: path of the tracefs instance, or None.
-        events: event lines handled; ``lost``: events the kernel overwrote
-            before they were read (``overrun``, summed over CPUs);
+        events: event lines handled; ``sends`` / ``ends``: send and end lines
+            read (``sends`` = requests counted in ``obsctl_fs_ops_total``);
+            ``matched``: ends paired with their send (paired mode).
+        lost: events the kernel never handed over (``overrun`` + ``commit
+            overrun`` + ``dropped events`` of the instance's
+            ``per_cpu/cpu*/stats``, summed, all instances of this collector);
+        requests_lost: requests in no ``obsctl_fs_ops_total`` (see :meth:`_account`);
+        details_lost: requests counted whose latency/bytes/errno are missing (paired mode);
         evicted: requests dropped from the pending table without an end;
         degraded: True while in counting mode; ``degraded_chunks``: chunks
-        handled in counting mode.
+        handled in counting mode; ``degradations``: switches to counting mode.
     """
 
     def __init__(self, instruments: Instruments, mountpoint: str, tracefs: str = DEFAULT_TRACEFS,
                  mountinfo_path: str = mounttable.MOUNTINFO_PATH, support: KernelSupport | None = None,
                  max_pending: int = 4096, recover_after: int = 20,
-                 driver_answers: frozenset[tuple[str, str]] = frozenset()) -> None:
+                 driver_answers: frozenset[tuple[str, str]] = frozenset(),
+                 degrade_busy: float = DEGRADE_BUSY, buffer_size_kb: int | None = None) -> None:
         super().__init__(instruments)
+        self.buffer_size_kb = buffer_size_kb
         #: The driver's own protocol answers (:attr:`obsctl.drivers.Driver.protocol_answers`),
         #: not counted as errors in paired mode.
         self.driver_answers = driver_answers
@@ -293,18 +329,36 @@ class FuseTraceCollector(PollingCollector):
         self.support = support if support is not None else detect_support(tracefs)
         self.max_pending = max_pending
         self.recover_after = recover_after
+        self.degrade_busy = degrade_busy
         self.connection: str | None = None
         self.instance: str | None = None
         self.events = 0
+        self.sends = 0
+        self.ends = 0
+        self.matched = 0
         self.lost = 0
+        self.requests_lost = 0
+        self.details_lost = 0
         self.evicted = 0
         self.unmatched = 0
         self.degraded = False
         self.degraded_chunks = 0
+        self.degradations = 0
         self._calm = 0
+        self._trigger_rate = 0.0
+        self._cycle_start: float | None = None
         self._rest = b""
         self._pending: OrderedDict[bytes, tuple[str, int, int]] = OrderedDict()
         self._labels: dict[str, dict[str, str]] = {}
+        # per instance (reset when the connection changes): see _account
+        self._inst_lost = 0
+        self._inst_sends = 0
+        self._inst_ends = 0
+        self._first_req: int | None = None
+        self._early_ends = 0
+        self._early_until: int | None = None
+        self._base_requests_lost = 0
+        self._exported = {"count": 0, "detail": 0}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -349,6 +403,14 @@ class FuseTraceCollector(PollingCollector):
         if not os.path.isdir(path):
             os.mkdir(path)
         self.instance, self.connection = path, conn
+        with self._lock:
+            self._inst_lost = self._inst_sends = self._inst_ends = self._early_ends = 0
+            self._first_req = None
+            self._early_until = None
+            self._base_requests_lost = self.requests_lost
+        if self.buffer_size_kb is not None:
+            with open(os.path.join(path, "buffer_size_kb"), "w", encoding="ascii") as handle:
+                handle.write(f"{int(self.buffer_size_kb)}\n")
         for event in EVENTS:
             base = os.path.join(path, "events", "fuse", event)
             with open(os.path.join(base, "filter"), "w", encoding="ascii") as handle:
@@ -357,6 +419,7 @@ class FuseTraceCollector(PollingCollector):
                 handle.write("1\n")
         self._fd = os.open(os.path.join(path, "trace_pipe"), os.O_RDONLY | os.O_NONBLOCK)
         self._stop.clear()
+        self._cycle_start = None
         self._thread = threading.Thread(target=self._run, name=f"fuse-trace-{conn}", daemon=True)
         self._thread.start()
 
@@ -368,6 +431,7 @@ class FuseTraceCollector(PollingCollector):
         if self._fd is not None:
             try:
                 self._drain()
+                self._read_lost()
             finally:
                 os.close(self._fd)
                 self._fd = None
@@ -388,23 +452,63 @@ class FuseTraceCollector(PollingCollector):
             self._pending.clear()
             self._rest = b""
 
-    def _read_lost(self) -> None:
+    def read_lost(self) -> int | None:
+        """Events the kernel never handed to the reader of the current instance:
+        ``overrun`` + ``commit overrun`` + ``dropped events`` of
+        ``per_cpu/cpu*/stats`` (:data:`_LOST_LINES`), summed; None
+        when there is no instance or the files cannot be read."""
         if self.instance is None:
-            return
+            return None
         total = 0
         per_cpu = os.path.join(self.instance, "per_cpu")
         try:
             for cpu in os.listdir(per_cpu):
                 with open(os.path.join(per_cpu, cpu, "stats"), encoding="ascii") as handle:
-                    match = _OVERRUN.search(handle.read())
-                if match:
-                    total += int(match.group(1))
+                    total += sum(int(n) for n in _LOST_LINES.findall(handle.read()))
         except OSError:
-            return
-        if total > self.lost:
-            self.degraded = True
-            self._calm = 0
-        self.lost = max(self.lost, total)
+            return None
+        return total
+
+    def _read_lost(self) -> None:
+        """Read the instance's loss counters; degrade on a new loss; export what is lost."""
+        total = self.read_lost()
+        if total is not None:
+            with self._lock:
+                if total > self._inst_lost:
+                    self.lost += total - self._inst_lost
+                    self._inst_lost = total
+                    if not self.degraded:
+                        self._degrade(self._trigger_rate)
+                    self._calm = 0
+        self._account()
+
+    def _account(self) -> None:
+        """Update :attr:`requests_lost` / :attr:`details_lost` and add their growth to
+        ``obsctl_kernel_events_lost_total{source="tracefs", part}``.
+
+        ``count``: every request has one send and one end event (FORGET and
+        INTERRUPT have none), and ``trace_pipe`` hands events over in time
+        order across CPUs, so for one instance, with L events lost (:meth:`read_lost`), S sends and E ends read (ends of requests sent before the
+        instance existed left out), the sends lost are ``(L + E - S) / 2``
+        exactly once no request is in flight and everything written was
+        read; while requests are in flight the formula is lower by half of
+        them, never higher. Counted requests (S) plus this equal the
+        kernel's own count of the instance's requests; the counter keeps
+        the highest value seen, so it never goes down and never overstates.
+        ``detail`` (paired kernels): sends read whose end was not paired
+        with them (end lost, read in counting mode, or evicted from the
+        pending table) = S - paired ends - pending.
+        """
+        with self._lock:
+            estimate = (self._inst_lost + self._inst_ends - self._early_ends - self._inst_sends) // 2
+            self.requests_lost = max(self.requests_lost, self._base_requests_lost + max(0, estimate))
+            if self.support.level == "paired":
+                self.details_lost = max(self.details_lost, self.sends - self.matched - len(self._pending))
+            count, detail = self.requests_lost, self.details_lost
+        ins = self.instruments
+        ins.add_kernel_lost(count - self._exported["count"], "tracefs", "count")
+        ins.add_kernel_lost(detail - self._exported["detail"], "tracefs", "detail")
+        self._exported = {"count": count, "detail": detail}
 
     def _close(self) -> None:
         """Stop the reader, disable the events, remove the instance."""
@@ -424,95 +528,167 @@ class FuseTraceCollector(PollingCollector):
                 return
 
     def _drain(self) -> bool:
-        """Read trace_pipe until it is empty (non-blocking). False when it failed for good."""
-        for _read in range(256):
+        """Read trace_pipe until it is empty (non-blocking), at most :data:`MAX_READS`
+        reads; then judge the cycle (:meth:`note_cycle`). False when it failed for good."""
+        cpu0 = time.thread_time()
+        nbytes, capped, ok = 0, True, True
+        for _read in range(MAX_READS):
             try:
                 data = os.read(self._fd, CHUNK)
             except BlockingIOError:
-                return True
+                capped = False
+                break
             except OSError as exc:
                 log.debug("trace_pipe read failed: %s", exc)
-                return False
+                capped, ok = False, False
+                break
             if not data:
-                return True
-            self.feed_chunk(data, full=len(data) >= CHUNK)
-        return True
+                capped = False
+                break
+            nbytes += len(data)
+            self.feed_chunk(data)
+        now = time.monotonic()
+        if self._cycle_start is not None:
+            self.note_cycle(nbytes, time.thread_time() - cpu0, now - self._cycle_start, capped)
+        self._cycle_start = now
+        return ok
+
+    def note_cycle(self, nbytes: int, cpu_s: float, wall_s: float, capped: bool = False) -> None:
+        """Judge one read cycle: ``nbytes`` read from trace_pipe, ``cpu_s`` of the
+        reader thread's CPU spent on it, ``wall_s`` since the previous cycle,
+        ``capped``: it stopped at :data:`MAX_READS` with data left.
+
+        Full mode -> counting mode when the reader used more than
+        ``degrade_busy`` of a core (``cpu_s / wall_s``) or was capped: a
+        backlog that would otherwise grow until the kernel overwrites events.
+        The byte rate at that moment is remembered; counting mode -> full
+        mode after ``recover_after`` consecutive cycles below half of it.
+        """
+        rate = nbytes / wall_s if wall_s > 0 else 0.0
+        with self._lock:
+            if not self.degraded:
+                if capped or (wall_s > 0 and cpu_s / wall_s > self.degrade_busy):
+                    self._degrade(rate)
+                return
+            if rate <= self._trigger_rate / 2:
+                self._calm += 1
+                if self._calm >= self.recover_after:
+                    self.degraded = False
+                    self._pending.clear()
+                    log.info("kernel FUSE events of %s: back to full mode", self.mountpoint)
+            else:
+                self._calm = 0
+
+    def _degrade(self, rate: float) -> None:
+        """Switch to counting mode (lock held)."""
+        self.degraded, self._calm = True, 0
+        self._trigger_rate = rate
+        self.degradations += 1
+        self._pending.clear()
+        log.info("kernel FUSE events of %s: counting mode (backlog at %.0f bytes/s of trace_pipe)",
+                 self.mountpoint, rate)
 
     def feed_chunk(self, data: bytes, full: bool = False) -> None:
         """Parse a piece of trace_pipe output (may split lines anywhere) and record it.
 
-        ``full``: the read filled the buffer (a backlog): switch to counting mode.
-        Never raises.
+        ``full``: a backlog is known: switch to counting mode first (tests and
+        benches; the reader decides in :meth:`note_cycle`). Never raises.
         """
         with self._lock:
             data = self._rest + data
             cut = data.rfind(b"\n") + 1
             self._rest = data[cut:][-4096:]
             data = data[:cut]
-            if full:
-                self.degraded, self._calm = True, 0
-            elif self.degraded:
-                self._calm += 1
-                if self._calm >= self.recover_after:
-                    self.degraded = False
-                    self._pending.clear()
+            if full and not self.degraded:
+                self._degrade(0.0)
             self.guard("trace chunk", self._count_only if self.degraded else self._full, data)
 
     def _count_only(self, data: bytes) -> None:
         self.degraded_chunks += 1
+        if _LOST_MARK in data:
+            self._early_until = -1
         tally: dict[bytes, int] = {}
         for match in _SEND_OPCODE.finditer(data):
             name = match.group(1)
             tally[name] = tally.get(name, 0) + 1
+        ends = data.count(_END)
+        sends = sum(tally.values())
+        self.events += sends + ends
+        self.sends += sends
+        self.ends += ends
+        self._inst_sends += sends
+        self._inst_ends += ends
         ins = self.instruments
         for name, n in tally.items():
-            self.events += n
             ins.record_fs_op(opcode_label(name.decode()), n=n)
 
     def _full(self, data: bytes) -> None:
-        """Parse every line; counts, bytes and errors are summed per chunk and
-        added once per label set (one SDK call instead of one per event);
-        each latency is one histogram record."""
+        """Parse every line. A request is counted at its send line (the opcode is
+        there; so a lost end loses its latency, not its count); counts, bytes,
+        errors and requesters are summed per chunk and added once per label
+        set (one SDK call instead of one per event); each latency is one
+        histogram record."""
         pending = self._pending
         paired = self.support.level == "paired"
+        # An end without its send is a request sent before the instance existed
+        # only until the first loss: then its send may have been overwritten.
+        early_until = len(data)
+        if self._inst_lost or self._early_until is not None:
+            early_until = -1
+        else:
+            mark = data.find(_LOST_MARK)
+            if mark >= 0:
+                early_until, self._early_until = mark, -1
         ops: dict[str, int] = {}
         errors: dict[str, int] = {}
+        tasks: dict[tuple[bytes, bytes], int] = {}
         read_bytes = write_bytes = 0
+        sends = ends = matched = 0
         record = self.instruments.record_fs_latency
         labels = self._labels
         for m in _LINE.finditer(data):
-            self.events += 1
-            name = m.group(5)
+            name = m.group(6)
             if name is not None:  # send
+                sends += 1
                 opcode = opcode_label(name.decode())
-                req = m.group(4)
+                ops[opcode] = ops.get(opcode, 0) + 1
+                task = m.group(1, 2)
+                tasks[task] = tasks.get(task, 0) + 1
+                req = m.group(5)
                 if paired and req == b"0":
                     paired = self._unpair()
                 if not paired:
-                    ops[opcode] = ops.get(opcode, 0) + 1
                     continue
-                pending[req] = (opcode, int(m.group(1)) * 1_000_000 + int(m.group(2)), int(m.group(6)))
+                if self._first_req is None:
+                    self._first_req = int(req)
+                pending[req] = (opcode, int(m.group(3)) * 1_000_000 + int(m.group(4)), int(m.group(7)))
                 if len(pending) > self.max_pending:
                     pending.popitem(last=False)
                     self.evicted += 1
                 continue
+            ends += 1
             error = int(m.group(10))
             if not paired:
+                if self._inst_sends + sends == 0 and m.start() < early_until:
+                    self._early_ends += 1  # an end before any send: a request sent before the instance
                 if error < 0:
                     label = errno_label(error)
                     if label not in _AMBIGUOUS:
                         errors[label] = errors.get(label, 0) + 1
                 continue
-            sent = pending.pop(m.group(8), None)
+            req = m.group(8)
+            sent = pending.pop(req, None)
             if sent is None:
                 self.unmatched += 1
+                if m.start() < early_until and (self._first_req is None or int(req) < self._first_req):
+                    self._early_ends += 1  # sent before the instance existed: not ours to count
                 continue
+            matched += 1
             opcode, t_send, send_len = sent
-            ops[opcode] = ops.get(opcode, 0) + 1
             attrs = labels.get(opcode)
             if attrs is None:
                 attrs = labels[opcode] = {"opcode": opcode, **self.instruments.attrs.base()}
-            record(opcode, (int(m.group(1)) * 1_000_000 + int(m.group(2)) - t_send) / 1000.0, attrs)
+            record(opcode, (int(m.group(3)) * 1_000_000 + int(m.group(4)) - t_send) / 1000.0, attrs)
             if error < 0:
                 label = errno_label(error)
                 if is_failure(opcode, label, self.driver_answers):
@@ -521,12 +697,16 @@ class FuseTraceCollector(PollingCollector):
                 read_bytes += int(m.group(9)) - REPLY_HEADER
             elif opcode == "write":
                 write_bytes += send_len - WRITE_OVERHEAD
+        self.events += sends + ends
+        self.sends += sends
+        self.ends += ends
+        self.matched += matched
+        self._inst_sends += sends
+        self._inst_ends += ends
         ins = self.instruments
-        tasks: dict[str, int] = {}
-        for t in _SEND_TASK.finditer(data):
-            who = f"{t.group(1).decode(errors='replace')}[{t.group(2).decode()}]"
-            tasks[who] = tasks.get(who, 0) + 1
-        ins.count_requesters(tasks)
+        if tasks:
+            ins.count_requesters({f"{comm.decode(errors='replace')}[{pid.decode()}]": n
+                                  for (comm, pid), n in tasks.items()})
         for opcode, n in ops.items():
             ins.record_fs_op(opcode, n=n)
         for label, n in errors.items():
@@ -552,5 +732,7 @@ class FuseTraceCollector(PollingCollector):
         """Counters for ``obsctl status --json``."""
         return {"support": self.support.level, "reason": self.support.reason, "connection": self.connection,
                 "instance": os.path.basename(self.instance) if self.instance else None,
-                "events": self.events, "lost": self.lost, "evicted": self.evicted, "pending": self.pending,
-                "degraded": self.degraded, "degraded_chunks": self.degraded_chunks}
+                "events": self.events, "sends": self.sends, "ends": self.ends, "lost": self.lost,
+                "requests_lost": self.requests_lost, "details_lost": self.details_lost,
+                "evicted": self.evicted, "pending": self.pending, "degraded": self.degraded,
+                "degradations": self.degradations, "degraded_chunks": self.degraded_chunks}

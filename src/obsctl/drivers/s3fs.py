@@ -2,9 +2,32 @@
 
 Credentials go in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
 AWS_SESSION_TOKEN of s3fs's environment, which s3fs reads before any
-passwd file. ``-o dbglevel=dbg -o curldbg`` makes s3fs log each HTTP
-request and response with timestamps, which :class:`~obsctl.collectors.
-s3fs_log.S3fsLogCollector` pairs into request latency and status codes.
+passwd file. ``-o curldbg`` makes s3fs log each HTTP request and response
+with timestamps, which :class:`~obsctl.collectors.s3fs_log.S3fsLogCollector`
+pairs into request latency and status codes.
+
+Log level (:data:`LOG_LEVEL_KERNEL`, :data:`LOG_LEVEL_LOG`): where the
+kernel source gives every FUSE quantity (:attr:`obsctl.drivers.PlanContext.kernel_complete`:
+the eBPF source loads, or tracefs pairs on 6.18+), s3fs runs at
+``dbglevel=warn``: its FUSE callback lines (``[INF] s3fs.cpp:s3fs_OP``, and
+at ``dbg`` the read/write sizes) would only feed numbers the kernel already
+owns. What obsctl still reads from the log does not need ``info``, in s3fs
+1.90's source (s3fs-fuse/s3fs-fuse tag v1.90):
+
+* the ``[CURL DBG]`` request/response lines are printed by
+  ``S3FS_LOW_CURLDBG`` (src/s3fs_logger.h:170-179), which checks no log level
+  at all, only ``curldbg`` (``S3fsCurl::is_verbose``, src/curl.cpp:1968-1971);
+* ``[ERR] ... ### CURLE_...`` and the failed-request lines of
+  ``RequestPerform`` (src/curl.cpp:2343-2394) are ``S3FS_PRN_ERR``, warnings
+  ``S3FS_PRN_WARN`` (src/s3fs_logger.h:233-234): kept at ``warn``, so
+  s3fs's warnings still reach the journal (:meth:`S3fsDriver.forward`);
+* the one ``info`` line obsctl used, ``RequestPerform(2316): HTTP response
+  code 200`` (``S3FS_PRN_INFO3``) as the start-up check's success, is
+  replaced by the curl response line before it (:meth:`S3fsDriver.startup_verdict`).
+
+Elsewhere s3fs runs at ``dbglevel=dbg`` (its log is the only source of
+FUSE ops and bytes for s3fs there). bench/s3fs_log_level.py measures the
+difference (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -15,7 +38,7 @@ from obsctl.drivers.base import CREDS, DISTRO_DRIVERS, DocRow, Driver, OptionRul
 #: Options refused for s3fs, from the s3fs 1.90 man page (doc/man/s3fs.1,
 #: OPTIONS). obsctl's own settings are: credentials in AWS_* of s3fs's
 #: environment, url / endpoint / use_path_request_style from the mount spec,
-#: ``-f -o dbglevel=dbg -o curldbg`` on stdout (collectors and redaction read
+#: ``-f -o dbglevel=dbg|warn -o curldbg`` on stdout (collectors and redaction read
 #: it). SSE-C keys stay allowed through ``use_sse=custom:FILE`` / ``load_sse_c=FILE``:
 #: the key is in a 0600 file, only its path is on the command line.
 REFUSED_OPTIONS = (
@@ -40,6 +63,12 @@ REFUSED_OPTIONS = (
                "add the endpoint's CA to the system trust store (update-ca-certificates)"),
 )
 
+#: s3fs's log level when the kernel gives every FUSE quantity (see module doc).
+LOG_LEVEL_KERNEL = "warn"
+#: s3fs's log level when its log feeds FUSE ops and bytes: ``dbg`` is the lowest
+#: level that logs FUSE reads and writes (``[DBG] s3fs.cpp:s3fs_read``).
+LOG_LEVEL_LOG = "dbg"
+
 _ERROR_MARKERS = ("[ERR]", "[CRT]", "s3fs:")
 _FORWARD_MARKERS = ("[ERR]", "[CRT]", "[WAN]", "s3fs:")
 _STARTUP_FAILURES = ("CURLE_COULDNT_CONNECT", "CURLE_COULDNT_RESOLVE", "bucket or key not found",
@@ -59,7 +88,8 @@ class S3fsDriver(Driver):
     log_gives = frozenset({"fs_ops", "fs_bytes"})
     doc = DocRow(
         binary="s3fs >= 1.90 (Debian)",
-        runs="`s3fs BUCKET[:/PREFIX] MP -f -o dbglevel=dbg -o curldbg [-o url=ENDPOINT -o use_path_request_style] "
+        runs="`s3fs BUCKET[:/PREFIX] MP -f -o dbglevel=warn` (FUSE numbers from the kernel: eBPF, or tracefs on "
+             "6.18+) or `dbglevel=dbg` (else) `-o curldbg [-o url=ENDPOINT -o use_path_request_style] "
              "[-o endpoint=REGION] [-o ro] [-o allow_other]`",
         collectors="s3fs_log, proc_io, fuse_conn, probe")
 
@@ -84,7 +114,8 @@ class S3fsDriver(Driver):
     def command(self, spec, options, context, launch):
         bucket, prefix = spec.bucket_and_prefix()
         source = bucket + (f":/{prefix}" if prefix else "")
-        argv = [self.binary, source, spec.mountpoint, "-f", "-o", "dbglevel=dbg", "-o", "curldbg"]
+        level = LOG_LEVEL_KERNEL if context.kernel_complete else LOG_LEVEL_LOG
+        argv = [self.binary, source, spec.mountpoint, "-f", "-o", f"dbglevel={level}", "-o", "curldbg"]
         if spec.endpoint:
             argv += ["-o", f"url={spec.endpoint}", "-o", "use_path_request_style"]
         if spec.region:
@@ -103,10 +134,19 @@ class S3fsDriver(Driver):
 
     def startup_verdict(self, line):
         """s3fs checks the bucket (GET /BUCKET/) from its FUSE init, after the
-        mount appears: the first ``RequestPerform: HTTP response code N`` is
-        that check's answer (2xx ok, anything else failed); ``s3fs_check_service``
+        mount appears: the first final HTTP answer is that check's answer (2xx
+        ok, anything else failed): curldbg's ``[CURL DBG] < HTTP/1.1 200 OK``
+        (printed at every dbglevel) or ``RequestPerform: HTTP response code N``
+        (the success line is ``info`` only, failures ``err``: s3fs 1.90
+        src/curl.cpp:2316, 2343-2394); ``s3fs_check_service``
         and ``s3fs_exit_fuseloop`` errors, ``CURLE_COULDNT_CONNECT`` and
         ``bucket or key not found`` end it too."""
+        head = line.find("[CURL DBG] < HTTP/")
+        if head >= 0:
+            code = line[head + 18:].partition(" ")[2][:3]
+            if code[:1] == "1" or not code.isdigit():
+                return None  # 100 Continue: not the answer
+            return "ok" if code[:1] == "2" else "failed"
         if "RequestPerform" in line and "HTTP response code" in line:
             code = line.split("HTTP response code", 1)[1].strip()[:1]
             return "ok" if code == "2" else "failed"
