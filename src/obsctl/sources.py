@@ -239,8 +239,9 @@ class SourceView:
         timed = latency_ms is not None and self._owns("fs_latency")
         if count:
             self._ins.record_fs_op(opcode, latency_ms if timed else None, n=n)
-        elif timed and latency_ms >= 0:
-            self._ins.fs_latency_ms.record(latency_ms, {"opcode": opcode, **self._ins.attrs.base()})
+        elif timed:
+            # the OTel histogram and the live buckets obsctl top reads (Instruments.record_fs_latency)
+            self._ins.record_fs_latency(opcode, latency_ms)
 
     def record_fs_latency_buckets(self, opcode: str, counts: list[int], sums_ms: list[float]) -> None:
         """Latencies sorted into buckets (juicefs's endpoint), only if this source owns ``fs_latency``."""

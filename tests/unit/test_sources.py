@@ -54,6 +54,20 @@ def test_rclone_with_unpaired_kernel_keeps_latency_and_bytes_only():
     assert got["obsctl_fs_latency_ms"] > 0 and got["obsctl_fs_read_bytes"] > 0
 
 
+def test_unpaired_kernel_latency_reaches_the_buckets_obsctl_top_reads():
+    """6.12-6.17 (tracepoints, no pairing): the log owns latency, and ``obsctl top``'s live
+    buckets (Instruments.latency_buckets) get it as the OTel histogram does (issue 17)."""
+    attrs = MountAttributes("obsctl-fixture", "rclone", "/mnt/fixture")
+    _reader, ins = in_memory(attrs)
+    driver = get_driver("rclone")
+    table = SourceTable("rclone", lambda: "unpaired", driver_source=(driver.log_source, driver.log_gives))
+    collector = RcloneLogCollector(table.driver_view(ins))
+    for line in (FIXTURES / "rclone/write400/rclone.log").read_text().splitlines():
+        collector.feed(line)
+    assert ins.latency_buckets and sum(sum(b) for b in ins.latency_buckets.values()) > 0
+    assert not ins.ops_by_opcode  # the kernel counts operations, not the log
+
+
 @pytest.mark.parametrize("level", ["paired", "none"])
 def test_s3fs_http_errors_and_request_latency_always_from_its_log(level):
     _table, got = run("s3fs", level, S3fsLogCollector, FIXTURES / "s3fs/auth403/s3fs.log")
