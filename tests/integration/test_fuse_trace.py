@@ -19,6 +19,7 @@ import pytest
 from obsctl.collectors.fuse_trace import DEFAULT_TRACEFS, FuseTraceCollector, detect_support
 from obsctl.instruments import MountAttributes
 from support.bindfs import READ_SIZE, daemon_errors, start_bindfs, workload
+from support.kernel_count import KernelCount
 from support.metrics import in_memory
 from support.metrics import points as metric_points
 from support.obsctl import (
@@ -281,41 +282,6 @@ def test_sidecar_gets_the_kernel_collector(tmp_path, mountpoint, runtime_dir, ot
         force_cleanup(mountpoint)
 
 
-class _KernelCount:
-    """A second tracefs instance with a 64 MiB per-CPU buffer recording both fuse
-    events of one connection: the kernel's own count, read after the run from
-    ``trace`` (no reader competes during it) and checked for no loss."""
-
-    def __init__(self, conn: str) -> None:
-        self.path = INSTANCES / f"obsctl-test-count-{os.getpid()}"
-        self.path.mkdir()
-        (self.path / "buffer_size_kb").write_text("65536\n")
-        for event in ("fuse_request_send", "fuse_request_end"):
-            (self.path / "events/fuse" / event / "filter").write_text(f"connection == {int(conn)}\n")
-            (self.path / "events/fuse" / event / "enable").write_text("1\n")
-
-    def counts(self) -> tuple[int, int, int]:
-        """(sends, ends, events the kernel lost in this instance)."""
-        sends = ends = 0
-        with open(self.path / "trace", "rb") as fh:
-            for line in fh:
-                if b"fuse_request_send:" in line:
-                    sends += 1
-                elif b"fuse_request_end:" in line:
-                    ends += 1
-        lost = 0
-        for stats in self.path.glob("per_cpu/cpu*/stats"):
-            text = stats.read_text()
-            lost += sum(int(line.split(":")[1]) for line in text.splitlines()
-                        if line.startswith(("overrun:", "dropped events:")))
-        return sends, ends, lost
-
-    def close(self) -> None:
-        for event in ("fuse_request_send", "fuse_request_end"):
-            (self.path / "events/fuse" / event / "enable").write_text("0\n")
-        self.path.rmdir()
-
-
 def _storm(mnt: Path, files: int) -> None:
     for i in range(files):
         p = mnt / f"f{i}"
@@ -346,13 +312,14 @@ def test_requests_lost_are_exported_and_add_up_to_the_kernel_count(tmp_path, mou
                                  buffer_size_kb=buffer_kb)
         col.poll()
         assert col.instance is not None
-        counter = _KernelCount(connection_of(mountpoint))
+        counter = KernelCount(connection_of(mountpoint))
         for _round in range(4):
             _storm(mountpoint, 1500)
             col.poll()
         time.sleep(0.3)
         col.close()  # drains trace_pipe and reads the loss counters last
-        sends, ends, kernel_lost = counter.counts()
+        kernel = counter.counts()
+        sends, ends, kernel_lost = kernel["sends"], kernel["ends"], kernel["overrun"] + kernel["dropped"]
         assert kernel_lost == 0 and sends == ends, (sends, ends, kernel_lost)
         pts = metric_points(reader, attrs)
         counted = sum(v for k, v in pts.items() if k[0] == "obsctl_fs_ops")
