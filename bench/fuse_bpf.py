@@ -50,14 +50,11 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
 
+from _common import log, remove_work, write_results  # noqa: E402  (bench/_common.py)
 import fuse_trace as ft  # noqa: E402  (bench/fuse_trace.py: workloads, mount helpers)
 from support.kernel_count import KernelCount as _KernelCount  # noqa: E402
 
 TRACEFS = "/sys/kernel/tracing"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def rss_kib() -> int:
@@ -250,9 +247,7 @@ def main() -> int:
         if proc is not None:
             proc.wait(10)
         shutil.rmtree(work, ignore_errors=True)
-    out = HERE / "results" / "fuse_bpf-latest.json"
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    log(f"written {out}")
+    write_results("fuse_bpf", results)
     return 0
 
 
