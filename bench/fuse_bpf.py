@@ -50,7 +50,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
 
-from _common import log, remove_work, write_results  # noqa: E402  (bench/_common.py)
+from _common import log, write_results  # noqa: E402  (bench/_common.py)
 import fuse_trace as ft  # noqa: E402  (bench/fuse_trace.py: workloads, mount helpers)
 from support.kernel_count import KernelCount as _KernelCount  # noqa: E402
 

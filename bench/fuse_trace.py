@@ -194,7 +194,10 @@ def compare(rev: str, mp: str, files: int, workers: int, runs: int) -> dict:
     old_module = load_revision(rev)
     for name, module in (("old", old_module), ("new", fuse_trace)):
         out["capacity"][name] = reader_capacity(module=module, label=f"{name} ({rev if name == 'old' else 'tree'})")
-    ft_meta = lambda: meta(mp, files, workers)  # noqa: E731
+
+    def ft_meta() -> float:
+        return meta(mp, files, workers)
+
     ft_meta()  # warm-up
     for _run in range(runs):
         for name in ("old", "new"):

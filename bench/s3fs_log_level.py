@@ -128,7 +128,7 @@ def main() -> int:
                 for _run in range(args.runs):
                     for level in (old, new):
                         rows[level].append(one_run(argv_of(level, "bench", mp, s3.endpoint), env, mp, args.files,
-                                                  args.write_mib if name == "s3fs" else 0))
+                                                   args.write_mib if name == "s3fs" else 0))
                 cpu_old = min(r["cpu_s"] for r in rows[old])
                 cpu_new = min(r["cpu_s"] for r in rows[new])
                 log_old = min(r["log_bytes"] for r in rows[old])

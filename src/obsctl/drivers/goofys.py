@@ -104,4 +104,3 @@ class GoofysDriver(LevelledLog, LongFlagDriver):
         if level is None:  # usage errors and panics are not logrus lines
             return bool(line.strip())
         return level in _ERROR_LEVELS
-
