@@ -50,13 +50,11 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
 
+from _common import log, write_results  # noqa: E402  (bench/_common.py)
 import fuse_trace as ft  # noqa: E402  (bench/fuse_trace.py: workloads, mount helpers)
+from support.kernel_count import KernelCount as _KernelCount  # noqa: E402
 
 TRACEFS = "/sys/kernel/tracing"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def rss_kib() -> int:
@@ -103,41 +101,16 @@ def collector_main(source: str, mountpoint: str) -> None:
     print(json.dumps(stats), flush=True)
 
 
-class KernelCount:
-    """A private tracefs instance recording both fuse events of one connection in a big buffer."""
+class KernelCount(_KernelCount):
+    """tests/support/kernel_count.py's count under ``obsctl-bench-count-PID``; :meth:`result` as this bench reports it."""
 
     def __init__(self, conn: str) -> None:
-        self.path = os.path.join(TRACEFS, "instances", f"obsctl-bench-count-{os.getpid()}")
-        os.mkdir(self.path)
-        with open(os.path.join(self.path, "buffer_size_kb"), "w") as fh:
-            fh.write("65536\n")
-        for event in ("fuse_request_send", "fuse_request_end"):
-            base = os.path.join(self.path, "events", "fuse", event)
-            with open(os.path.join(base, "filter"), "w") as fh:
-                fh.write(f"connection == {int(conn)}\n")
-            with open(os.path.join(base, "enable"), "w") as fh:
-                fh.write("1\n")
+        super().__init__(conn, prefix="bench", tracefs=TRACEFS)
 
     def result(self) -> dict:
-        ends = sends = 0
-        with open(os.path.join(self.path, "trace"), "rb") as fh:
-            for line in fh:
-                if b"fuse_request_end:" in line:
-                    ends += 1
-                elif b"fuse_request_send:" in line:
-                    sends += 1
-        overrun = 0
-        per_cpu = os.path.join(self.path, "per_cpu")
-        for cpu in os.listdir(per_cpu):
-            with open(os.path.join(per_cpu, cpu, "stats")) as fh:
-                overrun += int(re.search(r"^overrun: (\d+)$", fh.read(), re.M).group(1))
-        return {"ends": ends, "sends": sends, "overrun": overrun}
-
-    def close(self) -> None:
-        for event in ("fuse_request_send", "fuse_request_end"):
-            with open(os.path.join(self.path, "events", "fuse", event, "enable"), "w") as fh:
-                fh.write("0\n")
-        os.rmdir(self.path)
+        """``{"ends", "sends", "overrun"}`` of the run."""
+        counts = self.counts()
+        return {"ends": counts["ends"], "sends": counts["sends"], "overrun": counts["overrun"]}
 
 
 PROG_NAMES = ("tp_send", "tp_end", "request_end", "bg_start", "bg_exit",
@@ -274,9 +247,7 @@ def main() -> int:
         if proc is not None:
             proc.wait(10)
         shutil.rmtree(work, ignore_errors=True)
-    out = HERE / "results" / "fuse_bpf-latest.json"
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    log(f"written {out}")
+    write_results("fuse_bpf", results)
     return 0
 
 

@@ -64,10 +64,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(HERE))
 
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+from _common import log, remove_work, write_results  # noqa: E402  (bench/_common.py)
 
 
 def load_revision(rev: str):
@@ -195,7 +194,10 @@ def compare(rev: str, mp: str, files: int, workers: int, runs: int) -> dict:
     old_module = load_revision(rev)
     for name, module in (("old", old_module), ("new", fuse_trace)):
         out["capacity"][name] = reader_capacity(module=module, label=f"{name} ({rev if name == 'old' else 'tree'})")
-    ft_meta = lambda: meta(mp, files, workers)  # noqa: E731
+
+    def ft_meta() -> float:
+        return meta(mp, files, workers)
+
     ft_meta()  # warm-up
     for _run in range(runs):
         for name in ("old", "new"):
@@ -341,9 +343,7 @@ def main() -> int:
         wait_mounted(mp)
         if args.compare:
             results["compare"] = compare(args.compare, mp, args.files, args.workers, args.runs)
-            out = HERE / "results" / "fuse_trace-compare-latest.json"
-            out.write_text(json.dumps(results, indent=1) + "\n")
-            log(f"written {out}")
+            write_results("fuse_trace-compare", results)
             return 0
         results["reader_capacity"] = reader_capacity()
         results["bindfs"] = bench_driver("bindfs", mp, {
@@ -376,12 +376,8 @@ def main() -> int:
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for name in os.listdir(work):
-            subprocess.run(["fusermount3", "-u", "-z", os.path.join(work, name)], capture_output=True, check=False)
-        shutil.rmtree(work, ignore_errors=True)
-    out = HERE / "results" / "fuse_trace-latest.json"
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    log(f"written {out}")
+        remove_work(work)
+    write_results("fuse_trace", results)
     return 0
 
 

@@ -27,7 +27,6 @@ Writes bench/results/s3fs_log_level-latest.json. Never fails on a number.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -41,11 +40,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
 
+from _common import log, remove_work, write_results  # noqa: E402  (bench/_common.py)
 import fuse_trace as ft  # noqa: E402  (bench/fuse_trace.py: workloads, mount helpers, proc_cpu)
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def s3fs_argv(level: str, bucket: str, mp: str, endpoint: str) -> list[str]:
@@ -132,7 +128,7 @@ def main() -> int:
                 for _run in range(args.runs):
                     for level in (old, new):
                         rows[level].append(one_run(argv_of(level, "bench", mp, s3.endpoint), env, mp, args.files,
-                                                  args.write_mib if name == "s3fs" else 0))
+                                                   args.write_mib if name == "s3fs" else 0))
                 cpu_old = min(r["cpu_s"] for r in rows[old])
                 cpu_new = min(r["cpu_s"] for r in rows[new])
                 log_old = min(r["log_bytes"] for r in rows[old])
@@ -144,12 +140,8 @@ def main() -> int:
                     f"({args.files} create/stat/unlink + {args.read_mib} MiB read"
                     + (f" + {args.write_mib} MiB in 4 KiB writes)" if name == "s3fs" else ")"))
     finally:
-        for name in os.listdir(work):
-            subprocess.run(["fusermount3", "-u", "-z", os.path.join(work, name)], capture_output=True, check=False)
-        shutil.rmtree(work, ignore_errors=True)
-    out = HERE / "results" / "s3fs_log_level-latest.json"
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    log(f"written {out}")
+        remove_work(work)
+    write_results("s3fs_log_level", results)
     return 0
 
 

@@ -172,6 +172,21 @@ def _inline(mapping):
 # the telemetry tables
 
 
+def _check_telemetry_input(telemetry):
+    """Check the flat ``telemetry`` input dict (module docstring) has only known keys.
+
+    Raises:
+        TomlWriteError: ``telemetry`` is not a dict, or has a key not in
+            ``_TELEMETRY_INPUT_KEYS`` (the message names it and the known ones).
+    """
+    if not isinstance(telemetry, dict):
+        raise TomlWriteError("telemetry: expected a dict of settings, got %s" % type(telemetry).__name__)
+    unknown = sorted(set(telemetry) - set(_TELEMETRY_INPUT_KEYS))
+    if unknown:
+        raise TomlWriteError("telemetry: unknown setting(s) %s; known: %s"
+                             % (", ".join(unknown), ", ".join(_TELEMETRY_INPUT_KEYS)))
+
+
 def telemetry_tables(telemetry):
     """The ``[telemetry]`` content as plain nested dicts (DESIGN section 3).
 
@@ -183,12 +198,7 @@ def telemetry_tables(telemetry):
         TomlWriteError: ``telemetry`` is not a dict, has an unknown key, or a
             value of the wrong type (the message names the key).
     """
-    if not isinstance(telemetry, dict):
-        raise TomlWriteError("telemetry: expected a dict of settings, got %s" % type(telemetry).__name__)
-    unknown = sorted(set(telemetry) - set(_TELEMETRY_INPUT_KEYS))
-    if unknown:
-        raise TomlWriteError("telemetry: unknown setting(s) %s; known: %s"
-                             % (", ".join(unknown), ", ".join(_TELEMETRY_INPUT_KEYS)))
+    _check_telemetry_input(telemetry)
 
     def get(key):
         value = telemetry.get(key)
@@ -646,12 +656,7 @@ def profile_tables(profile, telemetry, extra=None, origin="the application's TOM
     if profile["build"] == "obsctl-telemetry":
         want = telemetry_tables(telemetry)
     else:
-        if not isinstance(telemetry, dict):
-            raise TomlWriteError("telemetry: expected a dict of settings, got %s" % type(telemetry).__name__)
-        unknown = sorted(set(telemetry) - set(_TELEMETRY_INPUT_KEYS))
-        if unknown:
-            raise TomlWriteError("telemetry: unknown setting(s) %s; known: %s"
-                                 % (", ".join(unknown), ", ".join(_TELEMETRY_INPUT_KEYS)))
+        _check_telemetry_input(telemetry)
         want = {}
         for path_key, spec in profile["keys"].items():
             value = telemetry.get(spec["setting"]) if spec["managed"] else None

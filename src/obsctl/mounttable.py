@@ -162,6 +162,21 @@ def find_mount(mountpoint, path=MOUNTINFO_PATH, mounts=None):
     return found
 
 
+def fuse_connection_at(mountpoint, path=MOUNTINFO_PATH):
+    """The FUSE connection number (a string, as :func:`fuse_connection`) of the
+    mount visible at ``mountpoint``, or None.
+
+    None when nothing is mounted there, when the visible mount is not FUSE, or
+    when the mount table ``path`` cannot be read or parsed (OSError,
+    ValueError): a poller asks again on its next round.
+    """
+    try:
+        entry = find_mount(mountpoint, path=path)
+    except (OSError, ValueError):
+        return None
+    return fuse_connection(entry) if entry is not None and is_fuse(entry) else None
+
+
 #: errno values that mean "a FUSE mount is there but nobody answers it":
 #: ENOTCONN ("Transport endpoint is not connected": the daemon died),
 #: ECONNABORTED (the connection was aborted via /sys/fs/fuse/connections/N/abort).

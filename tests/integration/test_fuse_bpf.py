@@ -18,8 +18,9 @@ import pytest
 from obsctl.collectors import fuse_bpf
 from obsctl.collectors.fuse_trace import FuseTraceCollector, detect_support
 from obsctl.instruments import MountAttributes
+from support.bindfs import READ_SIZE, daemon_errors, start_bindfs, workload
 from support.metrics import in_memory
-from support.obsctl import obsctl_env, require_driver, status_entry
+from support.obsctl import require_driver, status_entry
 from support.waiting import wait_until
 
 OPCODES = ("lookup", "getattr", "open", "read", "write", "create", "unlink", "flush", "release")
@@ -53,20 +54,7 @@ def test_bindfs_numbers_from_ebpf_equal_tracefs(tmp_path, mountpoint, runtime_di
     """Per-opcode counts with latency, ENOENT and EACCES by name, read/write
     bytes equal to what the workload moved; the tracefs source, counting the
     same requests independently, agrees on every count, byte and error."""
-    require_driver("generic")
-    src = tmp_path / "src"
-    src.mkdir()
-    read_size = 1_000_000
-    (src / "read.bin").write_bytes(os.urandom(read_size))
-    (src / "locked").write_text("x")
-    (src / "locked").chmod(0)
-    env = obsctl_env(runtime_dir)
-    tel = telemetry_toml(export_interval_seconds=1)
-    # the daemon without CAP_DAC_OVERRIDE/READ_SEARCH: root's open of the mode-000 file fails in bindfs
-    m = start_mount([str(src), str(mountpoint), "--impl", "generic", "--telemetry-config", str(tel),
-                     "--ready-timeout", "20", "--", "setpriv", "--bounding-set", "-dac_override,-dac_read_search",
-                     "bindfs", "-f", str(src), str(mountpoint)], env)
-    m.wait_ready(30)
+    src, env, m = start_bindfs(tmp_path, mountpoint, runtime_dir, telemetry_toml, start_mount)
     wait_until(lambda: (status_entry(env, mountpoint) or {}).get("sources", {}).get("kernel_trace", {})
                .get("connection"), 10, "eBPF source watching the connection")
     table = status_entry(env, mountpoint)["sources"]
@@ -84,30 +72,16 @@ def test_bindfs_numbers_from_ebpf_equal_tracefs(tmp_path, mountpoint, runtime_di
     wait_until(lambda: sum(ops(otlp, **attrs).values()) > 0, 15, "first export after the ready probe")
     before = ops(otlp, **attrs)
     try:
-        with pytest.raises(FileNotFoundError):
-            os.stat(mountpoint / "no-such-file")
-        write_size = 300_000
-        with open(mountpoint / "new.bin", "wb") as fh:
-            fh.write(os.urandom(write_size))
-        os.stat(mountpoint / "new.bin")
-        with open(mountpoint / "read.bin", "rb") as fh:
-            data = fh.read()
-        os.unlink(mountpoint / "new.bin")
-        with pytest.raises(PermissionError):
-            open(mountpoint / "locked", "rb").close()
-        (src / "gone").write_text("x")
-        os.stat(mountpoint / "gone")
-        os.unlink(src / "gone")
-        with pytest.raises(FileNotFoundError):  # ENOENT from the daemon on OPEN, not a lookup miss
-            open(mountpoint / "gone", "rb").close()
+        moved = workload(mountpoint, "read.bin", 300_000)
+        daemon_errors(src, mountpoint)
         wait_until(lambda: errors(otlp, **attrs).get("eacces", 0) >= 1 and errors(otlp, **attrs).get("enoent", 0) >= 1,
                    15, lambda: f"eacces and enoent exported: {errors(otlp, **attrs)}")
         wait_until(lambda: all(ops(otlp, **attrs).get(op, 0) > before.get(op, 0) for op in OPCODES), 15,
                    lambda: f"ops {OPCODES}: {ops(otlp, **attrs)}")
-        wait_until(lambda: otlp.latest("obsctl_fs_read_bytes", **attrs) == read_size, 10,
+        wait_until(lambda: otlp.latest("obsctl_fs_read_bytes", **attrs) == READ_SIZE, 10,
                    lambda: f"read bytes {otlp.latest('obsctl_fs_read_bytes', **attrs)}")
-        assert len(data) == read_size
-        assert otlp.latest("obsctl_fs_write_bytes", **attrs) == write_size
+        assert moved["read"] == READ_SIZE
+        assert otlp.latest("obsctl_fs_write_bytes", **attrs) == moved["write"]
         assert set(errors(otlp, **attrs)) == {"eacces", "enoent"}, errors(otlp, **attrs)
         lat = latency(otlp, **attrs)
         for op in OPCODES:
@@ -125,7 +99,7 @@ def test_bindfs_numbers_from_ebpf_equal_tracefs(tmp_path, mountpoint, runtime_di
             ebpf = {op: after.get(op, 0) - before.get(op, 0) for op in after}
             for op in OPCODES:
                 assert ebpf.get(op, 0) == traced["ops_by_opcode"].get(op, 0), (op, ebpf, traced["ops_by_opcode"])
-            assert traced["read_bytes"] == read_size and traced["write_bytes"] == write_size
+            assert traced["read_bytes"] == READ_SIZE and traced["write_bytes"] == moved["write"]
             assert traced["errors_by_type"] == {"eacces": 1, "enoent": 1}
             assert tracefs.lost == 0
             # obsctl top's requesters: this test process asked for every request of the workload

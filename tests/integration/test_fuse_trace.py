@@ -18,6 +18,8 @@ import pytest
 
 from obsctl.collectors.fuse_trace import DEFAULT_TRACEFS, FuseTraceCollector, detect_support
 from obsctl.instruments import MountAttributes
+from support.bindfs import READ_SIZE, daemon_errors, start_bindfs, workload
+from support.kernel_count import KernelCount
 from support.metrics import in_memory
 from support.metrics import points as metric_points
 from support.obsctl import (
@@ -72,54 +74,18 @@ def errors(otlp, **attrs):
     return {p.attributes["error_type"]: p.value for p in otlp.points("obsctl_errors", **attrs)}
 
 
-def workload(mnt: Path, read_name: str, write_size: int) -> dict:
-    """lookup/getattr (stat of a missing name and of a file), create+write,
-    open+read, unlink. Returns what was moved."""
-    with pytest.raises(FileNotFoundError):
-        os.stat(mnt / "no-such-file")
-    with open(mnt / "new.bin", "wb") as fh:
-        fh.write(os.urandom(write_size))
-    os.stat(mnt / "new.bin")
-    with open(mnt / read_name, "rb") as fh:
-        data = fh.read()
-    os.unlink(mnt / "new.bin")
-    return {"read": len(data), "write": write_size}
-
-
 def test_bindfs_kernel_numbers(tmp_path, mountpoint, runtime_dir, otlp, telemetry_toml, start_mount):
     """bindfs under obsctl: per-opcode counts and latency histograms, exact
     read/write bytes, ENOENT and EACCES by name, the instance exists while
     mounted and is removed at shutdown; status says the kernel feeds it."""
-    require_driver("generic")
-    src = tmp_path / "src"
-    src.mkdir()
-    read_size = 1_000_000
-    (src / "read.bin").write_bytes(os.urandom(read_size))
-    (src / "locked").write_text("x")
-    (src / "locked").chmod(0)
-    env = obsctl_env(runtime_dir)
-    tel = telemetry_toml(export_interval_seconds=1)
-    # The daemon runs without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH: root's
-    # open of the mode-000 file passes the kernel's check and fails in bindfs.
-    m = start_mount([str(src), str(mountpoint), "--impl", "generic", "--telemetry-config", str(tel),
-                     "--ready-timeout", "20", "--", "setpriv", "--bounding-set", "-dac_override,-dac_read_search",
-                     "bindfs", "-f", str(src), str(mountpoint)], env)
-    m.wait_ready(30)
+    src, env, m = start_bindfs(tmp_path, mountpoint, runtime_dir, telemetry_toml, start_mount)
     conn = connection_of(mountpoint)
     instance = INSTANCES / f"obsctl-{m.pid}-{conn}"
     wait_until(lambda: my_status(env, mountpoint)["sources"]["kernel_trace"]["instance"], 10, "tracing")
     assert (instance / "events/fuse/fuse_request_send/filter").read_text().strip() == f"connection == {conn}"
 
     moved = workload(mountpoint, "read.bin", 300_000)
-    with pytest.raises(PermissionError):
-        open(mountpoint / "locked", "rb").close()
-    # ENOENT answered by the daemon (not a lookup): the kernel's dentry is
-    # cached, the file is gone underneath, the open reaches bindfs.
-    (src / "gone").write_text("x")
-    os.stat(mountpoint / "gone")
-    os.unlink(src / "gone")
-    with pytest.raises(FileNotFoundError):
-        open(mountpoint / "gone", "rb").close()
+    daemon_errors(src, mountpoint)
 
     attrs = {"impl": "generic"}
     wait_until(lambda: (errors(otlp, **attrs).get("eacces", 0) >= 1
@@ -133,7 +99,7 @@ def test_bindfs_kernel_numbers(tmp_path, mountpoint, runtime_dir, otlp, telemetr
     # rounding only for partial reads); writes without writeback cache are exact
     read = otlp.latest("obsctl_fs_read_bytes", **attrs)
     write = otlp.latest("obsctl_fs_write_bytes", **attrs)
-    assert read == moved["read"] == read_size, read
+    assert read == moved["read"] == READ_SIZE, read
     assert write == moved["write"], write
     # the rule of the log collectors: the missing name's LOOKUP is not an error
     assert set(errors(otlp, **attrs)) == {"eacces", "enoent"}
@@ -316,41 +282,6 @@ def test_sidecar_gets_the_kernel_collector(tmp_path, mountpoint, runtime_dir, ot
         force_cleanup(mountpoint)
 
 
-class _KernelCount:
-    """A second tracefs instance with a 64 MiB per-CPU buffer recording both fuse
-    events of one connection: the kernel's own count, read after the run from
-    ``trace`` (no reader competes during it) and checked for no loss."""
-
-    def __init__(self, conn: str) -> None:
-        self.path = INSTANCES / f"obsctl-test-count-{os.getpid()}"
-        self.path.mkdir()
-        (self.path / "buffer_size_kb").write_text("65536\n")
-        for event in ("fuse_request_send", "fuse_request_end"):
-            (self.path / "events/fuse" / event / "filter").write_text(f"connection == {int(conn)}\n")
-            (self.path / "events/fuse" / event / "enable").write_text("1\n")
-
-    def counts(self) -> tuple[int, int, int]:
-        """(sends, ends, events the kernel lost in this instance)."""
-        sends = ends = 0
-        with open(self.path / "trace", "rb") as fh:
-            for line in fh:
-                if b"fuse_request_send:" in line:
-                    sends += 1
-                elif b"fuse_request_end:" in line:
-                    ends += 1
-        lost = 0
-        for stats in self.path.glob("per_cpu/cpu*/stats"):
-            text = stats.read_text()
-            lost += sum(int(line.split(":")[1]) for line in text.splitlines()
-                        if line.startswith(("overrun:", "dropped events:")))
-        return sends, ends, lost
-
-    def close(self) -> None:
-        for event in ("fuse_request_send", "fuse_request_end"):
-            (self.path / "events/fuse" / event / "enable").write_text("0\n")
-        self.path.rmdir()
-
-
 def _storm(mnt: Path, files: int) -> None:
     for i in range(files):
         p = mnt / f"f{i}"
@@ -381,13 +312,14 @@ def test_requests_lost_are_exported_and_add_up_to_the_kernel_count(tmp_path, mou
                                  buffer_size_kb=buffer_kb)
         col.poll()
         assert col.instance is not None
-        counter = _KernelCount(connection_of(mountpoint))
+        counter = KernelCount(connection_of(mountpoint))
         for _round in range(4):
             _storm(mountpoint, 1500)
             col.poll()
         time.sleep(0.3)
         col.close()  # drains trace_pipe and reads the loss counters last
-        sends, ends, kernel_lost = counter.counts()
+        kernel = counter.counts()
+        sends, ends, kernel_lost = kernel["sends"], kernel["ends"], kernel["overrun"] + kernel["dropped"]
         assert kernel_lost == 0 and sends == ends, (sends, ends, kernel_lost)
         pts = metric_points(reader, attrs)
         counted = sum(v for k, v in pts.items() if k[0] == "obsctl_fs_ops")

@@ -85,7 +85,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import signal
 import subprocess
 import sys
 import threading
@@ -93,7 +92,12 @@ import time
 from collections import OrderedDict, deque
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Sequence
+
+if __package__ in (None, ""):  # run as a script: tests/ on the path for ``support``
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support import node_script  # noqa: E402
 
 #: command names (NODE src/commands/registry.rs:121-151, Command::name()
 #: = stringify!(variant), registry.rs:53-55); inbound Handle* commands are
@@ -337,9 +341,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     server = ThreadingHTTPServer(("127.0.0.1", args.port), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_a: stop.set())
-    signal.signal(signal.SIGINT, lambda *_a: stop.set())
+    stop = node_script.stop_on_signals()
     live_tasks = [t for t in TASKS if t != args.panicked_task]
     last_start: dict[str, float] = {}
     n = 0
@@ -362,7 +364,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             record_task_run(reg, task, "completed", 0.002 * (1 + n % 3))
         if n == 1:
             # first round recorded: every series exists before the first scrape
-            print(f"listening 127.0.0.1:{server.server_port}", flush=True)
+            node_script.announce(server.server_port)
         if stop.wait(args.interval):
             break
     server.shutdown()
@@ -370,21 +372,8 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def start(*args: str) -> tuple[subprocess.Popen, str]:
-    """Run this script with ``args`` in a child process (``sys.executable``).
-
-    Returns the process (stdout piped, text) and its ``127.0.0.1:PORT``
-    scrape target once it listens. Raises AssertionError with what the
-    child said when its first line is not the ``listening`` line."""
-    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if not line.startswith("listening 127.0.0.1:"):
-        rest = proc.communicate(timeout=10)[0] if proc.poll() is not None else ""
-        proc.kill()
-        proc.wait(10)
-        raise AssertionError(f"real-node fixture {args}: {line!r} {rest!r}")
-    return proc, line.split(" ", 1)[1]
+    """Run this script with ``args`` in a child process: :func:`support.node_script.start`."""
+    return node_script.start(__file__, "real-node fixture", *args)
 
 
 if __name__ == "__main__":

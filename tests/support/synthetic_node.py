@@ -40,11 +40,10 @@ values.
 from __future__ import annotations
 
 import argparse
-import signal
 import subprocess
 import sys
-import threading
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -52,6 +51,10 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, start_http_server
+
+if __package__ in (None, ""):  # run as a script: tests/ on the path for ``support``
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support import node_script  # noqa: E402
 
 #: command names the node "serves" (label ``command``)
 COMMANDS: tuple[str, ...] = ("get_block", "submit_tx")
@@ -134,10 +137,8 @@ def run(argv: Sequence[str] | None = None) -> int:
                                   description="Queue depth / queue capacity (0..1)")
     last_start: dict[str, float] = {}
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_a: stop.set())
-    signal.signal(signal.SIGINT, lambda *_a: stop.set())
-    print(f"listening 127.0.0.1:{server.server_port}", flush=True)
+    stop = node_script.stop_on_signals()
+    node_script.announce(server.server_port)
 
     err_every, fail_every = _every_nth(args.error_ratio), _every_nth(args.failure_ratio)
 
@@ -169,20 +170,8 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def start(*args: str) -> tuple[subprocess.Popen, str]:
-    """Run this script with ``args`` in a child process (``sys.executable``).
-
-    Returns the process (stdout piped, text) and its ``127.0.0.1:PORT``
-    scrape target once it listens. Raises AssertionError with what the
-    child said when its first line is not the ``listening`` line."""
-    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if not line.startswith("listening 127.0.0.1:"):
-        proc.kill()
-        proc.wait(10)
-        raise AssertionError(f"synthetic node {args}: {line!r}")
-    return proc, line.split(" ", 1)[1]
+    """Run this script with ``args`` in a child process: :func:`support.node_script.start`."""
+    return node_script.start(__file__, "synthetic node", *args)
 
 
 if __name__ == "__main__":

@@ -466,11 +466,7 @@ class FuseBpfCollector(PollingCollector):
         probe = self.probe
         if probe is None:
             return
-        try:
-            entry = mounttable.find_mount(self.mountpoint, path=self.mountinfo_path)
-        except (OSError, ValueError):
-            entry = None
-        conn = mounttable.fuse_connection(entry) if entry is not None and mounttable.is_fuse(entry) else None
+        conn = mounttable.fuse_connection_at(self.mountpoint, path=self.mountinfo_path)
         if conn != self.connection:
             if self.connection is not None:
                 self._record(probe.snapshot(int(self.connection)))  # what the old connection did last

@@ -380,11 +380,7 @@ class FuseTraceCollector(PollingCollector):
         """(Re)start tracing the mount's current connection; read the loss counters."""
         if not self.support.available:
             return
-        try:
-            entry = mounttable.find_mount(self.mountpoint, path=self.mountinfo_path)
-        except (OSError, ValueError):
-            entry = None
-        conn = mounttable.fuse_connection(entry) if entry is not None and mounttable.is_fuse(entry) else None
+        conn = mounttable.fuse_connection_at(self.mountpoint, path=self.mountinfo_path)
         if conn != self.connection:
             self._stop_instance()
             if conn is not None:

@@ -14,10 +14,11 @@ before the OpenTelemetry SDK is imported.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from obsctl.config import s3_bucket_and_prefix
 from obsctl.credentials import S3_CREDENTIALS, CredentialShape
@@ -472,6 +473,37 @@ class Driver:
     def summary(self, line: str) -> str:
         """A human-readable form of an error line (JSON logs -> their message)."""
         return line
+
+
+class LevelledLog:
+    """Log hooks for a driver whose log lines carry a level and a message.
+
+    Mix in before :class:`Driver` (``class X(LevelledLog, Driver)``) and set
+    :attr:`log_line`: a compiled regex with the groups ``level`` (e.g.
+    ``ERROR``) and ``message``, matched against the stripped line. The driver
+    keeps its own :meth:`Driver.forward` and :meth:`Driver.is_error` (which
+    levels count and what other output means differ per driver).
+    """
+
+    #: the driver's log-line pattern (groups ``level`` and ``message``)
+    log_line: ClassVar[re.Pattern[str]]
+    #: the level whose line names why the mount failed
+    critical_level: ClassVar[str] = "FATAL"
+
+    @classmethod
+    def level(cls, line: str) -> str | None:
+        """The level of a log line (``ERROR``), or None for output that is not a log line."""
+        match = cls.log_line.match(line.strip())
+        return match.group("level") if match else None
+
+    def is_critical(self, line: str) -> bool:
+        """A line at :attr:`critical_level` names why the mount failed."""
+        return self.level(line) == self.critical_level
+
+    def summary(self, line: str) -> str:
+        """The message of a log line without time, logger and level; other output stripped."""
+        match = self.log_line.match(line.strip())
+        return match.group("message") if match else line.strip()
 
 
 def free_loopback_port() -> int:

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import re
 
-from obsctl.drivers.base import CMDLINE, RELEASE_DRIVERS, SPEC, DocRow, LongFlagDriver, OptionRule, Release
+from obsctl.drivers.base import (CMDLINE, RELEASE_DRIVERS, SPEC, DocRow, LevelledLog, LongFlagDriver, OptionRule,
+                                 Release)
 
 #: Options refused for goofys, from its option reference (internal/flags.go of
 #: goofys 0.24). obsctl's own settings: credentials in AWS_* of goofys's
@@ -53,10 +54,12 @@ _ERROR_LEVELS = {"ERROR", "FATAL", "PANIC"}
 _FORWARD_LEVELS = _ERROR_LEVELS | {"WARNING", "INFO"}
 
 
-class GoofysDriver(LongFlagDriver):
+class GoofysDriver(LevelledLog, LongFlagDriver):
     """``goofys -f [--endpoint E] [--region R] [-o ro] [-o allow_other] [OPTIONS] BUCKET[:PREFIX] MOUNTPOINT``."""
 
     name = "goofys"
+    #: ``main.FATAL Mounting file system: ...`` names why the mount failed (main.go)
+    log_line = LOG_LINE
     binary = "goofys"
     installed_by = RELEASE_DRIVERS
     refused_options = REFUSED_OPTIONS
@@ -90,12 +93,6 @@ class GoofysDriver(LongFlagDriver):
         argv += self.flags(options)
         return argv + [self.source_arg(bucket, prefix), spec.mountpoint]
 
-    @staticmethod
-    def level(line: str) -> str | None:
-        """The logrus level of a goofys / geesefs log line (``ERROR``), or None for other output."""
-        match = LOG_LINE.match(line.strip())
-        return match.group("level") if match else None
-
     def forward(self, line):
         """Info and above (goofys logs little at info: mount, signals, unmount); other
         output (a usage error, a Go panic) is forwarded too."""
@@ -107,12 +104,3 @@ class GoofysDriver(LongFlagDriver):
         if level is None:  # usage errors and panics are not logrus lines
             return bool(line.strip())
         return level in _ERROR_LEVELS
-
-    def is_critical(self, line):
-        """``main.FATAL Mounting file system: ...`` names why the mount failed (main.go)."""
-        return self.level(line) == "FATAL"
-
-    def summary(self, line):
-        """``2026/... main.FATAL Mounting file system: X`` -> ``Mounting file system: X``."""
-        match = LOG_LINE.match(line.strip())
-        return match.group("message") if match else line.strip()

@@ -49,8 +49,8 @@ import re
 from urllib.parse import urlsplit
 
 from obsctl.credentials import ENV_KEYS, CredentialShape
-from obsctl.drivers.base import (CMDLINE, CREDS, RELEASE_DRIVERS, DocRow, Driver, OptionRule, Release,
-                                 free_loopback_port, long_flag)
+from obsctl.drivers.base import (CMDLINE, CREDS, RELEASE_DRIVERS, DocRow, Driver, LevelledLog, OptionRule,
+                                 Release, free_loopback_port, long_flag)
 
 #: Metadata engines of the JuiceFS client (pkg/meta: ``Register("redis", ...)`` and the others).
 META_SCHEMES = ("redis", "rediss", "unix", "mysql", "postgres", "sqlite3", "badger", "etcd", "fdb", "memkv", "tikv")
@@ -85,11 +85,13 @@ _FORWARD_LEVELS = {"WARNING", "ERROR", "FATAL", "PANIC"}
 _ERROR_LEVELS = {"ERROR", "FATAL", "PANIC"}
 
 
-class JuicefsDriver(Driver):
+class JuicefsDriver(LevelledLog, Driver):
     """``juicefs --no-agent --no-color mount --no-usage-report --metrics 127.0.0.1:PORT [--read-only]
     [-o allow_other] [OPTIONS] META-URL MOUNTPOINT``."""
 
     name = "juicefs"
+    #: ``<FATAL>: ...`` names why the mount failed (``Load metadata: ...``, ``not formatted``)
+    log_line = LOG_LINE
     binary = "juicefs"
     installed_by = RELEASE_DRIVERS
     #: GoReleaser archives (.goreleaser.yml ``juicefs-VERSION-linux-ARCH.tar.gz``, the program at the top)
@@ -161,11 +163,6 @@ class JuicefsDriver(Driver):
         argv += [long_flag(option) for option in options]
         return argv + [spec.source, spec.mountpoint]
 
-    @staticmethod
-    def level(line: str) -> str | None:
-        match = LOG_LINE.match(line.strip())
-        return match.group("level") if match else None
-
     def forward(self, line):
         """Warnings and above, and a Go panic or usage error; not info lines (juicefs's or go-fuse's)."""
         level = self.level(line)
@@ -178,14 +175,6 @@ class JuicefsDriver(Driver):
         if level is None:
             return line.startswith(_FATAL_PREFIXES)
         return level in _ERROR_LEVELS
-
-    def is_critical(self, line):
-        """``<FATAL>: ...`` names why the mount failed (``Load metadata: ...``, ``not formatted``)."""
-        return self.level(line) == "FATAL"
-
-    def summary(self, line):
-        match = LOG_LINE.match(line.strip())
-        return match.group("message") if match else line.strip()
 
     def polling_collectors(self, instruments, plan):
         if "metrics_url" not in plan.extras:

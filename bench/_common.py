@@ -1,0 +1,32 @@
+"""What the bench scripts share: progress lines, the results file, the clean-up of their work directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+#: bench/results: where each script writes NAME-latest.json
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def log(msg: str) -> None:
+    """One progress / result line on stderr (stdout carries a child collector's JSON)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def write_results(name: str, results: dict) -> None:
+    """Write ``results`` to bench/results/NAME-latest.json and say so."""
+    out = RESULTS / f"{name}-latest.json"
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    log(f"written {out}")
+
+
+def remove_work(work: str) -> None:
+    """Lazily unmount every mountpoint directly under ``work`` (``fusermount3 -u -z``) and remove it."""
+    for name in os.listdir(work):
+        subprocess.run(["fusermount3", "-u", "-z", os.path.join(work, name)], capture_output=True, check=False)
+    shutil.rmtree(work, ignore_errors=True)
