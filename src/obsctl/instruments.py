@@ -274,7 +274,7 @@ class Instruments:
         self._count("obsctl_driver_restarts", 1)
 
     def add_kernel_lost(self, n: int, source: str, part: str) -> None:
-        """Count ``n`` FUSE requests the kernel source ``source`` (``tracefs``) could not record.
+        """Count ``n`` FUSE requests the kernel source ``source`` (``tracefs``, ``ebpf``) could not record.
 
         ``part``: ``count`` (the request is in no ``obsctl_fs_ops_total``: its
         event was overwritten in the kernel's ring buffer) or ``detail``
@@ -284,6 +284,13 @@ class Instruments:
         if n > 0:
             self.kernel_events_lost.add(n, {**self.attrs.with_mountpoint(), "source": source, "part": part})
             self._count(f"obsctl_kernel_events_lost:{part}", n)
+
+    def declare_kernel_lost(self, source: str) -> None:
+        """Make ``obsctl_kernel_events_lost_total{source, part}`` exist at 0 for a kernel
+        source that is running (so "nothing lost" is a 0, not a missing series, on the
+        Mount Overview's loss panel). Called once per attached connection."""
+        for part in ("count", "detail"):
+            self.kernel_events_lost.add(0, {**self.attrs.with_mountpoint(), "source": source, "part": part})
 
     def observable_gauge(
         self, name: str, callback: Callable[[CallbackOptions], Iterable[Observation]]

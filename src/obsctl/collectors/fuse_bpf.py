@@ -461,6 +461,8 @@ class FuseBpfCollector(PollingCollector):
         self.polls = 0
         self._last = Snapshot({}, {}, {})
         self._labels: dict[str, dict[str, str]] = {}
+        #: the probe's map_full counter at the last poll (its growth is exported as lost)
+        self._map_full = probe.counters().get("map_full", 0) if probe is not None else 0
 
     def _poll(self) -> None:
         probe = self.probe
@@ -474,6 +476,7 @@ class FuseBpfCollector(PollingCollector):
             self.connection = conn
             self._last = Snapshot({}, {}, {})
             if conn is not None:
+                self.instruments.declare_kernel_lost("ebpf")
                 claimed = probe.claimed(int(conn))
                 probe.watch(int(conn))
                 if claimed:
@@ -486,6 +489,12 @@ class FuseBpfCollector(PollingCollector):
             return
         if conn is not None:
             self._record(probe.snapshot(int(conn)))
+        # entries the maps had no room for (probe counter map_full: this process's probe, the
+        # connections it watches): requests in no obsctl_fs_ops_total
+        full = probe.counters().get("map_full", 0)
+        if full > self._map_full:
+            self.instruments.add_kernel_lost(full - self._map_full, "ebpf", "count")
+        self._map_full = full
 
     def _record(self, snap: Snapshot) -> None:
         """Record the differences between ``snap`` and the previous snapshot."""

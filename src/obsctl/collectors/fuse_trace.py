@@ -399,6 +399,7 @@ class FuseTraceCollector(PollingCollector):
         if not os.path.isdir(path):
             os.mkdir(path)
         self.instance, self.connection = path, conn
+        self.instruments.declare_kernel_lost("tracefs")
         with self._lock:
             self._inst_lost = self._inst_sends = self._inst_ends = self._early_ends = 0
             self._first_req = None
