@@ -36,7 +36,7 @@ def test_units_in_the_chosen_directory_run_the_chosen_venv(host):
     service = host.file(f"{UNIT_DIR}/obsctl-mount@.service").content_string
     assert f"ExecStart={VENV}/bin/obsctl mount --config /etc/obsctl/mounts/%i.toml" in service
     check = host.file(f"{UNIT_DIR}/obsctl-mount-check@.service").content_string
-    assert f"ExecStart={VENV}/bin/python -m obsctl.systemd_units check %i" in check
+    assert f"ExecStart={VENV}/bin/obsctl systemd check --name %i" in check
     assert host.service(f"obsctl-mount@{NAME}.timer").is_enabled
 
 
