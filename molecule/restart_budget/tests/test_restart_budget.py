@@ -136,6 +136,9 @@ def budget_story(host, state, name, break_it):
     finally:
         recording(state, "stop-recording")
     # the mount's last word to the OTLP receiver: down
+    # shown by the verifier's -rA (molecule.yml): what the budget cost here
+    print(f"{unit}: {seen} S3 request(s) with its key from the kill to failed; "
+          f"NRestarts {restarts_before} -> {prop(host, unit, 'NRestarts')}")
     wait_for(lambda: otlp_value("obsctl_mount_up", bucket=key["bucket"], impl="rclone") == 0, 30,
              f"obsctl_mount_up{{bucket={key['bucket']}}} == 0")
     return seen
