@@ -7,7 +7,9 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 #: bench/results: where each script writes NAME-latest.json
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -30,3 +32,14 @@ def remove_work(work: str) -> None:
     for name in os.listdir(work):
         subprocess.run(["fusermount3", "-u", "-z", os.path.join(work, name)], capture_output=True, check=False)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def poll_until_stdin_closes(collector: Any, interval: float = 0.5) -> None:
+    """A child collector's loop: say ``ready`` on stdout, ``collector.poll()`` every
+    ``interval`` seconds until the parent closes our stdin, then one last poll."""
+    print("ready", flush=True)
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    while not stop.wait(interval):
+        collector.poll()
+    collector.poll()

@@ -41,7 +41,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -50,7 +49,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
 
-from _common import log, write_results  # noqa: E402  (bench/_common.py)
+from _common import log, poll_until_stdin_closes, write_results  # noqa: E402  (bench/_common.py)
 import fuse_trace as ft  # noqa: E402  (bench/fuse_trace.py: workloads, mount helpers)
 from support.kernel_count import KernelCount as _KernelCount  # noqa: E402
 
@@ -86,12 +85,7 @@ def collector_main(source: str, mountpoint: str) -> None:
     start_s = time.perf_counter() - t0
     rss1 = rss_kib()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    print("ready", flush=True)
-    stop = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-    while not stop.wait(0.5):
-        col.poll()
-    col.poll()
+    poll_until_stdin_closes(col)
     stats = col.stats()
     ru = resource.getrusage(resource.RUSAGE_SELF)
     col.close()

@@ -66,7 +66,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
 
-from _common import log, remove_work, write_results  # noqa: E402  (bench/_common.py)
+from _common import log, poll_until_stdin_closes, remove_work, write_results  # noqa: E402  (bench/_common.py)
 
 
 def load_revision(rev: str):
@@ -96,12 +96,7 @@ def collector_main(mountpoint: str, rev: str | None = None) -> None:
     col = module.FuseTraceCollector(ins, mountpoint, support=module.detect_support(disabled=False))
     col.poll()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)  # imports and set-up are not the reader's cost
-    print("ready", flush=True)
-    stop = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-    while not stop.wait(0.5):
-        col.poll()
-    col.poll()
+    poll_until_stdin_closes(col)
     stats = col.stats()
     col.close()
     ru = resource.getrusage(resource.RUSAGE_SELF)
