@@ -198,20 +198,27 @@ static __always_inline __u32 conn_of_fm(void *fm)
 	return (__u32)BPF_CORE_READ(m, fc, dev);
 }
 
+/* One request started on a watched connection: its time, requesting task and
+ * connection, keyed by the request's address (fuse_args for fentry, fuse_req for
+ * the tracepoints) until its end. */
+static __always_inline int record_start(__u32 conn, __u64 key)
+{
+	struct start s = {};
+	s.ts = bpf_ktime_get_ns();
+	s.tid = (__u32)bpf_get_current_pid_tgid();
+	s.conn = conn;
+	bpf_get_current_comm(&s.comm, sizeof(s.comm));
+	bpf_map_update_elem(&starts, &key, &s, BPF_ANY);
+	return 0;
+}
+
 static __always_inline int on_start(void *fm, void *args)
 {
 	__u32 conn = conn_of_fm(fm);
 	if (!bpf_map_lookup_elem(&conns, &conn)
 	    && !claim_new(conn, BPF_CORE_READ((struct fuse_args___o *)args, opcode)))
 		return 0;
-	struct start s = {};
-	s.ts = bpf_ktime_get_ns();
-	s.tid = (__u32)bpf_get_current_pid_tgid();
-	s.conn = conn;
-	bpf_get_current_comm(&s.comm, sizeof(s.comm));
-	__u64 key = (__u64)args;
-	bpf_map_update_elem(&starts, &key, &s, BPF_ANY);
-	return 0;
+	return record_start(conn, (__u64)args);
 }
 
 static __always_inline int on_return(void *args, long ret, int always)
@@ -243,14 +250,7 @@ static __always_inline int on_tp_send(void *req_ptr)
 	__u32 conn = (__u32)BPF_CORE_READ(req, fm, fc, dev);
 	if (!bpf_map_lookup_elem(&conns, &conn) && !claim_new(conn, BPF_CORE_READ(req, in.h.opcode)))
 		return 0;
-	struct start s = {};
-	s.ts = bpf_ktime_get_ns();
-	s.tid = (__u32)bpf_get_current_pid_tgid();
-	s.conn = conn;
-	bpf_get_current_comm(&s.comm, sizeof(s.comm));
-	__u64 key = (__u64)req_ptr;
-	bpf_map_update_elem(&starts, &key, &s, BPF_ANY);
-	return 0;
+	return record_start(conn, (__u64)req_ptr);
 }
 
 static __always_inline int on_end(struct fuse_req___o *req, __u64 key, __u32 conn)
