@@ -148,7 +148,7 @@ def test_the_standin_refuses_an_unknown_telemetry_key(host, key):
                                   else 'exporter = "otlp"\n')
     path = f"/tmp/node-restart-unknown-{key}.toml"
     host.check_output(f"printf %s {shlex.quote(toml)} > {path}")
-    result = host.run(f"runuser -u rustdkg -- /usr/bin/python3 /opt/rust-dkg-engine-standin/standin_node.py "
+    result = host.run(f"runuser -u rustdkg -- /usr/bin/python3 /opt/rust-dkg-engine-standin/support/standin_node.py "
                       f"--config {path}")
     assert result.rc == 1, result.stdout + result.stderr
     assert f"unknown field `{key.split('.')[-1]}`" in result.stderr
