@@ -12,6 +12,11 @@ translation (``opentelemetry-exporter-prometheus`` and the Collector's
 * histograms in milliseconds carry ``ms`` in their name and an empty unit,
   because a unit ``ms`` would be appended again as ``_milliseconds``.
 
+The two histograms are :class:`obsctl.histograms.BucketHistogram` s, not SDK
+instruments: a source that counts in bulk (the eBPF source) adds whole bucket
+arrays, which the OpenTelemetry API cannot take; their points reach every
+reader through :class:`obsctl.telemetry.PreBucketedReader`.
+
 Counters are synchronous: log collectors add one event at a time and polling
 collectors add the delta between two reads of a cumulative source. Gauges are
 observable: the collector that owns the source registers the callback.
@@ -24,11 +29,12 @@ from __future__ import annotations
 
 import threading
 import time
-from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation
+from opentelemetry.metrics import CallbackOptions, Counter, Meter, Observation
+
+from obsctl.histograms import BucketHistogram
 
 #: Histogram bucket boundaries in milliseconds for both latency histograms.
 #: From 50 us (a FUSE lookup answered from the kernel-side cache path of the
@@ -121,8 +127,8 @@ class Instruments:
     fs_read_bytes: Counter
     fs_write_bytes: Counter
     fs_ops: Counter
-    fs_latency_ms: Histogram
-    operation_duration_ms: Histogram
+    fs_latency_ms: BucketHistogram
+    operation_duration_ms: BucketHistogram
     errors: Counter
     cache_hits: Counter
     cache_misses: Counter
@@ -133,12 +139,6 @@ class Instruments:
     totals: dict[str, float] = field(default_factory=dict)
     #: Local cumulative FUSE operations by opcode (for ``obsctl top``).
     ops_by_opcode: dict[str, int] = field(default_factory=dict)
-    #: Local cumulative latency bucket counts by opcode: one count per bound
-    #: of :data:`LATENCY_BUCKETS_MS` plus the +Inf bucket (non-cumulative,
-    #: bucket ``i`` holds ``bounds[i-1] < ms <= bounds[i]``, as OpenTelemetry's
-    #: explicit-bucket histogram), and the sum of the recorded values in ms.
-    latency_buckets: dict[str, list[int]] = field(default_factory=dict)
-    latency_sum_ms: dict[str, float] = field(default_factory=dict)
     #: Local cumulative errors by ``error_type``.
     errors_by_type: dict[str, int] = field(default_factory=dict)
     #: Local cumulative FUSE requests by requesting process ("comm[pid]"),
@@ -193,13 +193,7 @@ class Instruments:
         negative value (clock skew) is dropped."""
         if latency_ms < 0:
             return
-        self.fs_latency_ms.record(latency_ms, labels or {"opcode": opcode, **self.attrs.base()})
-        with self._live_lock:
-            buckets = self.latency_buckets.get(opcode)
-            if buckets is None:
-                buckets = self.latency_buckets[opcode] = [0] * (len(LATENCY_BUCKETS_MS) + 1)
-            buckets[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
-            self.latency_sum_ms[opcode] = self.latency_sum_ms.get(opcode, 0.0) + latency_ms
+        self.fs_latency_ms.record(opcode, labels or {"opcode": opcode, **self.attrs.base()}, latency_ms)
 
     def record_fs_latency_buckets(self, opcode: str, counts: list[int], sums_ms: list[float],
                                   labels: dict[str, str] | None = None) -> None:
@@ -209,27 +203,12 @@ class Instruments:
 
         ``counts[i]`` / ``sums_ms[i]``: how many latencies fell in bucket ``i``
         (``bounds[i-1] < ms <= bounds[i]``, the last one +Inf) and their sum
-        (ms). Each of the ``counts[i]`` is recorded on the OpenTelemetry
-        histogram as the bucket's mean (it lies in the same bucket), so its
-        bucket counts, count and sum are exact; its min/max are those of the
-        means. The OpenTelemetry API has no pre-aggregated histogram record,
-        so this costs one SDK call per latency; the live view is O(buckets).
+        (ms). Bucket counts, count and sum are exact; min/max are not known
+        (not exported for this opcode from then on). O(buckets), whatever
+        the number of latencies (:mod:`obsctl.histograms`).
         """
-        attrs = labels or {"opcode": opcode, **self.attrs.base()}
-        record = self.fs_latency_ms.record
-        for i, k in enumerate(counts):
-            if k > 0:
-                mean = sums_ms[i] / k
-                for _n in range(k):
-                    record(mean, attrs)
-        with self._live_lock:
-            buckets = self.latency_buckets.get(opcode)
-            if buckets is None:
-                buckets = self.latency_buckets[opcode] = [0] * (len(LATENCY_BUCKETS_MS) + 1)
-            for i, k in enumerate(counts):
-                if k > 0:
-                    buckets[i] += k
-            self.latency_sum_ms[opcode] = self.latency_sum_ms.get(opcode, 0.0) + sum(sums_ms)
+        self.fs_latency_ms.add_buckets(opcode, labels or {"opcode": opcode, **self.attrs.base()},
+                                       counts, sum(sums_ms))
 
     def count_requesters(self, tally: dict[str, int]) -> None:
         """Add ``{"comm[pid]": requests}`` (one chunk of kernel send events)
@@ -248,8 +227,8 @@ class Instruments:
     def record_request(self, method: str, duration_ms: float | None) -> None:
         """Record one object-store request (``method`` = GET, PUT, HEAD ...)."""
         if duration_ms is not None and duration_ms >= 0:
-            self.operation_duration_ms.record(
-                duration_ms, {"opcode": method.upper(), **self.attrs.base()})
+            opcode = method.upper()
+            self.operation_duration_ms.record(opcode, {"opcode": opcode, **self.attrs.base()}, duration_ms)
 
     def add_error(self, error_type: str, n: int = 1) -> None:
         """Count ``n`` failures of ``error_type`` (``http_403``, ``enoent`` ...)."""
@@ -337,10 +316,11 @@ class Instruments:
         restarts); ``waiting`` is the gauge of collectors.fuse_conn, None when
         fusectl is not mounted.
         """
+        latency = self.fs_latency_ms.snapshot()
+        buckets = {op: s.counts for op, s in latency.items()}
+        sums = {op: s.sum for op, s in latency.items()}
         with self._live_lock:
             ops = dict(self.ops_by_opcode)
-            buckets = {op: list(b) for op, b in self.latency_buckets.items()}
-            sums = dict(self.latency_sum_ms)
             errors = dict(self.errors_by_type)
             requesters = None if self.requesters is None else dict(self.requesters)
         waiting = self.gauge_value("obsctl_fuse_requests_waiting")
@@ -359,6 +339,10 @@ class Instruments:
             "requesters": requesters,
         }
 
+    def histograms(self) -> tuple[BucketHistogram, ...]:
+        """The histograms obsctl keeps itself, for :class:`obsctl.telemetry.PreBucketedPoints`."""
+        return (self.fs_latency_ms, self.operation_duration_ms)
+
     def observable_counter(
         self, name: str, callback: Callable[[CallbackOptions], Iterable[Observation]]
     ) -> None:
@@ -369,17 +353,20 @@ class Instruments:
 
 
 def create_instruments(meter: Meter, attrs: MountAttributes) -> Instruments:
-    """Create the synchronous instruments of :data:`METRICS` on ``meter``."""
+    """Create the synchronous instruments of :data:`METRICS` on ``meter``.
+
+    The counters are SDK instruments of ``meter``; the two histograms are
+    :class:`~obsctl.histograms.BucketHistogram` s that a reader exports only
+    once they are added to its :class:`obsctl.telemetry.PreBucketedPoints`
+    (:meth:`Instruments.histograms`)."""
 
     def counter(name: str) -> Counter:
         _kind, unit, description = METRICS[name]
         return meter.create_counter(name, unit=unit, description=description)
 
-    def histogram(name: str) -> Histogram:
+    def histogram(name: str) -> BucketHistogram:
         _kind, unit, description = METRICS[name]
-        return meter.create_histogram(
-            name, unit=unit, description=description,
-            explicit_bucket_boundaries_advisory=list(LATENCY_BUCKETS_MS))
+        return BucketHistogram(name, description, unit, LATENCY_BUCKETS_MS)
 
     return Instruments(
         meter=meter,

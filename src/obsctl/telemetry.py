@@ -16,7 +16,9 @@ What is created (DESIGN section 3):
   (:mod:`obsctl.scrape`: shared by every mount of the host).
 
 Every reader gets the SDK's cardinality limit (``cardinality_limit`` per
-instrument class). Export results are recorded for ``obsctl status``.
+instrument class) and is a :class:`PreBucketedReader`, so it also exports the
+histograms obsctl keeps itself (:mod:`obsctl.histograms`). Export results are
+recorded for ``obsctl status``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry.sdk.metrics import (
@@ -40,19 +42,28 @@ from opentelemetry.sdk.metrics import (
     UpDownCounter,
 )
 from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    HistogramDataPoint,
+    InMemoryMetricReader,
+    Metric,
     MetricExporter,
     MetricExportResult,
     MetricReader,
     MetricsData,
     PeriodicExportingMetricReader,
+    ResourceMetrics,
+    ScopeMetrics,
 )
+from opentelemetry.sdk.metrics.export import Histogram as HistogramData
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Tracer
 
 from obsctl import __version__
 from obsctl.config import TelemetryConfig
+from obsctl.histograms import BucketHistogram, Series
 from obsctl.instruments import Instruments, MountAttributes, create_instruments
 from obsctl.redact import redact
 
@@ -247,6 +258,139 @@ def otlp_exporter(cfg: TelemetryConfig, signal_name: str) -> Any:
     return exporter(endpoint=target, insecure=insecure, timeout=timeout)
 
 
+class PreBucketedPoints:
+    """The points of the :class:`~obsctl.histograms.BucketHistogram` s of one mount,
+    merged into what a reader collected from the SDK.
+
+    Args:
+        resource: the MeterProvider's resource (used when the SDK collected nothing).
+        scope: the instrumentation scope the histograms belong to (the
+            mount's meter); their metrics join that scope's ScopeMetrics.
+
+    :attr:`histograms` is filled once the instruments exist
+    (:meth:`obsctl.instruments.Instruments.histograms`). Cumulative points
+    start at this object's creation; delta points cover the time since the
+    reader's previous collection (state kept per reader).
+    """
+
+    def __init__(self, resource: Resource, scope: InstrumentationScope) -> None:
+        self.resource = resource
+        self.scope = scope
+        self.histograms: list[BucketHistogram] = []
+        self.start_ns = time.time_ns()
+
+    def _metric(self, histogram: BucketHistogram, now_ns: int, temporality: AggregationTemporality,
+                last: dict[tuple[str, str], tuple[Series, int]]) -> Metric | None:
+        points = []
+        for key, series in histogram.snapshot().items():
+            start_ns, counts, total, before = self.start_ns, series.counts, series.sum, None
+            if temporality is AggregationTemporality.DELTA:
+                before = last.get((histogram.name, key))
+                last[(histogram.name, key)] = (series, now_ns)
+                if before is not None:
+                    prev, start_ns = before
+                    counts = [a - b for a, b in zip(series.counts, prev.counts)]
+                    total = series.sum - prev.sum
+                if not any(counts):
+                    continue
+            exact = series.exact and (temporality is AggregationTemporality.CUMULATIVE or before is None)
+            points.append(HistogramDataPoint(
+                attributes=series.attributes, start_time_unix_nano=start_ns, time_unix_nano=now_ns,
+                count=sum(counts), sum=total, bucket_counts=counts, explicit_bounds=list(histogram.bounds),
+                # None: not known (bucketed counts, or a delta of one): OTLP leaves the optional field unset
+                min=series.min if exact else None, max=series.max if exact else None))  # type: ignore[arg-type]
+        if not points:
+            return None
+        return Metric(name=histogram.name, description=histogram.description, unit=histogram.unit,
+                      data=HistogramData(data_points=points, aggregation_temporality=temporality))
+
+    def merge(self, metrics_data: MetricsData | None, temporality: AggregationTemporality,
+              last: dict[tuple[str, str], tuple[Series, int]]) -> MetricsData | None:
+        """``metrics_data`` (or None: the SDK had nothing) plus the histograms'
+        points in :attr:`scope`; returned unchanged when no histogram has a point.
+        ``last``: the calling reader's delta state (updated)."""
+        now_ns = time.time_ns()
+        metrics = [m for h in self.histograms if (m := self._metric(h, now_ns, temporality, last)) is not None]
+        if not metrics:
+            return metrics_data
+        if metrics_data is None or not metrics_data.resource_metrics:
+            return MetricsData(resource_metrics=[ResourceMetrics(
+                resource=self.resource, schema_url=self.resource.schema_url,
+                scope_metrics=[ScopeMetrics(scope=self.scope, metrics=metrics, schema_url=self.scope.schema_url or "")])])
+        first, *rest = metrics_data.resource_metrics
+        scopes = list(first.scope_metrics)
+        for i, scope_metrics in enumerate(scopes):
+            if scope_metrics.scope.name == self.scope.name:
+                scopes[i] = ScopeMetrics(scope=scope_metrics.scope, metrics=[*scope_metrics.metrics, *metrics],
+                                         schema_url=scope_metrics.schema_url)
+                break
+        else:
+            scopes.append(ScopeMetrics(scope=self.scope, metrics=metrics, schema_url=self.scope.schema_url or ""))
+        return MetricsData(resource_metrics=[
+            ResourceMetrics(resource=first.resource, scope_metrics=scopes, schema_url=first.schema_url), *rest])
+
+
+class PreBucketedReader:
+    """Mixin for a MetricReader class: every collection also carries the
+    points of a :class:`PreBucketedPoints` (``points=`` keyword).
+
+    Uses only the reader's documented extension points: ``collect()`` and the
+    ``_receive_metrics`` every MetricReader subclass implements (opentelemetry-sdk
+    ``MetricReader``: "intended to be overridden by subclass"). When the SDK
+    collected nothing (``collect`` then skips ``_receive_metrics``), the
+    histograms' points are delivered alone. The histograms' temporality is the
+    one the reader asks for histograms (an OTLP exporter's
+    ``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE``).
+    """
+
+    def __init__(self, *args: Any, points: PreBucketedPoints, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        preferred = kwargs.get("preferred_temporality") or {}
+        exporter = args[0] if args else kwargs.get("exporter")
+        if isinstance(exporter, MetricExporter):  # PeriodicExportingMetricReader takes the exporter's choice
+            preferred = exporter._preferred_temporality or {}  # pylint: disable=protected-access
+        self._points_temporality: AggregationTemporality = preferred.get(Histogram, AggregationTemporality.CUMULATIVE)
+        self._points = points
+        self._points_last: dict[tuple[str, str], tuple[Series, int]] = {}
+        self._points_lock = threading.Lock()
+        self._points_delivered = False
+
+    def collect(self, timeout_millis: float = 10_000) -> None:
+        """The SDK's collection, with the histograms' points merged in."""
+        with self._points_lock:
+            self._points_delivered = False
+            super().collect(timeout_millis=timeout_millis)  # type: ignore[misc]
+            if not self._points_delivered:
+                alone = self._points.merge(None, self._points_temporality, self._points_last)
+                if alone is not None:
+                    super()._receive_metrics(alone, timeout_millis=timeout_millis)  # type: ignore[misc]
+
+    def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
+        self._points_delivered = True
+        merged = self._points.merge(metrics_data, self._points_temporality, self._points_last)
+        super()._receive_metrics(merged, timeout_millis=timeout_millis, **kwargs)  # type: ignore[misc]
+
+
+class PushReader(PreBucketedReader, PeriodicExportingMetricReader):
+    """The OTLP push reader, with obsctl's own histograms."""
+
+
+class MemoryReader(PreBucketedReader, InMemoryMetricReader):
+    """An in-memory reader with obsctl's own histograms (tests, benchmarks)."""
+
+
+def in_memory_instruments(attrs: MountAttributes) -> tuple[MemoryReader, Instruments]:
+    """The instruments of one mount on a fresh MeterProvider whose only reader
+    is a :class:`MemoryReader` (``reader.get_metrics_data()`` collects what an
+    exporter would see, obsctl's own histograms included). For tests and
+    benchmarks of the collectors, which write to the real SDK."""
+    points = PreBucketedPoints(Resource.get_empty(), InstrumentationScope(METER_NAME, __version__))
+    reader = MemoryReader(points=points)
+    instruments = create_instruments(MeterProvider(metric_readers=[reader]).get_meter(METER_NAME, __version__), attrs)
+    points.histograms.extend(instruments.histograms())
+    return reader, instruments
+
+
 def _cardinality_limits(limit: int) -> dict[type, int]:
     return {cls: limit for cls in (Counter, UpDownCounter, Histogram, ObservableCounter,
                                    ObservableUpDownCounter, ObservableGauge)}
@@ -260,7 +404,6 @@ class Telemetry:
         attrs: the mount's bucket / impl / mountpoint.
         resource_attributes: extra resource attributes (obsctl.mount.* ...),
             merged over ``[telemetry.resource]`` and OTEL_RESOURCE_ATTRIBUTES.
-        extra_readers: more metric readers (tests pass an InMemoryMetricReader).
         publish_path: where this mount publishes its series for the host's
             scrape endpoint (:func:`obsctl.scrape.publish_path`), or None.
 
@@ -270,7 +413,7 @@ class Telemetry:
 
     def __init__(self, cfg: TelemetryConfig, attrs: MountAttributes,
                  resource_attributes: dict[str, str] | None = None,
-                 extra_readers: Sequence[MetricReader] = (), publish_path: str | None = None) -> None:
+                 publish_path: str | None = None) -> None:
         self.cfg = cfg
         self.export_status = ExportStatus()
         host_name = socket.gethostname()
@@ -285,17 +428,19 @@ class Telemetry:
             **(resource_attributes or {}),
         })
         limits = _cardinality_limits(cfg.metrics.cardinality_limit)
-        readers: list[MetricReader] = list(extra_readers)
+        #: the histograms obsctl keeps itself, handed to every reader (:class:`PreBucketedReader`)
+        self.histogram_points = PreBucketedPoints(self.resource, InstrumentationScope(METER_NAME, __version__))
+        readers: list[MetricReader] = []
         #: this mount's part of the host's scrape endpoint (:mod:`obsctl.scrape`), or None
         self.endpoint: Any = None
         self._push_reader: PeriodicExportingMetricReader | None = None
         if cfg.pushes_metrics:
-            self._push_reader = PeriodicExportingMetricReader(
+            self._push_reader = PushReader(
                 RecordingMetricExporter(otlp_exporter(cfg, "metrics"), self.export_status,
                                         cfg.endpoint(cfg.metrics) or "the OTEL_EXPORTER_OTLP_* endpoint"),
                 export_interval_millis=cfg.metrics.export_interval_seconds * 1000,
                 export_timeout_millis=cfg.metrics.export_timeout_seconds * 1000,
-                cardinality_limits=limits)
+                cardinality_limits=limits, points=self.histogram_points)
             readers.append(self._push_reader)
         if cfg.exports_metrics and cfg.metrics.bind_address:
             readers.append(self._start_prometheus(cfg.metrics.bind_address, limits, attrs.mountpoint, publish_path))
@@ -303,6 +448,9 @@ class Telemetry:
                                             shutdown_on_exit=False)
         self.instruments: Instruments = create_instruments(
             self.meter_provider.get_meter(METER_NAME, __version__), attrs)
+        for histogram in self.instruments.histograms():
+            histogram.max_series = cfg.metrics.cardinality_limit
+        self.histogram_points.histograms.extend(self.instruments.histograms())
         self.tracer_provider = TracerProvider(resource=self.resource, shutdown_on_exit=False)
         if cfg.exports_traces:
             self.tracer_provider.add_span_processor(BatchSpanProcessor(
@@ -331,7 +479,11 @@ class Telemetry:
                         "(bucket, mount point), unauthenticated and in clear text; restrict it with a "
                         "firewall", bind_address)
         registry = CollectorRegistry(auto_describe=False)
-        reader = PrometheusMetricReader(registry=registry, cardinality_limits=limits)
+
+        class PrometheusReader(PreBucketedReader, PrometheusMetricReader):
+            """The Prometheus reader, with obsctl's own histograms."""
+
+        reader = PrometheusReader(registry=registry, cardinality_limits=limits, points=self.histogram_points)
         self.endpoint = HostEndpoint(bind_address, registry, mountpoint, publish_path)
         self.endpoint.try_bind()
         return reader

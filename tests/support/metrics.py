@@ -8,17 +8,16 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from obsctl.instruments import Instruments, MountAttributes, create_instruments
+from obsctl.instruments import Instruments, MountAttributes
+from obsctl.telemetry import in_memory_instruments
 
 
 def in_memory(attrs: MountAttributes) -> tuple[InMemoryMetricReader, Instruments]:
-    """A reader and the instruments of one mount on a fresh MeterProvider."""
-    reader = InMemoryMetricReader()
-    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
-    return reader, create_instruments(meter, attrs)
+    """A reader and the instruments of one mount on a fresh MeterProvider
+    (:func:`obsctl.telemetry.in_memory_instruments`)."""
+    return in_memory_instruments(attrs)
 
 
 def data_points(reader: InMemoryMetricReader, name: str | None = None) -> Iterator[tuple[Any, dict[str, Any], Any]]:

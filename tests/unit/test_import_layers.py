@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # the files obsctl reads and writes: config schema, TOML, credentials, state files
     ("schema", ("obsctl.config", "obsctl.tomlio", "obsctl.credentials", "obsctl.statefile")),
     # OpenTelemetry instruments, exporters and the collectors that record into them
-    ("telemetry", ("obsctl.instruments", "obsctl.telemetry", "obsctl.scrape", "obsctl.collectors", "obsctl.collectors.*",
+    ("telemetry", ("obsctl.histograms", "obsctl.instruments", "obsctl.telemetry", "obsctl.scrape", "obsctl.collectors", "obsctl.collectors.*",
                    "obsctl.sources")),
     # the FUSE drivers (their collectors come from the layer below)
     ("drivers", ("obsctl.drivers", "obsctl.drivers.*")),

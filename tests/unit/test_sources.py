@@ -56,7 +56,7 @@ def test_rclone_with_unpaired_kernel_keeps_latency_and_bytes_only():
 
 def test_unpaired_kernel_latency_reaches_the_buckets_obsctl_top_reads():
     """6.12-6.17 (tracepoints, no pairing): the log owns latency, and ``obsctl top``'s live
-    buckets (Instruments.latency_buckets) get it as the OTel histogram does (issue 17)."""
+    buckets (Instruments.live()["latency_buckets"]) get it as the OTel histogram does (issue 17)."""
     attrs = MountAttributes("obsctl-fixture", "rclone", "/mnt/fixture")
     _reader, ins = in_memory(attrs)
     driver = get_driver("rclone")
@@ -64,7 +64,8 @@ def test_unpaired_kernel_latency_reaches_the_buckets_obsctl_top_reads():
     collector = RcloneLogCollector(table.driver_view(ins))
     for line in (FIXTURES / "rclone/write400/rclone.log").read_text().splitlines():
         collector.feed(line)
-    assert ins.latency_buckets and sum(sum(b) for b in ins.latency_buckets.values()) > 0
+    buckets = ins.live()["latency_buckets"]
+    assert buckets and sum(sum(b) for b in buckets.values()) > 0
     assert not ins.ops_by_opcode  # the kernel counts operations, not the log
 
 
