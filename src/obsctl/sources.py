@@ -190,14 +190,16 @@ def kernel_source(instruments: Any, impl: str, mountpoint: str, driver_log: bool
         when the eBPF probe loads, else (one warning per process naming why) a
         :class:`~obsctl.collectors.fuse_trace.FuseTraceCollector`. Either is a
         polling collector (poll it with the others, close it at shutdown). On
-        a host without kernel support it records nothing and warned once.
+        a host without any kernel support it records nothing, and that one
+        warning also says why the tracepoints cannot be used and what feeds
+        the FUSE numbers instead (the driver's own source, or nothing).
         ``obsctl status --json`` shows ``sources.kernel_trace.source``
         (``ebpf`` / ``tracefs``) and, for tracefs, ``ebpf_unavailable`` (why not eBPF).
     """
     # start-up cost: the collectors import the OpenTelemetry API; callers import this module before the spawn
     from obsctl.collectors import fuse_bpf
     # start-up cost: as above
-    from obsctl.collectors.fuse_trace import FuseTraceCollector
+    from obsctl.collectors.fuse_trace import FuseTraceCollector, detect_support
 
     probe, reason = fuse_bpf.shared_probe()
     collector: Any
@@ -205,8 +207,18 @@ def kernel_source(instruments: Any, impl: str, mountpoint: str, driver_log: bool
         collector = fuse_bpf.FuseBpfCollector(instruments, mountpoint, probe, reason, driver_answers=driver_answers)
         stats = collector.stats
     else:
-        fuse_bpf.warn_once(reason)
-        collector = FuseTraceCollector(instruments, mountpoint, driver_answers=driver_answers)
+        # ONE warning for the whole fall-back: why not eBPF, and what is used instead
+        # (before 6.12 the tracepoints are missing too: then the driver's own source)
+        support = detect_support()
+        if support.available:
+            instead = "using the tracefs source"
+        elif driver_log and driver_source[0]:
+            instead = f"nor the tracefs source ({support.reason}): FUSE numbers from {driver_source[0]}"
+        else:
+            instead = f"nor the tracefs source ({support.reason}): no FUSE operation numbers for this mount"
+        fuse_bpf.warn_once(reason, instead)
+        collector = FuseTraceCollector(instruments, mountpoint, driver_answers=driver_answers, support=support,
+                                       warn=False)
 
         def stats() -> dict:
             return {"source": "tracefs", **collector.stats(), "ebpf_unavailable": reason}

@@ -1,9 +1,9 @@
 """obsctl's kernel FUSE source on Debian's own older kernels, booted under QEMU.
 
-scripts/kernel-images builds (once, cached under .cache/kernels/) Debian 12's
-6.1 and Debian 13's 6.12 kernel packages from the distribution archive and one
-debootstrap root file system with obsctl, bindfs and libbpf in it
-(.cache/kernels/images.json lists them). Each kernel boots here with
+scripts/kernel-images builds (once, cached under .cache/kernels/) Debian 11's
+5.10, Debian 12's 6.1 and Debian 13's 6.12 kernel packages from the distribution
+archive and one debootstrap root file system with obsctl, bindfs and libbpf in
+it (.cache/kernels/images.json lists them). Each kernel boots here with
 qemu-system-x86_64 under software emulation (TCG: this machine has /dev/kvm but
 no vmx), no network device at all (``-nic none``); the guest's /init
 (tests/kernels/guest/init) loads fuse and runs tests/kernels/guest/workload.py:
@@ -14,8 +14,13 @@ and ``obsctl status --json`` said. This test asserts on it:
 * the source each kernel must give: eBPF ``tracepoint`` hooks from 6.12 (the fuse
   tracepoints), eBPF ``fentry`` hooks before (FUSE built in, or a module with
   its BTF: CONFIG_DEBUG_INFO_BTF_MODULES); a module without BTF cannot be
-  hooked, and then the mount must still work on the next source, which is
-  asserted with its reason;
+  hooked (Debian 11's 5.10: module BTF came in 5.11), and no fuse tracepoints
+  exist there either: then the mount must still work, with exactly one
+  warning naming why eBPF and the tracepoints are not used, ``obsctl status
+  --json`` naming the source in use (``kernel`` ``none``: for a generic driver
+  no FUSE numbers at all) with both reasons, nothing invented on the
+  metrics, and clean exit codes;
+* for every kernel: ``obsctl unmount`` and ``obsctl mount`` exit 0, no traceback;
 * per-opcode counts for every request of the workload, one latency sample per
   request (latency count == request count for every opcode: every end had its
   start), ENOENT and EACCES exactly once each, read and write bytes exactly
@@ -87,8 +92,12 @@ def boot(kernel: dict, initrd: str, log: Path) -> tuple[dict, float]:
     cmd = ["qemu-system-x86_64", "-accel", accel, "-cpu", "max" if accel == "tcg" else "host",
            "-smp", "2", "-m", "2048", "-nographic", "-no-reboot", "-nic", "none",
            "-kernel", kernel["vmlinuz"], "-initrd", initrd,
-           # panic=1 + -no-reboot: a guest whose /init dies ends the run instead of hanging it
-           "-append", "console=ttyS0 panic=1 loglevel=4"]
+           # panic=1 + -no-reboot: a guest whose /init dies ends the run instead of hanging it.
+           # no_timer_check: skip the boot-time check that the timer interrupt ticks within a
+           # busy-wait (arch/x86/kernel/apic/io_apic.c timer_irq_works, notimercheck); under
+           # software emulation on a loaded host the 5.10 guest missed it and panicked
+           # ("IO-APIC + timer doesn't work!", check_timer) before /init
+           "-append", "console=ttyS0 panic=1 loglevel=4 no_timer_check"]
     start = time.monotonic()
     with open(log, "wb") as out:
         try:
@@ -127,25 +136,48 @@ def test_kernel_source_numbers(kernel, tmp_path, kernel_summary):
     assert result["fuse"] == {"y": "builtin", "m": "module"}[kernel["fuse"]], (where, result["fuse"])
     if kernel["fuse"] == "m":
         assert result["module_btf"] == kernel["btf_modules"], (where, result["module_btf"])
+    # the mount ended cleanly whatever the source: unmount and the supervisor exit 0
+    assert result.get("unmount_rc") == 0 and result.get("obsctl_rc") == 0 and result.get("tracebacks") == 0, (
+        where, result.get("unmount_rc"), result.get("obsctl_rc"), result.get("log"))
+    # bindfs under obsctl did what the workload asked, seen by the guest's own system calls
+    assert result["steps"] == {"lookup_enoent": "ENOENT", "written": WRITE_SIZE, "read": READ_SIZE,
+                               "open_locked": "EACCES", "open_gone": "ENOENT"}, (where, result["steps"])
 
     family, why = expected_source(kernel)
     sources = result["status"]
     trace = sources["kernel_trace"]
     if family == "fallback":
-        # not a silent pass: the mount worked and said why eBPF could not run
-        assert sources["kernel"] != "ebpf" and "ebpf_unavailable" in trace, (where, sources)
-        kernel_summary.append(f"{kernel['label']:>5}  {where.split(';', 1)[0]}: fallback {sources['kernel']!r} "
-                              f"({trace['ebpf_unavailable']}); {why}")
+        # not a silent pass: the mount worked, and obsctl said once, in its log and in its
+        # status, why neither eBPF nor the tracepoints could be used (obsctl.sources.kernel_source)
+        assert result["no_kernel_source"] is True, (where, sources)
+        assert sources["kernel"] == "none", (where, sources)
+        # --impl generic has no driver log: nothing feeds the FUSE quantities (docs/metrics.md)
+        assert {sources[q] for q in ("fs_ops", "fs_latency", "fs_bytes", "fs_errors")} == {None}, (where, sources)
+        assert trace["source"] == "tracefs" and trace["support"] == "none", (where, trace)
+        assert "has no fuse:fuse_request_send/_end tracepoints (they came in 6.12)" in trace["reason"], (where, trace)
+        assert "fuse.ko has no BTF" in trace["ebpf_unavailable"], (where, trace)
+        assert len(result["warnings"]) == 1, (where, result["warnings"])
+        warning = result["warnings"][0]
+        assert ("eBPF FUSE source unavailable (" in warning and "fuse.ko has no BTF" in warning
+                and "nor the tracefs source (" in warning and "no FUSE operation numbers for this mount" in warning), (
+            where, warning)
+        # nothing invented: no FUSE numbers exported, the mount reported up
+        after = result["metrics"]
+        assert after["ops"] == {} and after["read_bytes"] == 0 and after["write_bytes"] == 0, (where, after)
+        assert after["errors"] == {} and after["mount_up"] == 1, (where, after)
+        kernel_summary.append(
+            f"{kernel['label']:>5}  {where.split(';', 1)[0]}: no kernel source (status: kernel {sources['kernel']!r}, "
+            f"eBPF: {trace['ebpf_unavailable']}; tracefs: {trace['reason']}); {why}; bindfs mounted and worked, "
+            f"one warning, no FUSE numbers exported, unmount rc 0; boot + workload {took:.0f} s")
         return
+    # the eBPF source loaded: nothing to warn about
+    assert result["warnings"] == [], (where, result["warnings"])
     assert sources["kernel"] == "ebpf" and trace["source"] == "ebpf", (where, sources)
     assert trace["hooks"] == family, (where, why, trace)
     assert {sources[q] for q in ("fs_ops", "fs_latency", "fs_bytes", "fs_errors")} == {"kernel"}, (where, sources)
     assert trace["map_full"] == 0 and trace["not_sent"] == 0, (where, trace)
 
-    # what the workload did, seen by the guest's own system calls
-    assert result["steps"] == {"lookup_enoent": "ENOENT", "written": WRITE_SIZE, "read": READ_SIZE,
-                               "open_locked": "EACCES", "open_gone": "ENOENT"}, (where, result["steps"])
-    # ... and what obsctl exported for it (Prometheus endpoint, after the workload)
+    # what obsctl exported for it (Prometheus endpoint, after the workload)
     before, after = result["baseline"], result["metrics"]
     for op in OPCODES:
         assert after["ops"].get(op, 0) > before["ops"].get(op, 0), (where, op, before["ops"], after["ops"])

@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from obsctl import sources as sources_mod
 from obsctl.bpf import FUSE_REQUESTS_OBJECT
 from obsctl.collectors import fuse_bpf
 from obsctl.collectors.fuse_bpf import (
@@ -138,25 +139,40 @@ def test_collector_records_differences_between_polls(tmp_path):
     assert hist["read"] == (3, pytest.approx(0.17)) and hist["lookup"] == (4, pytest.approx(0.08))
 
 
-def test_without_object_warns_once_and_falls_back_to_tracefs(monkeypatch, caplog, tmp_path):
-    """kernel_source with no BPF object: one warning naming why, the tracefs collector, status says so."""
-    from obsctl import sources
+@pytest.mark.parametrize("driver_source, instead", [
+    (sources_mod.NO_DRIVER_SOURCE, "no FUSE operation numbers for this mount"),
+    (("rclone_log", frozenset({"fs_ops"})), "FUSE numbers from rclone_log"),
+])
+def test_without_object_warns_once_and_falls_back_to_tracefs(monkeypatch, caplog, tmp_path, driver_source, instead):
+    """kernel_source with no BPF object and no tracepoints (as on a kernel before 6.12
+    without fuse BTF): ONE warning in all, naming why not eBPF, why not tracefs and
+    what feeds the FUSE numbers; the tracefs collector (level none), status says so."""
     from obsctl.collectors.fuse_trace import FuseTraceCollector
 
     monkeypatch.setattr("obsctl.bpf.FUSE_REQUESTS_OBJECT", tmp_path / "missing.bpf.o")
     monkeypatch.setenv("OBSCTL_FUSE_TRACE", "off")  # keep tracefs untouched in a unit test
+    monkeypatch.setattr("obsctl.collectors.fuse_trace._warned", False)
     fuse_bpf.reset_for_tests()
     attrs = MountAttributes("", "generic", "/mnt/none")
     _reader, ins = in_memory(attrs)
     with caplog.at_level(logging.WARNING):
-        first, table = sources.kernel_source(ins, "generic", "/mnt/none")
-        second, _table = sources.kernel_source(ins, "generic", "/mnt/none2")
+        first, table = sources_mod.kernel_source(ins, "generic", "/mnt/none", driver_source=driver_source)
+        second, _table = sources_mod.kernel_source(ins, "generic", "/mnt/none2", driver_source=driver_source)
+        first.poll()
+        second.poll()
     try:
         assert isinstance(first, FuseTraceCollector) and isinstance(second, FuseTraceCollector)
-        warnings = [r.getMessage() for r in caplog.records if "eBPF FUSE source unavailable" in r.getMessage()]
-        assert len(warnings) == 1 and "missing.bpf.o is missing" in warnings[0], warnings
-        status = table.as_dict()["kernel_trace"]
-        assert status["source"] == "tracefs" and "missing.bpf.o" in status["ebpf_unavailable"]
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1, warnings
+        assert warnings[0].startswith("eBPF FUSE source unavailable (") and "missing.bpf.o is missing" in warnings[0]
+        assert "nor the tracefs source (disabled by OBSCTL_FUSE_TRACE)" in warnings[0] and instead in warnings[0]
+        status = table.as_dict()
+        assert status["kernel"] == "none"
+        trace = status["kernel_trace"]
+        assert trace["source"] == "tracefs" and "missing.bpf.o" in trace["ebpf_unavailable"]
+        assert trace["support"] == "none" and trace["reason"] == "disabled by OBSCTL_FUSE_TRACE"
+        owner = driver_source[0] if "fs_ops" in driver_source[1] else None
+        assert status["fs_ops"] == owner and status["fs_latency"] is None
     finally:
         first.close()
         second.close()

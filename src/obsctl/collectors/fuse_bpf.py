@@ -209,6 +209,11 @@ class Probe:
             return list(programs)
         for fn in ("fuse_simple_background", "fuse_request_end"):
             if not libbpf.btf_has_function(fn):
+                if os.path.exists("/sys/module/fuse/initstate") and not os.path.exists("/sys/kernel/btf/fuse"):
+                    # a loaded module has /sys/module/NAME/initstate, a built-in one not (the rule of
+                    # kmod, libkmod/libkmod-module.c kmod_module_get_initstate)
+                    raise LookupError(f"{fn} not in the kernel's BTF: fuse.ko has no BTF (no /sys/kernel/btf/fuse; "
+                                      "module BTF needs CONFIG_DEBUG_INFO_BTF_MODULES, Linux 5.11+)")
                 raise LookupError(f"{fn} not in the kernel's BTF")
         if libbpf.btf_has_function("__fuse_simple_request"):
             sync = ["sync_start3", "sync_exit3"]
@@ -411,12 +416,13 @@ def reset_for_tests() -> None:
             _probe = None
 
 
-def warn_once(reason: str) -> None:
-    """The one warning per process when the eBPF source cannot be used."""
+def warn_once(reason: str, instead: str = "using the tracefs source") -> None:
+    """The one warning per process when the eBPF source cannot be used: ``reason``
+    and what happens ``instead`` (:func:`obsctl.sources.kernel_source` says which)."""
     global _warned
     if not _warned:
         _warned = True
-        log.warning("eBPF FUSE source unavailable (%s): using the tracefs source", reason)
+        log.warning("eBPF FUSE source unavailable (%s): %s", reason, instead)
 
 
 @dataclass(frozen=True)

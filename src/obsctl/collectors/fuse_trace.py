@@ -294,6 +294,8 @@ class FuseTraceCollector(PollingCollector):
         degrade_busy: reader CPU share (of one core) that switches to counting mode.
         buffer_size_kb: the instance's per-CPU ring buffer size (``buffer_size_kb``),
             None for the kernel's default (1408 KiB on this kernel).
+        warn: False when the caller already warned that ``support`` is ``none``
+            (:func:`obsctl.sources.kernel_source`: one warning for eBPF and tracefs).
 
     Attributes:
         support: the :class:`KernelSupport` in force (``unpaired`` once a
@@ -317,7 +319,8 @@ class FuseTraceCollector(PollingCollector):
                  mountinfo_path: str = mounttable.MOUNTINFO_PATH, support: KernelSupport | None = None,
                  max_pending: int = 4096, recover_after: int = 20,
                  driver_answers: frozenset[tuple[str, str]] = frozenset(),
-                 degrade_busy: float = DEGRADE_BUSY, buffer_size_kb: int | None = None) -> None:
+                 degrade_busy: float = DEGRADE_BUSY, buffer_size_kb: int | None = None,
+                 warn: bool = True) -> None:
         super().__init__(instruments)
         self.buffer_size_kb = buffer_size_kb
         #: The driver's own protocol answers (:attr:`obsctl.drivers.Driver.protocol_answers`),
@@ -365,7 +368,7 @@ class FuseTraceCollector(PollingCollector):
         self._fd: int | None = None
         if self.support.available:
             remove_stale_instances(tracefs)
-        else:
+        elif warn:
             self._warn_once(self.support.reason)
 
     @staticmethod

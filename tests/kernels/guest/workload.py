@@ -12,6 +12,11 @@ ENOENT and EACCES). The numbers come from obsctl's real Prometheus endpoint on t
 guest's loopback (``[telemetry.metrics] bind_address``), parsed with
 prometheus_client's own text parser, and from ``obsctl status --json``.
 
+On a kernel where obsctl has no kernel source at all (5.10: fuse.ko without BTF,
+no fuse tracepoints; ``sources.kernel`` is ``none``) there is nothing to wait
+for: the workload runs once the mount is up and the result says what obsctl
+exported and logged (``warnings``) for it.
+
 Output: exactly one line ``OBSCTL_KERNEL_RESULT <json>`` (see :func:`main` for its keys),
 also when something failed (then ``error`` says what).
 """
@@ -60,11 +65,11 @@ def status_entry() -> dict | None:
 
 def scrape() -> dict:
     """obsctl's Prometheus endpoint -> {"ops": {opcode: n}, "errors": {type: n},
-    "latency": {opcode: [count, sum_ms]}, "read_bytes": n, "write_bytes": n}."""
+    "latency": {opcode: [count, sum_ms]}, "read_bytes": n, "write_bytes": n, "mount_up": 0|1|None}."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = urllib.request.urlopen(f"http://{PROM}/metrics", timeout=30).read().decode()
-    out: dict = {"ops": {}, "errors": {}, "latency": {}, "read_bytes": 0, "write_bytes": 0}
+    out: dict = {"ops": {}, "errors": {}, "latency": {}, "read_bytes": 0, "write_bytes": 0, "mount_up": None}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             if s.name == "obsctl_fs_ops_total":
@@ -79,6 +84,8 @@ def scrape() -> dict:
                 out["read_bytes"] = int(s.value)
             elif s.name == "obsctl_fs_write_bytes_total":
                 out["write_bytes"] = int(s.value)
+            elif s.name == "obsctl_mount_up":
+                out["mount_up"] = int(s.value)
     return out
 
 
@@ -140,7 +147,9 @@ def main() -> int:
     """Keys of the result: kernel, fuse (builtin | module), module_btf, steps, timeouts,
     baseline / metrics (scrapes before and after the workload), status (sources),
     live (obsctl status's live counters), requester (this thread's comm[tid]),
-    unmount_rc, log (obsctl's output, tail), error."""
+    no_kernel_source (True when obsctl said sources.kernel ``none``), unmount_rc,
+    obsctl_rc, warnings (obsctl's WARNING lines, whole log), tracebacks (their
+    count in the whole log), log (obsctl's output, tail), error."""
     result: dict = {"kernel": os.uname().release, "steps": {}, "timeouts": [],
                     "fuse": fuse_kind(),
                     "module_btf": os.path.exists("/sys/kernel/btf/fuse"),
@@ -169,23 +178,34 @@ def main() -> int:
              "--ready-timeout", str(int(WAIT)), "--", "setpriv", "--bounding-set",
              "-dac_override,-dac_read_search", "bindfs", "-f", SRC, MNT],
             env=env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        if not wait_until(lambda: ((status_entry() or {}).get("sources") or {}).get("kernel_trace", {})
-                          .get("connection") is not None or proc.poll() is not None,
-                          "kernel source watching the connection", timeouts):
+        def watching() -> bool:
+            """The kernel source watches the connection, or obsctl said it has none
+            (``sources.kernel`` ``none``: then the mount being up is enough)."""
+            sources = (status_entry() or {}).get("sources") or {}
+            if (sources.get("kernel_trace") or {}).get("connection") is not None:
+                return True
+            return sources.get("kernel") == "none" and os.path.ismount(MNT) and scrape()["mount_up"] == 1
+
+        if not wait_until(lambda: watching() or proc.poll() is not None,
+                          "kernel source watching the connection (or none, and the mount up)", timeouts):
             raise RuntimeError("obsctl never watched the connection")
         if proc.poll() is not None:
             raise RuntimeError(f"obsctl mount exited with {proc.returncode}")
         result["mounted_after_s"] = round(time.monotonic() - t0, 1)
-        wait_until(lambda: sum(scrape()["ops"].values()) > 0, "first counted request", timeouts)
+        no_kernel = result["no_kernel_source"] = ((status_entry() or {}).get("sources") or {}).get("kernel") == "none"
+        if not no_kernel:
+            wait_until(lambda: sum(scrape()["ops"].values()) > 0, "first counted request", timeouts)
         result["baseline"] = scrape()
         tid = threading.get_native_id()
         with open(f"/proc/self/task/{tid}/comm") as fh:
             result["requester"] = f"{fh.read().strip()}[{tid}]"
         workload(result)
-        wait_until(lambda: {"eacces", "enoent"} <= set(scrape()["errors"]), "eacces and enoent exported", timeouts)
-        wait_until(lambda: scrape()["read_bytes"] >= READ_SIZE and scrape()["write_bytes"] >= WRITE_SIZE,
-                   "read and write bytes exported", timeouts)
-        time.sleep(2)  # one more poll: nothing late
+        if not no_kernel:
+            wait_until(lambda: {"eacces", "enoent"} <= set(scrape()["errors"]), "eacces and enoent exported",
+                       timeouts)
+            wait_until(lambda: scrape()["read_bytes"] >= READ_SIZE and scrape()["write_bytes"] >= WRITE_SIZE,
+                       "read and write bytes exported", timeouts)
+        time.sleep(2)  # one more poll (export interval 1 s): nothing late
         result["metrics"] = scrape()
         st = status_entry() or {}
         result["status"] = st.get("sources")
@@ -204,7 +224,11 @@ def main() -> int:
                 proc.kill()
                 result["obsctl_rc"] = "killed"
             with open(log_path, "rb") as fh:
-                result["log"] = fh.read().decode(errors="replace")[-4000:]
+                text = fh.read().decode(errors="replace")
+            # obsctl's log format: "obsctl: LEVEL: logger: message" (obsctl.cli._setup_logging)
+            result["warnings"] = [line for line in text.splitlines() if line.startswith("obsctl: WARNING: ")]
+            result["tracebacks"] = text.count("Traceback (most recent call last)")
+            result["log"] = text[-4000:]
         result["elapsed_s"] = round(time.monotonic() - t0, 1)
         sys.stdout.write("\n" + MARKER + json.dumps(result, sort_keys=True) + "\n")
         sys.stdout.flush()
