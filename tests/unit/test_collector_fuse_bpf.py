@@ -196,3 +196,35 @@ def test_without_privilege_the_load_fails_with_a_reason():
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(os.sys.path)})
     assert out.returncode == 0, out.stderr
     assert "no permission to load BPF programs" in out.stdout, out.stdout
+
+
+def test_load_fuse_module_opens_dev_fuse_only_when_the_module_is_missing(tmp_path, caplog):
+    """A fifo stands in for /dev/fuse so the open is observable (its reader sees EOF once
+    the opener closed it); a missing node shows whether an open was tried (debug log)."""
+    import logging
+    import threading
+
+    from obsctl.collectors.fuse_bpf import load_fuse_module
+
+    caplog.set_level(logging.DEBUG, logger="obsctl.collectors.fuse_bpf")
+    loaded, absent, missing_node = tmp_path / "module", tmp_path / "absent", tmp_path / "no-such-node"
+    loaded.mkdir()
+    load_fuse_module(str(loaded), str(missing_node))  # module there: no open tried
+    assert not caplog.records
+    load_fuse_module(str(absent), str(missing_node))  # module missing: tried, never raises
+    assert [r.getMessage() for r in caplog.records] == [
+        f"could not open {missing_node} to load the fuse module: [Errno 2] No such file or directory: "
+        f"'{missing_node}'"]
+    node = tmp_path / "fuse"
+    os.mkfifo(node)
+    opened = []
+
+    def reader():
+        with open(node, "rb") as fh:
+            opened.append(fh.read())
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    load_fuse_module(str(absent), str(node))  # opened and closed at once
+    thread.join(5)
+    assert opened == [b""]

@@ -359,6 +359,27 @@ def unavailable_reason(object_path: str | None = None) -> str | None:
     return None
 
 
+def load_fuse_module(sys_module: str = "/sys/module/fuse", dev_fuse: str = "/dev/fuse") -> None:
+    """Have the kernel load fuse.ko now if it is a module not loaded yet, so that its
+    BTF (/sys/kernel/btf/fuse) and functions exist when the probe loads: obsctl
+    arms the probe before the driver's first open of /dev/fuse would load it.
+
+    Opening /dev/fuse does what the driver's own open does: the kernel loads the
+    module by the node's ``char-major-10-229`` alias (the aliases of Debian's
+    6.1.176 fuse.ko, read with ``strings``: ``devname:fuse``, ``char-major-10-229``,
+    ``fs-fuse``); the descriptor is closed at once (no connection exists until
+    mount(2)).
+    Never raises: without /dev/fuse or the right to open it, the probe's own
+    reason says what is missing.
+    """
+    if os.path.exists(sys_module):
+        return
+    try:
+        os.close(os.open(dev_fuse, os.O_RDWR | os.O_CLOEXEC))
+    except OSError as exc:
+        log.debug("could not open %s to load the fuse module: %s", dev_fuse, exc)
+
+
 def shared_probe(object_path: str | None = None) -> tuple[Probe | None, str]:
     """The process's probe (loaded on first use) and a reason; ``(None, reason)`` when it
     cannot run. A failure is remembered: later calls return it without retrying."""
@@ -373,6 +394,7 @@ def shared_probe(object_path: str | None = None) -> tuple[Probe | None, str]:
             return _probe, f"eBPF {_probe.family} hooks ({', '.join(_probe.programs)})"
         if _probe_reason is not None:
             return None, _probe_reason
+        load_fuse_module()
         reason = unavailable_reason(object_path)
         if reason is None:
             try:
