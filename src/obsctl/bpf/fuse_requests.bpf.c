@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Per FUSE connection and opcode: requests, latency histogram, errors by
- * errno, read/write payload bytes and requesting tasks, aggregated in BPF
- * maps that obsctl (obsctl.collectors.fuse_bpf) reads once per poll.
+ * errno, read payload bytes, written and refused bytes (per file handle
+ * until flushed: "Written bytes" below) and requesting tasks, aggregated in
+ * BPF maps that obsctl (obsctl.collectors.fuse_bpf) reads once per poll.
  *
  * Built by scripts/build-bpf (clang -target bpf -O2 -g, CO-RE, vmlinux.h
  * generated from the build host's /sys/kernel/btf/vmlinux); loaded by

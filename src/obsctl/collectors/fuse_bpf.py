@@ -582,7 +582,9 @@ class FuseBpfCollector(PollingCollector):
         release_probe()
 
     def stats(self) -> dict:
-        """Counters for ``obsctl status --json`` (``sources.kernel_trace``)."""
+        """Counters for ``obsctl status --json`` (``sources.kernel_trace``): the probe's
+        :meth:`Probe.counters` plus ``pending_write_bytes`` (this connection's bytes
+        written but not yet flushed, fsynced or released: :meth:`Probe.pending_bytes`)."""
         probe = self.probe
         counters = probe.counters() if probe is not None else {}
         conn = self.connection
