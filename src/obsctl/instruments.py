@@ -55,6 +55,10 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "obsctl_fs_read_bytes": ("counter", "By", "Bytes read through the mount"),
     # obsctl_fs_write_bytes_total
     "obsctl_fs_write_bytes": ("counter", "By", "Bytes written through the mount"),
+    # obsctl_fs_write_refused_bytes_total (the eBPF kernel source only: docs/metrics.md)
+    "obsctl_fs_write_refused_bytes": (
+        "counter", "By", "Bytes written through the mount that the driver then failed to store "
+        "(the FLUSH, FSYNC or RELEASE that should have uploaded them was answered with an error)"),
     # obsctl_fs_ops_total
     "obsctl_fs_ops": ("counter", "{operation}", "FUSE operations by opcode"),
     # obsctl_fs_latency_ms_{bucket,sum,count}
@@ -134,6 +138,7 @@ class Instruments:
     cache_misses: Counter
     driver_restarts: Counter
     kernel_events_lost: Counter
+    fs_write_refused_bytes: Counter
     #: Local running totals, for ``obsctl status`` and the final-value check:
     #: name as in :data:`METRICS` -> value. Updated by the helpers below.
     totals: dict[str, float] = field(default_factory=dict)
@@ -165,6 +170,13 @@ class Instruments:
         if n > 0:
             self.fs_write_bytes.add(n, self.attrs.with_mountpoint())
             self._count("obsctl_fs_write_bytes", n)
+
+    def add_write_refused_bytes(self, n: int) -> None:
+        """Add ``n`` bytes the mount took in WRITEs but the driver then failed to store
+        (``n`` <= 0 is ignored); they are not in ``obsctl_fs_write_bytes``."""
+        if n > 0:
+            self.fs_write_refused_bytes.add(n, self.attrs.with_mountpoint())
+            self._count("obsctl_fs_write_refused_bytes", n)
 
     def record_fs_op(self, opcode: str, latency_ms: float | None = None, n: int = 1) -> None:
         """Count ``n`` FUSE operations (default one); record a latency when known.
@@ -381,4 +393,5 @@ def create_instruments(meter: Meter, attrs: MountAttributes) -> Instruments:
         cache_misses=counter("obsctl_cache_misses"),
         driver_restarts=counter("obsctl_driver_restarts"),
         kernel_events_lost=counter("obsctl_kernel_events_lost"),
+        fs_write_refused_bytes=counter("obsctl_fs_write_refused_bytes"),
     )

@@ -25,7 +25,11 @@ and ``obsctl status --json`` said. This test asserts on it:
   request (latency count == request count for every opcode: every end had its
   start), ENOENT and EACCES exactly once each, read and write bytes exactly
   what the workload moved (whole files: no page rounding, docs/metrics.md);
-* the workload's thread named among the requesters (``obsctl top``).
+* the workload's thread named among the requesters (``obsctl top``);
+* written bytes counted at the commit, not at the WRITE (docs/metrics.md, "Written and
+  refused bytes"): a file held open after its write is pending (written +0), its
+  fsync commits it, the rest is committed at close (the file handle read from
+  ``fuse_write_in`` / ``fuse_fsync_in`` / ``fuse_release_in`` on each kernel).
 
 The run needs the images: without .cache/kernels/images.json the test skips
 with the reason, except under ``OBSCTL_KERNELS_REQUIRED=1`` (scripts/test's
@@ -53,6 +57,7 @@ MARKER = "OBSCTL_KERNEL_RESULT "
 BOOT_TIMEOUT = float(os.environ.get("OBSCTL_QEMU_TIMEOUT", "900"))
 #: the workload of tests/kernels/guest/workload.py
 READ_SIZE, WRITE_SIZE = 1_000_000, 300_000
+HELD_SIZE, TAIL_SIZE = 50_000, 7_000
 OPCODES = ("lookup", "getattr", "open", "read", "write", "create", "unlink", "flush", "release")
 
 
@@ -191,9 +196,14 @@ def test_kernel_source_numbers(kernel, tmp_path, kernel_summary):
     assert trace["ends"] >= sum(after["ops"].values()), (where, trace, after["ops"])
     requesters = result["live"]["requesters"] or {}
     assert requesters.get(result["requester"], 0) >= 10, (where, result["requester"], requesters)
+    # written bytes: pending while the file is held open, committed by its fsync, the rest at close
+    assert result["commit"] == {"held_written": 0, "held_pending": HELD_SIZE, "fsync_written": HELD_SIZE,
+                                "close_written": HELD_SIZE + TAIL_SIZE, "close_pending": 0}, (where, result["commit"])
 
     kernel_summary.append(
         f"{kernel['label']:>5}  {where.split(';', 1)[0]}: eBPF {family} ({trace['reason']}); "
         f"FUSE {result['fuse']}{' with module BTF' if result['module_btf'] else ''}; "
         f"{sum(after['ops'].values())} requests, {len(after['ops'])} opcodes, read {after['read_bytes']} B, "
-        f"write {after['write_bytes']} B, errors {after['errors']}; boot + workload {took:.0f} s")
+        f"write {after['write_bytes']} B, errors {after['errors']}; held file: written +0 while open, "
+        f"+{result['commit']['fsync_written']} at fsync, +{result['commit']['close_written']} at close; "
+        f"boot + workload {took:.0f} s")

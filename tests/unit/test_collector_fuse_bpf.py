@@ -14,7 +14,7 @@ from obsctl import sources as sources_mod
 from obsctl.bpf import FUSE_REQUESTS_OBJECT
 from obsctl.collectors import fuse_bpf
 from obsctl.collectors.fuse_bpf import (
-    ERR_KEY, NBUCKETS, OP_KEY, OP_VAL, OPCODE_NAMES, WHO_KEY, FuseBpfCollector, OpStats, Snapshot,
+    ERR_KEY, NBUCKETS, OP_KEY, OP_VAL, OPCODE_NAMES, PEND_KEY, WHO_KEY, FuseBpfCollector, OpStats, Snapshot,
     decode_comm, decode_op_values, decode_u64_sum, opcode_name,
 )
 from obsctl.instruments import LATENCY_BUCKETS_MS, MountAttributes
@@ -26,10 +26,11 @@ needs_object = pytest.mark.skipif(not FUSE_REQUESTS_OBJECT.exists(),
 
 
 def test_decode_sums_per_cpu_values():
-    a = [1, 1, 500, 10, 0] + [1] + [0] * (NBUCKETS - 1) + [500] + [0] * (NBUCKETS - 1)
-    b = [2, 1, 70_000, 0, 7] + [0, 1] + [0] * (NBUCKETS - 2) + [0, 70_000] + [0] * (NBUCKETS - 2)
+    a = [1, 1, 500, 10, 0, 3] + [1] + [0] * (NBUCKETS - 1) + [500] + [0] * (NBUCKETS - 1)
+    b = [2, 1, 70_000, 0, 7, 4] + [0, 1] + [0] * (NBUCKETS - 2) + [0, 70_000] + [0] * (NBUCKETS - 2)
     got = decode_op_values([OP_VAL.pack(*a), OP_VAL.pack(*b)])
     assert (got.count, got.timed, got.lat_sum_ns, got.read_bytes, got.write_bytes) == (3, 2, 70_500, 10, 7)
+    assert got.refused_bytes == 7
     assert got.buckets[:3] == [1, 1, 0] and got.bucket_sum_ns[:2] == [500, 70_000]
     assert decode_u64_sum([(5).to_bytes(8, "little"), (6).to_bytes(8, "little")]) == 11
     assert decode_comm(b"cat\0\0garbage\0\0\0\0") == "cat"
@@ -69,6 +70,7 @@ def test_python_layouts_equal_the_objects_maps():
         fuse_bpf.Probe._check_layout(obj)
         assert (obj.map("ops").key_size, obj.map("ops").value_size) == (OP_KEY.size, OP_VAL.size)
         assert obj.map("errs").key_size == ERR_KEY.size and obj.map("who").key_size == WHO_KEY.size
+        assert (obj.map("pending").key_size, obj.map("pending").value_size) == (PEND_KEY.size, 8)
         assert obj.map("bounds").value_size == 8 * len(LATENCY_BUCKETS_MS)
     finally:
         obj.close()
@@ -100,13 +102,15 @@ class FakeProbe:
         return self.snaps.pop(0)
 
     def counters(self):
-        return {"ends": 0}
+        return dict(self.counter_values)
+
+    counter_values = {"ends": 0}
 
 
-def op(count, buckets=None, sums=None, rd=0, wr=0):
+def op(count, buckets=None, sums=None, rd=0, wr=0, refused=0):
     buckets = buckets or [0] * NBUCKETS
     sums = sums or [0] * NBUCKETS
-    return OpStats(count, sum(buckets), sum(sums), rd, wr, buckets, sums)
+    return OpStats(count, sum(buckets), sum(sums), rd, wr, buckets, sums, refused_bytes=refused)
 
 
 def test_collector_records_differences_between_polls(tmp_path):
@@ -199,10 +203,10 @@ def test_without_privilege_the_load_fails_with_a_reason():
 
 
 def test_load_fuse_module_opens_dev_fuse_only_when_the_module_is_missing(tmp_path, caplog):
-    """A fifo stands in for /dev/fuse so the open is observable (its reader sees EOF once
-    the opener closed it); a missing node shows whether an open was tried (debug log)."""
+    """A fifo stands in for /dev/fuse so the open is observable; a missing node shows
+    whether an open was tried (debug log)."""
     import logging
-    import threading
+    import select
 
     from obsctl.collectors.fuse_bpf import load_fuse_module
 
@@ -215,16 +219,61 @@ def test_load_fuse_module_opens_dev_fuse_only_when_the_module_is_missing(tmp_pat
     assert [r.getMessage() for r in caplog.records] == [
         f"could not open {missing_node} to load the fuse module: [Errno 2] No such file or directory: "
         f"'{missing_node}'"]
+    # a fifo whose read end is open: Linux's pipe_poll reports POLLHUP once a writer (an O_RDWR
+    # open counts as one) came and went, and not before (fs/pipe.c: pipe->w_counter)
     node = tmp_path / "fuse"
     os.mkfifo(node)
-    opened = []
+    read_end = os.open(node, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        poller = select.poll()
+        poller.register(read_end, select.POLLIN)
+        assert not poller.poll(0)  # nobody opened it yet
+        load_fuse_module(str(absent), str(node))  # opened and closed at once
+        assert poller.poll(1000) == [(read_end, select.POLLHUP)]
+    finally:
+        os.close(read_end)
 
-    def reader():
-        with open(node, "rb") as fh:
-            opened.append(fh.read())
 
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    load_fuse_module(str(absent), str(node))  # opened and closed at once
-    thread.join(5)
-    assert opened == [b""]
+def test_written_bytes_are_the_committed_ones_and_refused_are_apart(tmp_path):
+    """Write bytes come from the opcodes that commit them (flush 25, fsync 20, release 18,
+    as the kernel program adds them), refused bytes go to obsctl_fs_write_refused_bytes
+    and never to obsctl_fs_write_bytes; WRITE's own entry carries no bytes any more."""
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text("36 25 0:78 / /mnt/y rw,relatime - fuse.s3fs s3fs rw,user_id=0\n")
+    attrs = MountAttributes("b", "s3fs", "/mnt/y")
+    reader, ins = in_memory(attrs)
+    probe = FakeProbe()
+    col = FuseBpfCollector(ins, "/mnt/y", probe, mountinfo_path=str(mountinfo))
+    probe.snaps = [
+        Snapshot({}, {}, {}),
+        Snapshot({16: op(3), 25: op(1, wr=0, refused=3000)}, {(25, -1): 1}, {}),
+        Snapshot({16: op(5), 25: op(2, wr=500, refused=3000), 18: op(2, wr=200)}, {(25, -1): 1}, {}),
+    ]
+    col.poll()
+    col.poll()
+    assert ins.totals.get("obsctl_fs_write_bytes", 0) == 0
+    assert ins.totals["obsctl_fs_write_refused_bytes"] == 3000
+    assert ins.live()["errors_by_type"] == {"eperm": 1}
+    col.poll()
+    assert ins.totals["obsctl_fs_write_bytes"] == 700 and ins.totals["obsctl_fs_write_refused_bytes"] == 3000
+    got = {k[0]: v for k, v in metric_points(reader, attrs).items()
+           if k[0] in ("obsctl_fs_write_bytes", "obsctl_fs_write_refused_bytes")}
+    assert got == {"obsctl_fs_write_bytes": 700, "obsctl_fs_write_refused_bytes": 3000}, got
+
+
+def test_pending_table_full_is_exported_as_detail_lost(tmp_path):
+    """A WRITE the full pending table could not hold (probe counter ``pending_full``) is
+    counted as an operation with its bytes missing: obsctl_kernel_events_lost_total{part="detail"}."""
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text("36 25 0:79 / /mnt/z rw,relatime - fuse.s3fs s3fs rw,user_id=0\n")
+    attrs = MountAttributes("b", "s3fs", "/mnt/z")
+    _reader, ins = in_memory(attrs)
+    probe = FakeProbe()
+    probe.counter_values = {"ends": 0, "map_full": 0, "pending_full": 2}
+    col = FuseBpfCollector(ins, "/mnt/z", probe, mountinfo_path=str(mountinfo))
+    probe.snaps = [Snapshot({}, {}, {}), Snapshot({16: op(9)}, {}, {})]
+    col.poll()
+    probe.counter_values = {"ends": 0, "map_full": 0, "pending_full": 5}
+    col.poll()
+    assert ins.totals.get("obsctl_kernel_events_lost:detail") == 3
+    assert ins.totals.get("obsctl_kernel_events_lost:count", 0) == 0

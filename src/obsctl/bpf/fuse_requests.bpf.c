@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Per FUSE connection and opcode: requests, latency histogram, errors by
- * errno, read/write payload bytes and requesting tasks, aggregated in BPF
- * maps that obsctl (obsctl.collectors.fuse_bpf) reads once per poll.
+ * errno, read payload bytes, written and refused bytes (per file handle
+ * until flushed: "Written bytes" below) and requesting tasks, aggregated in
+ * BPF maps that obsctl (obsctl.collectors.fuse_bpf) reads once per poll.
  *
  * Built by scripts/build-bpf (clang -target bpf -O2 -g, CO-RE, vmlinux.h
  * generated from the build host's /sys/kernel/btf/vmlinux); loaded by
@@ -60,12 +61,56 @@
  *                         names the directory "%u" of fc->dev) and of 0:N in
  *                         mountinfo; fuse_trace.h's "connection" is the same
  *                         field.
+ *   req->args->in_args[0].value
+ *                         the request's first in-arg; for FUSE_WRITE, FUSE_FLUSH,
+ *                         FUSE_FSYNC and FUSE_RELEASE a struct whose first field
+ *                         is `uint64_t fh`, the daemon's file handle (see
+ *                         "Written bytes" below)
  * The same fields, this kernel (6.18), checked with
  * `bpftool btf dump file /sys/kernel/btf/vmlinux format c`; in Debian's
  * linux-source-6.1 6.1.176 (fs/fuse/fuse_i.h:366 args, :376 in.h, :381 out.h,
  * :393 fm, :817 fuse_conn.dev; dev.c:476/478 opcode and args, :229 in.h.len)
  * and loaded, relocated and counted on that kernel booted under QEMU
  * (tests/kernels/test_qemu_kernels.py, docs/metrics.md).
+ *
+ * Written bytes: counted when the daemon says they are stored, not when it
+ * took them. Object-storage drivers answer a WRITE once the bytes are in
+ * their buffer and upload at FLUSH (close), FSYNC or RELEASE, and that
+ * upload can be refused (403: a read-only key, a bucket policy, a deleted
+ * bucket). So per (connection, file handle):
+ *   WRITE answered 0          its payload is added to the handle's pending bytes
+ *   FLUSH / FSYNC answered 0  the pending bytes become written bytes
+ *   FLUSH / FSYNC answered -ENOSYS  nothing: the daemon has no such method
+ *                             (the kernel stops sending it: fs/fuse/file.c
+ *                             fc->no_flush / fc->no_fsync), RELEASE commits
+ *   FLUSH / FSYNC answered another error  the pending bytes become refused
+ *                             bytes (the error itself is counted by errno)
+ *   RELEASE                   what is left: written when answered 0 (or
+ *                             -ENOSYS), refused on another error; the
+ *                             handle's entry is removed
+ * The file handle is the first u64 of the request's first in-arg,
+ * req->args->in_args[0].value, for the four opcodes:
+ *   struct fuse_write_in   { uint64_t fh; uint64_t offset; ... }
+ *   struct fuse_flush_in   { uint64_t fh; uint32_t unused; ... }
+ *   struct fuse_fsync_in   { uint64_t fh; uint32_t fsync_flags; ... }
+ *   struct fuse_release_in { uint64_t fh; uint32_t flags; ... }
+ * include/uapi/linux/fuse.h (UAPI: fh first since protocol 7.1/7.9): in
+ * torvalds/linux at protocol 7.32 (5.10's, commit 031616c434db), in Debian's
+ * linux-source-6.1 6.1.176 (fuse.h:699 release_in, :706 flush_in,
+ * :725 write_in, :746 fsync_in) and in this kernel's (6.18) BTF; and
+ * in_args[0] is that struct: 6.1.176 fs/fuse/file.c:1074 (write,
+ * fuse_write_args_fill: &ia->write.in), :545 (fuse_flush: &inarg),
+ * :580 (fuse_fsync_common: &inarg), :317 (fuse_prepare_release: &ra->inarg),
+ * the same in 6.18 (struct fuse_args.in_args[4] there, [3] before: a
+ * CO-RE array, only element 0 is read). The struct lives until the request's
+ * end: on the requester's stack until the sync start function returns, in
+ * fuse_io_args / fuse_release_args until the ->end callback, which
+ * fuse_request_end calls after the hook ran.
+ * A handle's entries are bounded by the open files that wrote: the table is
+ * a plain hash (an LRU would drop pending bytes silently; a full hash
+ * refuses the insert, which is counted: CNT_PENDING_FULL, exported as
+ * obsctl_kernel_events_lost_total{part="detail"}) and obsctl drops a
+ * connection's entries when it stops watching it.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -82,9 +127,11 @@ struct fuse_in_header___o { __u32 len; __u32 opcode; __u64 unique; } __attribute
 struct fuse_out_header___o { __u32 len; __s32 error; __u64 unique; } __attribute__((preserve_access_index));
 struct fuse_conn___o { dev_t dev; } __attribute__((preserve_access_index));
 struct fuse_mount___o { struct fuse_conn___o *fc; } __attribute__((preserve_access_index));
-struct fuse_args___o { __u32 opcode; } __attribute__((preserve_access_index));
+struct fuse_in_arg___o { unsigned int size; const void *value; } __attribute__((preserve_access_index));
+/* in_args: [3] up to 6.13, [4] since (fs/fuse/fuse_i.h); CO-RE matches arrays by element type */
+struct fuse_args___o { __u32 opcode; struct fuse_in_arg___o in_args[1]; } __attribute__((preserve_access_index));
 struct fuse_req___o {
-	void *args;
+	struct fuse_args___o *args;
 	struct { struct fuse_in_header___o h; } in;
 	struct { struct fuse_out_header___o h; } out;
 	struct fuse_mount___o *fm;
@@ -93,6 +140,10 @@ struct fuse_req___o {
 /* FUSE opcodes, include/uapi/linux/fuse.h enum fuse_opcode */
 #define FUSE_READ 15
 #define FUSE_WRITE 16
+#define FUSE_RELEASE 18
+#define FUSE_FSYNC 20
+#define FUSE_FLUSH 25
+#define ENOSYS 38      /* include/uapi/asm-generic/errno.h */
 #define IN_HEADER 40   /* sizeof(struct fuse_in_header) */
 #define WRITE_IN 40    /* sizeof(struct fuse_write_in) */
 #define OUT_HEADER 16  /* sizeof(struct fuse_out_header) */
@@ -114,7 +165,9 @@ struct op_val {
 	__u64 timed;            /* ends with a start: those in the histogram */
 	__u64 lat_sum_ns;
 	__u64 read_bytes;       /* READ with error 0: out.h.len - 16 */
-	__u64 write_bytes;      /* WRITE with error 0: in.h.len - 80 */
+	__u64 write_bytes;      /* committed by this opcode (FLUSH, FSYNC, RELEASE): WRITE payloads,
+				 * in.h.len - 80 each, the daemon said it stored */
+	__u64 refused_bytes;    /* WRITE payloads the daemon took but this FLUSH / FSYNC / RELEASE refused */
 	__u64 buckets[NBOUNDS + 1];  /* bucket i: bounds[i-1] < ns <= bounds[i]; last: +Inf */
 	__u64 bucket_sum_ns[NBOUNDS + 1];
 };
@@ -122,7 +175,9 @@ struct err_key { __u32 conn; __u32 opcode; __s32 error; __u32 pad; };
 struct who_key { __u32 conn; __u32 tid; char comm[16]; };
 struct bounds { __u64 ns[NBOUNDS]; };
 
-enum { CNT_ENDS, CNT_UNSTARTED, CNT_NOT_SENT, CNT_MAP_FULL, CNT_MAX };
+struct pend_key { __u32 conn; __u32 pad; __u64 fh; };
+
+enum { CNT_ENDS, CNT_UNSTARTED, CNT_NOT_SENT, CNT_MAP_FULL, CNT_PENDING_FULL, CNT_MAX };
 
 /* connections traced: conn -> 1 (obsctl writes its mount's connection) or
  * CLAIMED (the program claimed it at its FUSE_INIT, see claim_new below) */
@@ -138,6 +193,9 @@ struct { __uint(type, BPF_MAP_TYPE_PERCPU_HASH); __uint(max_entries, 4096);
 /* requesting tasks; LRU: a full table forgets the least recently seen */
 struct { __uint(type, BPF_MAP_TYPE_LRU_HASH); __uint(max_entries, 16384);
 	 __type(key, struct who_key); __type(value, __u64); } who SEC(".maps");
+/* written bytes not yet flushed: (conn, fh) -> bytes (see "Written bytes" above) */
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 16384);
+	 __type(key, struct pend_key); __type(value, __u64); } pending SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, CNT_MAX);
 	 __type(key, __u32); __type(value, __u64); } counters SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1);
@@ -253,6 +311,54 @@ static __always_inline int on_tp_send(void *req_ptr)
 	return record_start(conn, (__u64)req_ptr);
 }
 
+/* The daemon's file handle of a WRITE / FLUSH / FSYNC / RELEASE: the first u64 of in_args[0] */
+static __always_inline __u64 request_fh(struct fuse_req___o *req)
+{
+	const void *in = BPF_CORE_READ(req, args, in_args[0].value);
+	__u64 fh = 0;
+	if (in)
+		bpf_probe_read_kernel(&fh, sizeof(fh), in);
+	return fh;
+}
+
+/* A WRITE's payload the daemon took: pending until its handle is flushed */
+static __always_inline void pend(__u32 conn, __u64 fh, __u64 n)
+{
+	struct pend_key pk = { .conn = conn, .fh = fh };
+	__u64 *p = bpf_map_lookup_elem(&pending, &pk);
+	if (!p) {
+		if (bpf_map_update_elem(&pending, &pk, &n, BPF_NOEXIST) == 0)
+			return;
+		p = bpf_map_lookup_elem(&pending, &pk);  /* created by another CPU meanwhile */
+		if (!p) {
+			count(CNT_PENDING_FULL);  /* the table is full: these bytes are not counted */
+			return;
+		}
+	}
+	__sync_fetch_and_add(p, n);
+}
+
+/* FLUSH / FSYNC / RELEASE answered `error`: the handle's pending bytes go to
+ * written or refused (into this CPU's entry `v` of the committing opcode) */
+static __always_inline void commit(struct op_val *v, __u32 conn, __u32 opcode, __u64 fh, __s32 error)
+{
+	struct pend_key pk = { .conn = conn, .fh = fh };
+	__u64 *p = bpf_map_lookup_elem(&pending, &pk);
+	if (!p)
+		return;
+	if (error != -ENOSYS || opcode == FUSE_RELEASE) {
+		/* atomic exchange (BPF_XCHG, 5.12+): a WRITE ending on another CPU meanwhile
+		 * stays pending for the next commit, none is taken twice */
+		__u64 n = __sync_lock_test_and_set(p, 0);
+		if (error == 0 || error == -ENOSYS)
+			v->write_bytes += n;
+		else
+			v->refused_bytes += n;
+	}
+	if (opcode == FUSE_RELEASE)
+		bpf_map_delete_elem(&pending, &pk);  /* the handle is gone (a later open may reuse its number) */
+}
+
 static __always_inline int on_end(struct fuse_req___o *req, __u64 key, __u32 conn)
 {
 	__u64 now = bpf_ktime_get_ns();
@@ -281,9 +387,12 @@ static __always_inline int on_end(struct fuse_req___o *req, __u64 key, __u32 con
 		} else if (ok.opcode == FUSE_WRITE) {
 			__u32 len = BPF_CORE_READ(req, in.h.len);
 			if (len > IN_HEADER + WRITE_IN)
-				v->write_bytes += len - IN_HEADER - WRITE_IN;
+				pend(conn, request_fh(req), len - IN_HEADER - WRITE_IN);
 		}
-	} else {
+	}
+	if (ok.opcode == FUSE_FLUSH || ok.opcode == FUSE_FSYNC || ok.opcode == FUSE_RELEASE)
+		commit(v, conn, ok.opcode, request_fh(req), error);
+	if (error != 0) {
 		struct err_key ek = { .conn = conn, .opcode = ok.opcode, .error = error };
 		__u64 *e = bpf_map_lookup_elem(&errs, &ek);
 		if (!e) {

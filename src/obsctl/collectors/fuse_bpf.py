@@ -20,9 +20,15 @@ mountinfo, the kernel's ``fc->dev``) and opcode the kernel keeps:
   bounds into the ``bounds`` map, so there is one list) with each bucket's
   sum -> ``record_fs_latency_buckets``;
 * read bytes: a READ answered with error 0 adds ``out.h.len - 16`` (the reply
-  payload); write bytes: a WRITE answered with error 0 adds
-  ``in.h.len - 80`` (header 40 + fuse_write_in 40): the same rule as the
-  tracefs source (docs/metrics.md: bytes between the kernel and the daemon);
+  payload) -> ``add_read_bytes``;
+* write bytes, counted when the daemon says they are stored: a WRITE answered
+  with error 0 adds its payload ``in.h.len - 80`` (header 40 + fuse_write_in
+  40) to its file handle's *pending* bytes (the ``pending`` map, per
+  connection and ``fh``); a FLUSH or FSYNC answered 0, or the RELEASE, commits
+  them -> ``add_write_bytes``; a FLUSH / FSYNC (or RELEASE) answered with an
+  error moves them to the refused bytes -> ``add_write_refused_bytes`` (the
+  upload the bucket refused: a 403 at close). The tracefs source sees no file
+  handle and counts at the WRITE (docs/metrics.md);
 * errors by (opcode, errno) -> ``add_error(errno name)`` unless the answer is
   the protocol working (:data:`obsctl.collectors.NOT_FAILURES`, the driver's
   ``protocol_answers``);
@@ -92,16 +98,17 @@ OPCODE_NAMES: dict[int, str] = {
 #: BTF sizes at load: :class:`Probe` refuses an object whose sizes differ).
 NBUCKETS = len(LATENCY_BUCKETS_MS) + 1
 OP_KEY = struct.Struct("<II")                                   # conn, opcode
-OP_VAL = struct.Struct(f"<5Q{NBUCKETS}Q{NBUCKETS}Q")            # count, timed, lat_sum, rd, wr, buckets, sums
+OP_VAL = struct.Struct(f"<6Q{NBUCKETS}Q{NBUCKETS}Q")            # count, timed, lat_sum, rd, wr, refused, buckets, sums
 ERR_KEY = struct.Struct("<IIiI")                                # conn, opcode, error, pad
 WHO_KEY = struct.Struct("<II16s")                               # conn, tid, comm
+PEND_KEY = struct.Struct("<IIQ")                                # conn, pad, fh (value: u64 bytes)
 U64 = struct.Struct("<Q")
 U32 = struct.Struct("<I")
 BOUNDS = struct.Struct(f"<{len(LATENCY_BUCKETS_MS)}Q")
 #: ``conns`` value of a connection the kernel program claimed at its FUSE_INIT (CLAIMED in the C source)
 CLAIMED = 2
 #: counters map indexes (enum in the C source)
-COUNTERS = ("ends", "unstarted", "not_sent", "map_full")
+COUNTERS = ("ends", "unstarted", "not_sent", "map_full", "pending_full")
 
 #: Hook families: name -> (programs, functions that must be in the kernel's BTF).
 #: The fentry family's sync start is whichever of the two request functions exists.
@@ -121,19 +128,22 @@ class OpStats:
     timed: int
     lat_sum_ns: int
     read_bytes: int
+    #: bytes this opcode committed (FLUSH, FSYNC, RELEASE answered 0): WRITE payloads the daemon stored
     write_bytes: int
     buckets: list[int]
     bucket_sum_ns: list[int]
+    #: bytes this opcode refused (FLUSH, FSYNC, RELEASE answered with an error)
+    refused_bytes: int = 0
 
 
 def decode_op_values(values: list[bytes]) -> OpStats:
     """Sum the per-CPU ``struct op_val`` values of one ``ops`` entry."""
-    total = [0] * (5 + 2 * NBUCKETS)
+    total = [0] * (6 + 2 * NBUCKETS)
     for raw in values:
         for i, v in enumerate(OP_VAL.unpack(raw)):
             total[i] += v
     return OpStats(total[0], total[1], total[2], total[3], total[4],
-                   total[5:5 + NBUCKETS], total[5 + NBUCKETS:])
+                   total[6:6 + NBUCKETS], total[6 + NBUCKETS:], refused_bytes=total[5])
 
 
 def decode_u64_sum(values: list[bytes]) -> int:
@@ -197,7 +207,7 @@ class Probe:
         if self._obj is None:
             raise OSError(errno_mod.ENOTSUP, "; ".join(errors) or "no hook family")
         self.maps = {name: self._obj.map(name, percpu=name in ("ops", "errs", "counters"))
-                     for name in ("conns", "ops", "errs", "who", "counters", "bounds", "claimer")}
+                     for name in ("conns", "ops", "errs", "who", "counters", "bounds", "claimer", "pending")}
         self.maps["bounds"].update(U32.pack(0), BOUNDS.pack(*(round(ms * 1_000_000) for ms in LATENCY_BUCKETS_MS)))
 
     @staticmethod
@@ -227,7 +237,7 @@ class Probe:
     def _check_layout(obj: Any) -> None:
         for name, key, value in (("ops", OP_KEY.size, OP_VAL.size), ("errs", ERR_KEY.size, 8),
                                  ("who", WHO_KEY.size, 8), ("conns", 4, 4), ("bounds", 4, BOUNDS.size),
-                                 ("claimer", 4, 4)):
+                                 ("claimer", 4, 4), ("pending", PEND_KEY.size, 8)):
             m = obj.map(name)
             if (m.key_size, m.value_size) != (key, value):
                 raise OSError(errno_mod.EINVAL, f"map {name} of the object is {m.key_size}/{m.value_size} bytes, "
@@ -274,7 +284,7 @@ class Probe:
     def _forget(self, conn: int) -> None:
         """Stop counting ``conn`` and drop its entries (caller holds the lock)."""
         self.maps["conns"].delete(U32.pack(conn))
-        for name, fmt in (("ops", OP_KEY), ("errs", ERR_KEY), ("who", WHO_KEY)):
+        for name, fmt in (("ops", OP_KEY), ("errs", ERR_KEY), ("who", WHO_KEY), ("pending", PEND_KEY)):
             for key in list(self.maps[name].keys()):
                 if fmt.unpack(key)[0] == conn:
                     self.maps[name].delete(key)
@@ -298,10 +308,21 @@ class Probe:
                 who[(tid, decode_comm(comm))] = decode_u64_sum(values)
         return Snapshot(ops, errors, who)
 
+    def pending_bytes(self, conn: int) -> int:
+        """Bytes of WRITEs ``conn``'s daemon took that no FLUSH, FSYNC or RELEASE has
+        committed or refused yet (all its file handles)."""
+        total = 0
+        for key, values in self.maps["pending"].items():
+            if PEND_KEY.unpack(key)[0] == conn:
+                total += decode_u64_sum(values)
+        return total
+
     def counters(self) -> dict[str, int]:
         """The probe's own counters (all connections): ``ends``, ``unstarted`` (an end
         without a start: NOTIFY_REPLY, or started before attaching), ``not_sent`` (a start
-        never answered), ``map_full`` (an entry the maps had no room for: not counted)."""
+        never answered), ``map_full`` (an entry the maps had no room for: not counted),
+        ``pending_full`` (a WRITE whose bytes the full ``pending`` table could not hold:
+        counted as an operation, its bytes neither written nor refused)."""
         m = self.maps["counters"]
         return {name: decode_u64_sum(m.lookup(U32.pack(i)) or []) for i, name in enumerate(COUNTERS)}
 
@@ -489,8 +510,10 @@ class FuseBpfCollector(PollingCollector):
         self.polls = 0
         self._last = Snapshot({}, {}, {})
         self._labels: dict[str, dict[str, str]] = {}
-        #: the probe's map_full counter at the last poll (its growth is exported as lost)
-        self._map_full = probe.counters().get("map_full", 0) if probe is not None else 0
+        #: the probe's map_full / pending_full counters at the last poll (their growth is exported as lost)
+        counters = probe.counters() if probe is not None else {}
+        self._map_full = counters.get("map_full", 0)
+        self._pending_full = counters.get("pending_full", 0)
 
     def _poll(self) -> None:
         probe = self.probe
@@ -519,17 +542,23 @@ class FuseBpfCollector(PollingCollector):
             self._record(probe.snapshot(int(conn)))
         # entries the maps had no room for (probe counter map_full: this process's probe, the
         # connections it watches): requests in no obsctl_fs_ops_total
-        full = probe.counters().get("map_full", 0)
+        counters = probe.counters()
+        full = counters.get("map_full", 0)
         if full > self._map_full:
             self.instruments.add_kernel_lost(full - self._map_full, "ebpf", "count")
         self._map_full = full
+        # WRITEs counted whose bytes the pending table could not hold: part=detail
+        pending_full = counters.get("pending_full", 0)
+        if pending_full > self._pending_full:
+            self.instruments.add_kernel_lost(pending_full - self._pending_full, "ebpf", "detail")
+        self._pending_full = pending_full
 
     def _record(self, snap: Snapshot) -> None:
         """Record the differences between ``snap`` and the previous snapshot."""
         self.polls += 1
         ins = self.instruments
         last = self._last
-        read_bytes = write_bytes = 0
+        read_bytes = write_bytes = refused_bytes = 0
         for opcode, now in snap.ops.items():
             before = last.ops.get(opcode)
             label = opcode_name(opcode)
@@ -547,8 +576,10 @@ class FuseBpfCollector(PollingCollector):
                     [(a - b) / 1e6 for a, b in zip(now.bucket_sum_ns, before.bucket_sum_ns)], attrs)
             read_bytes += now.read_bytes - before.read_bytes
             write_bytes += now.write_bytes - before.write_bytes
+            refused_bytes += now.refused_bytes - before.refused_bytes
         ins.add_read_bytes(read_bytes)
         ins.add_write_bytes(write_bytes)
+        ins.add_write_refused_bytes(refused_bytes)
         for (opcode, error), n in snap.errors.items():
             d = n - last.errors.get((opcode, error), 0)
             if d < 0:
@@ -579,8 +610,13 @@ class FuseBpfCollector(PollingCollector):
         release_probe()
 
     def stats(self) -> dict:
-        """Counters for ``obsctl status --json`` (``sources.kernel_trace``)."""
-        counters = self.probe.counters() if self.probe is not None else {}
+        """Counters for ``obsctl status --json`` (``sources.kernel_trace``): the probe's
+        :meth:`Probe.counters` plus ``pending_write_bytes`` (this connection's bytes
+        written but not yet flushed, fsynced or released: :meth:`Probe.pending_bytes`)."""
+        probe = self.probe
+        counters = probe.counters() if probe is not None else {}
+        conn = self.connection
+        pending = probe.pending_bytes(int(conn)) if probe is not None and conn is not None else 0
         return {"source": "ebpf", "support": self.support.level, "reason": self.support.reason,
-                "hooks": self.probe.family if self.probe is not None else None,
-                "connection": self.connection, "polls": self.polls, **counters}
+                "hooks": probe.family if probe is not None else None,
+                "connection": conn, "polls": self.polls, **counters, "pending_write_bytes": pending}

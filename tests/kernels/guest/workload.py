@@ -40,6 +40,8 @@ RUNTIME = "/run/obsctl"
 PROM = "127.0.0.1:9464"
 READ_SIZE = 1_000_000
 WRITE_SIZE = 300_000
+#: the held file of :func:`held_file`: written, fsynced, written again, closed
+HELD_SIZE, TAIL_SIZE = 50_000, 7_000
 #: Software emulation (TCG) runs Python 10-30 times slower than the host: generous bounds.
 WAIT = 300.0
 
@@ -134,6 +136,40 @@ def workload(result: dict) -> None:
         steps["open_gone"] = "ENOENT"
 
 
+def kernel_trace() -> dict:
+    return ((status_entry() or {}).get("sources") or {}).get("kernel_trace") or {}
+
+
+def held_file(result: dict, timeouts: list[str]) -> None:
+    """Written bytes count when the daemon says they are stored (docs/metrics.md, "Written and
+    refused bytes"): a file written and held open is pending, not written; its FSYNC answered 0
+    commits them; what is written after is committed at close (bindfs answers FLUSH with
+    ENOSYS, so by the RELEASE). Records the written-bytes growth at each step in
+    result["commit"] (the host asserts on it)."""
+    steps = result["commit"] = {}
+    before = scrape()["write_bytes"]
+    fd = os.open(f"{MNT}/held.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, os.urandom(HELD_SIZE))
+        polls = kernel_trace().get("polls", 0)
+        wait_until(lambda: kernel_trace().get("polls", 0) >= polls + 2, "two polls after the held write", timeouts)
+        steps["held_written"] = scrape()["write_bytes"] - before
+        steps["held_pending"] = kernel_trace().get("pending_write_bytes")
+        os.fsync(fd)
+        wait_until(lambda: scrape()["write_bytes"] - before >= HELD_SIZE, "bytes committed by fsync", timeouts)
+        steps["fsync_written"] = scrape()["write_bytes"] - before
+        os.write(fd, os.urandom(TAIL_SIZE))
+    finally:
+        os.close(fd)
+    wait_until(lambda: scrape()["write_bytes"] - before >= HELD_SIZE + TAIL_SIZE, "bytes committed at close",
+               timeouts)
+    polls = kernel_trace().get("polls", 0)
+    wait_until(lambda: kernel_trace().get("polls", 0) >= polls + 1, "a poll after the close", timeouts)
+    steps["close_written"] = scrape()["write_bytes"] - before
+    steps["close_pending"] = kernel_trace().get("pending_write_bytes")
+    os.unlink(f"{MNT}/held.bin")
+
+
 def fuse_kind() -> str:
     """``module`` (listed in /proc/modules), ``builtin`` (a filesystem without a module) or ``absent``."""
     with open("/proc/modules") as fh:
@@ -146,6 +182,7 @@ def fuse_kind() -> str:
 def main() -> int:
     """Keys of the result: kernel, fuse (builtin | module), module_btf, steps, timeouts,
     baseline / metrics (scrapes before and after the workload), status (sources),
+    commit (written bytes held, fsynced, closed: :func:`held_file`),
     live (obsctl status's live counters), requester (this thread's comm[tid]),
     no_kernel_source (True when obsctl said sources.kernel ``none``), unmount_rc,
     obsctl_rc, warnings (obsctl's WARNING lines, whole log), tracebacks (their
@@ -210,6 +247,7 @@ def main() -> int:
         st = status_entry() or {}
         result["status"] = st.get("sources")
         result["live"] = st.get("live")
+        held_file(result, timeouts)
     except Exception:  # noqa: BLE001 - reported to the host in the result line
         result["error"] = traceback.format_exc()
     finally:
