@@ -308,8 +308,10 @@ def test_supervisor_crash_restart_with_backoff_and_sigterm_order(tmp_path, fake_
     table, log = fake_host
     sup = make_supervisor(tmp_path, table, max_restarts=2)
     thread, result = run_in_thread(sup)
+    # supervising: the poller runs once the "mounted" line is out (a death before it is a failed
+    # start, exit 1, not a restart: tests/integration/test_operator_mistakes.py)
     wait_for(lambda: sup.observer.state == "ready" and sup.observer.probe is not None and sup.observer.probe.health == "ok"
-             and Path(sup.observer.state_path).exists())
+             and Path(sup.observer.state_path).exists() and sup.observer._poller is not None)
     first = sup.proc.pid
     state = json.loads(Path(sup.observer.state_path).read_text())
     assert state["health"] == "ok" and state["driver_pid"] == first
