@@ -315,7 +315,8 @@ class Instruments:
         between two of these (:mod:`obsctl.topstats`). Shape::
 
             {"time": UNIX s (float) when taken,
-             "read_bytes": int, "write_bytes": int, "ops": int, "errors": int,
+             "read_bytes": int, "write_bytes": int, "write_refused_bytes": int,
+             "ops": int, "errors": int,
              "ops_by_opcode": {opcode: int},
              "latency_bounds_ms": [LATENCY_BUCKETS_MS...],
              "latency_buckets": {opcode: [int] * (len(bounds) + 1)},  # last: +Inf
@@ -340,6 +341,7 @@ class Instruments:
             "time": time.time(),
             "read_bytes": int(self.totals.get("obsctl_fs_read_bytes", 0)),
             "write_bytes": int(self.totals.get("obsctl_fs_write_bytes", 0)),
+            "write_refused_bytes": int(self.totals.get("obsctl_fs_write_refused_bytes", 0)),
             "ops": int(self.totals.get("obsctl_fs_ops", 0)),
             "errors": int(self.totals.get("obsctl_errors", 0)),
             "ops_by_opcode": ops,

@@ -371,6 +371,7 @@ class MountObserver:
             "health": collected["health"],
             "read_bytes": int(totals.get("obsctl_fs_read_bytes", 0)),
             "write_bytes": int(totals.get("obsctl_fs_write_bytes", 0)),
+            "write_refused_bytes": int(totals.get("obsctl_fs_write_refused_bytes", 0)),
             "fs_ops": int(totals.get("obsctl_fs_ops", 0)),
             "errors": int(totals.get("obsctl_errors", 0)),
             "driver_io": collected["driver_io"],

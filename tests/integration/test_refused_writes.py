@@ -163,6 +163,7 @@ def test_refused_bytes_are_not_written_bytes(impl, bucket, deny_server, mountpoi
         wait_until(lambda: _kernel(env, mountpoint).get("polls", 0) >= polls + 2, 10, "two more polls")
         st = status_entry(env, mountpoint)
         assert st["write_bytes"] - written_before == 0, f"written grew by {st['write_bytes'] - written_before}"
+        assert st["write_refused_bytes"] == N and st["live"]["write_refused_bytes"] == N, st
         assert st["sources"]["kernel_trace"]["pending_write_bytes"] == 0, st["sources"]
         wait_until(lambda: otlp.latest("obsctl_fs_write_refused_bytes", **attrs) == N, 10,
                    lambda: f"refused bytes exported: {otlp.latest('obsctl_fs_write_refused_bytes', **attrs)}")

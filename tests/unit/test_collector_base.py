@@ -117,7 +117,8 @@ def test_each_collector_contributes_its_own_status(tmp_path):
 #: The keys of a mount's state file as ``obsctl mount`` wrote them before collectors had a
 #: status() of their own (obsctl top, topstats and ``obsctl status`` read them).
 STATE_KEYS = {"name", "mountpoint", "source", "bucket", "impl", "state", "pid", "driver_pid", "driver_start",
-              "started_at", "ready_at", "restarts", "health", "read_bytes", "write_bytes", "fs_ops", "errors",
+              "started_at", "ready_at", "restarts", "health", "read_bytes", "write_bytes", "write_refused_bytes",
+              "fs_ops", "errors",
               "driver_io", "driver_stats", "telemetry_mode", "last_export", "prometheus", "live", "sources"}
 
 
