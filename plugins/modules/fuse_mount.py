@@ -142,6 +142,15 @@ options:
       - Let users other than root use the mount (FUSE C(allow_other)).
     type: bool
     default: false
+  allow_non_empty:
+    description:
+      - Mount over a directory that has entries; they are hidden while the mount is up and
+        back after it is unmounted (rclone's C(--allow-non-empty) semantics,
+        C(allow_non_empty) in the spec).
+      - Without it a mountpoint with entries is refused before anything is written, in check
+        mode too, with the message naming an entry.
+    type: bool
+    default: false
   ready_timeout:
     description:
       - Seconds C(obsctl) waits for the mount to appear before it gives up
@@ -390,6 +399,7 @@ def argument_spec():
         ),
         read_only=dict(type="bool", default=False),
         allow_other=dict(type="bool", default=False),
+        allow_non_empty=dict(type="bool", default=False),
         ready_timeout=dict(type="int", default=30),
         telemetry_config=dict(type="path"),
         health_timer=dict(type="bool"),

@@ -90,6 +90,7 @@ class Background(engine.Engine):
         spec = engine.desired_spec(req, layout) if req.state in ("mounted", "present", "remounted") else None
         mountpoint = self._mountpoint()
         before_mount = self._mount(mountpoint)
+        engine.check_mountpoint(req, mountpoint, before_mount)
         ours_before = self._ours(mountpoint)
         if req.state in ("mounted", "remounted"):
             self._mounted(before_mount, ours_before, mountpoint, spec, force=req.state == "remounted")

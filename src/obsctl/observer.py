@@ -44,7 +44,7 @@ from typing import Any, Callable
 
 from obsctl import health, mounttable, scrape, statefile
 from obsctl.collectors import collector_status
-from obsctl.config import TelemetryConfig
+from obsctl.config import DEFAULT_STALL_SECONDS, TelemetryConfig
 from obsctl.drivers import Driver, LaunchPlan, PlanContext
 from obsctl.sources import kernel_complete, kernel_source
 
@@ -67,12 +67,15 @@ def plan_context(telemetry: TelemetryConfig) -> PlanContext:
 
 def generic_collectors(instruments: Any, mountpoint: str, pid_getter: Callable[[], int | None],
                        probe_timeout: float = 2.0,
-                       mountinfo_path: str = mounttable.MOUNTINFO_PATH) -> tuple[Any, Any, list[Any]]:
+                       mountinfo_path: str = mounttable.MOUNTINFO_PATH,
+                       stall_seconds: float = DEFAULT_STALL_SECONDS) -> tuple[Any, Any, list[Any]]:
     """The collectors that observe any FUSE driver: /proc/PID/io, the FUSE
     connection's ``waiting``, the bounded health probe.
 
     ``probe_timeout`` (s) and ``mountinfo_path`` are the probe's
-    (:class:`~obsctl.collectors.probe.MountProbe`).
+    (:class:`~obsctl.collectors.probe.MountProbe`); ``stall_seconds`` is the
+    mount's stall bound (s, the spec's ``stall_timeout_seconds``:
+    :class:`~obsctl.collectors.fuse_conn.FuseConnCollector`).
     Returns ``(proc_io, probe, [proc_io, fuse_conn, probe])``.
     """
     # start-up cost: the collectors import the OpenTelemetry API, after the driver was spawned
@@ -81,7 +84,7 @@ def generic_collectors(instruments: Any, mountpoint: str, pid_getter: Callable[[
     from obsctl.collectors.proc_io import ProcIoCollector  # start-up cost: as above
 
     proc_io = ProcIoCollector(instruments, pid_getter)
-    fuse_conn = FuseConnCollector(instruments, mountpoint)
+    fuse_conn = FuseConnCollector(instruments, mountpoint, stall_seconds=stall_seconds)
     # polled before the probe, which turns an answering mount whose requests stall into "stalled"
     probe = MountProbe(instruments, mountpoint, timeout=probe_timeout, mountinfo_path=mountinfo_path,
                        stalled=lambda: fuse_conn.stalled)
@@ -153,14 +156,19 @@ class MountObserver:
         driver_answers: the driver's :attr:`~obsctl.drivers.Driver.protocol_answers`.
         driver_source: the driver's own source and the quantities it gives
             (:attr:`~obsctl.drivers.Driver.log_source`, ``log_gives``).
+        stall_seconds: the mount's stall bound (s): requests waiting unanswered longer make
+            its health ``stalled`` (the spec's ``stall_timeout_seconds``, default
+            :data:`obsctl.config.DEFAULT_STALL_SECONDS`).
     """
 
     def __init__(self, labels: MountLabels, telemetry: TelemetryConfig, runtime_dir: str, state: str = "starting",
                  poll_interval: float = 2.0, probe_timeout: float = PROBE_TIMEOUT,
                  mountinfo_path: str = mounttable.MOUNTINFO_PATH, driver_log: bool = True,
                  driver_answers: frozenset[tuple[str, str]] = frozenset(),
-                 driver_source: tuple[str, frozenset[str]] = ("", frozenset())) -> None:
+                 driver_source: tuple[str, frozenset[str]] = ("", frozenset()),
+                 stall_seconds: float = DEFAULT_STALL_SECONDS) -> None:
         self.labels = labels
+        self.stall_seconds = stall_seconds
         self.telemetry_cfg = telemetry
         self.poll_interval = poll_interval
         self.probe_timeout = probe_timeout
@@ -210,7 +218,7 @@ class MountObserver:
                               resource_attributes=labels.resource_attributes(), publish_path=self.publish_path)
         ins = telemetry.instruments
         proc_io, probe, generic = generic_collectors(ins, labels.mountpoint, self._pid, self.probe_timeout,
-                                                     self.mountinfo_path)
+                                                     self.mountinfo_path, self.stall_seconds)
         kernel, sources = kernel_source(ins, labels.impl, labels.mountpoint, driver_log=self.driver_log,
                                         driver_answers=self.driver_answers, driver_source=self.driver_source)
         with self._attach_lock:

@@ -200,7 +200,8 @@ class Supervisor:
         #: Telemetry, collectors, the state file: everything but the lifecycle.
         self.observer = MountObserver(labels, telemetry, runtime_dir, poll_interval=poll_interval,
                                       mountinfo_path=mountinfo_path, driver_answers=driver.protocol_answers,
-                                      driver_source=(driver.log_source, driver.log_gives))
+                                      driver_source=(driver.log_source, driver.log_gives),
+                                      stall_seconds=spec.stall_timeout_seconds)
 
     # -- signals ---------------------------------------------------------
     def request_stop(self, *_args: Any) -> None:

@@ -378,3 +378,39 @@ def test_health_timer_follows_the_state(host, tmp_path):
 def test_health_timer_left_alone_when_not_asked(host, tmp_path):
     run(host, params(tmp_path))
     assert not any(c[1:] and c[-1].endswith(".timer") for c in host.calls), "timer touched without health_timer"
+
+
+# -- allow_non_empty: refused before anything is written, written to the spec when asked ----------
+
+
+@pytest.mark.parametrize("state", ["mounted", "present", "remounted"])
+def test_non_empty_mountpoint_is_refused_before_anything_is_written(host, tmp_path, state):
+    mountpoint = tmp_path / "mnt" / "data"
+    mountpoint.mkdir(parents=True)
+    (mountpoint / "keep.txt").write_text("x")
+    for check in (True, False):
+        with pytest.raises(ConfigError) as err:
+            run(host, params(tmp_path, state=state), check=check)
+        assert f"mountpoint {mountpoint} is not empty (it has 'keep.txt'" in str(err.value)
+        assert "allow_non_empty: true" in str(err.value)
+    assert host.mutating_calls() == []
+    assert not os.path.exists(os.path.join(host.root, "etc"))
+
+
+def test_allow_non_empty_is_written_and_default_specs_keep_their_bytes(host, tmp_path):
+    mountpoint = tmp_path / "mnt" / "data"
+    mountpoint.mkdir(parents=True)
+    result = run(host, params(tmp_path))[0]
+    assert result["mount"]["health"] == "ok"
+    with open(layout(host).spec) as handle:
+        text = handle.read()
+    # obsctl's defaults are left out, so specs written before these keys existed do not change
+    assert "allow_non_empty =" not in text and "stall_timeout_seconds =" not in text
+    run(host, params(tmp_path, state="absent"))
+    (mountpoint / "keep.txt").write_text("x")
+    result = run(host, params(tmp_path, allow_non_empty=True))[0]
+    assert result["mount"]["health"] == "ok"
+    with open(layout(host).spec) as handle:
+        assert "allow_non_empty = true" in handle.read()
+    # the mount is up over the directory: a second run is idempotent (its content is the mount's)
+    assert run(host, params(tmp_path, allow_non_empty=True))[0]["changed"] is False
