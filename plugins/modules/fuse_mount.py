@@ -157,6 +157,14 @@ options:
         (C(ready_timeout_seconds) in the spec).
     type: int
     default: 30
+  stall_timeout:
+    description:
+      - Seconds FUSE requests may wait with none answered before the mount's health is
+        V(stalled) and C(obsctl_mount_up) is 0 (a backend that is down while the driver
+        retries), C(stall_timeout_seconds) in the spec. A number greater than 0.
+      - When omitted, obsctl's default (60 s; docs/operations.md, "Backend outage"). Raise it
+        for workloads whose single requests take long (s3fs uploads a large file on close).
+    type: float
   telemetry_config:
     description:
       - Telemetry configuration file for this mount, when it is not the
@@ -401,6 +409,7 @@ def argument_spec():
         allow_other=dict(type="bool", default=False),
         allow_non_empty=dict(type="bool", default=False),
         ready_timeout=dict(type="int", default=30),
+        stall_timeout=dict(type="float"),
         telemetry_config=dict(type="path"),
         health_timer=dict(type="bool"),
         service_manager=dict(type="str", choices=["systemd", "none"], default="systemd"),

@@ -29,7 +29,7 @@ import threading
 import time
 
 from obsctl import mounttable
-from obsctl.config import TelemetryConfig
+from obsctl.config import DEFAULT_STALL_SECONDS, TelemetryConfig
 from obsctl.drivers import DRIVERS, LaunchPlan, get_driver
 from obsctl.errors import ConfigError
 from obsctl.observer import DriverConnection, MountLabels, MountObserver
@@ -54,13 +54,17 @@ class Sidecar:
         rc_url: rclone's ``--rc-addr`` URL, when rclone runs with ``--rc``
             (user and password from RCLONE_RC_USER / RCLONE_RC_PASS, as rclone reads them).
         poll_interval: seconds between collector polls.
+        stall_seconds: the mount's stall bound (s, > 0): requests waiting unanswered longer make
+            its health ``stalled`` (``--stall-timeout``; default
+            :data:`obsctl.config.DEFAULT_STALL_SECONDS`).
 
     Raises:
         ConfigError: no such process, or no FUSE mount at ``mountpoint``.
     """
 
     def __init__(self, pid: int, mountpoint: str, impl: str, source: str, telemetry: TelemetryConfig,
-                 runtime_dir: str, rc_url: str | None = None, poll_interval: float = 2.0) -> None:
+                 runtime_dir: str, rc_url: str | None = None, poll_interval: float = 2.0,
+                 stall_seconds: float = DEFAULT_STALL_SECONDS) -> None:
         self.pid = pid
         self.mountpoint = os.path.normpath(os.path.abspath(mountpoint))
         if not pid_running(pid):
@@ -81,7 +85,8 @@ class Sidecar:
         #: Telemetry, collectors and the state file (state ``observing``): the same as ``obsctl mount``'s.
         self.observer = MountObserver(
             labels, telemetry, runtime_dir, state="observing", poll_interval=poll_interval, driver_log=False,
-            driver_answers=self.driver.protocol_answers if self.driver else frozenset())
+            driver_answers=self.driver.protocol_answers if self.driver else frozenset(),
+            stall_seconds=stall_seconds)
         self.stop_requested = threading.Event()
 
     def _pid(self) -> int | None:

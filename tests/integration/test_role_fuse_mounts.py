@@ -7,6 +7,8 @@ the test's S3 server (moto) on loopback, run by ``obsctl mount --config`` in the
   (a clear error naming the entry and the option, in check mode too, nothing written, nothing
   mounted); with it the bucket is mounted over the directory, whose entries are hidden while it
   is up and back after ``state: unmounted``.
+* ``stall_timeout`` reaches the spec (``stall_timeout_seconds``) that ``obsctl mount`` runs
+  (what the bound does to a real mount: tests/integration/test_backend_outage.py).
 
 The module has no root of its own (it is the real thing): the spec is the host's
 ``/etc/obsctl/mounts/NAME.toml`` and the log ``/var/log/obsctl-mount-NAME.log``, with a name of
@@ -121,7 +123,7 @@ def test_allow_non_empty_through_the_role(role, bucket, s3_server, mountpoint, t
         assert (mountpoint / "keep.txt").read_text() == "kept under the mount\n"
 
     # With it: mounted over the directory, whose entry is hidden while the bucket is there.
-    proc = role.play(dict(entry, allow_non_empty=True))
+    proc = role.play(dict(entry, allow_non_empty=True, stall_timeout=3))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert recap(proc)["changed"] == 1, proc.stdout
     assert mount_entry(mountpoint)["fstype"] == "fuse.rclone"
@@ -130,13 +132,14 @@ def test_allow_non_empty_through_the_role(role, bucket, s3_server, mountpoint, t
     assert (mountpoint / "hello.txt").read_bytes() == BUCKET_OBJECTS["hello.txt"]
     spec = role.spec.read_text()
     assert "allow_non_empty = true" in spec and SECRET not in spec
+    assert "stall_timeout_seconds = 3\n" in spec
 
     # Idempotent: the same entry changes nothing.
-    again = role.play(dict(entry, allow_non_empty=True))
+    again = role.play(dict(entry, allow_non_empty=True, stall_timeout=3))
     assert again.returncode == 0 and recap(again)["changed"] == 0, again.stdout
 
     # Unmounted: the directory's own entry is back.
-    proc = role.play(dict(entry, allow_non_empty=True, state="unmounted"))
+    proc = role.play(dict(entry, allow_non_empty=True, stall_timeout=3, state="unmounted"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not is_mounted(mountpoint)
     assert sorted(p.name for p in mountpoint.iterdir()) == ["keep.txt"]

@@ -414,3 +414,13 @@ def test_allow_non_empty_is_written_and_default_specs_keep_their_bytes(host, tmp
         assert "allow_non_empty = true" in handle.read()
     # the mount is up over the directory: a second run is idempotent (its content is the mount's)
     assert run(host, params(tmp_path, allow_non_empty=True))[0]["changed"] is False
+
+
+def test_stall_timeout_reaches_the_spec_and_is_validated(host, tmp_path):
+    run(host, params(tmp_path, stall_timeout=3))
+    with open(layout(host).spec) as handle:
+        assert "stall_timeout_seconds = 3\n" in handle.read()
+    assert run(host, params(tmp_path, stall_timeout=3.0))[0]["changed"] is False
+    for bad in (0, -1):
+        with pytest.raises(ConfigError, match=f"stall_timeout_seconds {float(bad)!r}: expected a finite number"):
+            run(host, params(tmp_path, stall_timeout=bad, state="present"), check=True)
