@@ -202,7 +202,8 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
     try:
         sidecar = Sidecar(args.pid, args.mountpoint, args.impl, args.source or args.mountpoint,
                           _telemetry(args, args.telemetry_config), runtime_dir(), rc_url=args.rc_url,
-                          stall_seconds=args.stall_timeout)
+                          stall_seconds=args.stall_timeout,
+                          telemetry_loader=lambda: _telemetry(args, args.telemetry_config))
         return sidecar.run()
     except ConfigError as exc:
         print(f"obsctl: {exc}", file=sys.stderr)

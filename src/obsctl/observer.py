@@ -27,8 +27,11 @@ The steps, each explicit so a caller can order them as it needs:
 3. :meth:`~MountObserver.poll` / :meth:`~MountObserver.start_polling`, with
    :meth:`~MountObserver.write_state` (the one state-file schema,
    :mod:`obsctl.statefile`);
-4. :meth:`~MountObserver.reload` a new telemetry config: exporters and
-   collectors are rebuilt, the attached driver is untouched;
+4. :meth:`~MountObserver.reload_from` (SIGHUP of ``obsctl mount`` and of
+   ``obsctl sidecar`` alike) re-reads the telemetry config and
+   applies it (:meth:`~MountObserver.reload`): exporters and collectors are rebuilt,
+   the attached driver is untouched; a file that does not load or start keeps
+   the settings in force;
 5. :meth:`~MountObserver.close`: a last poll, every collector closed, the state
    file removed, the final export.
 """
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,6 +49,7 @@ from typing import Any, Callable
 from obsctl import health, mounttable, scrape, statefile
 from obsctl.collectors import collector_status
 from obsctl.config import DEFAULT_STALL_SECONDS, TelemetryConfig
+from obsctl.errors import ConfigError
 from obsctl.drivers import Driver, LaunchPlan, PlanContext
 from obsctl.sources import kernel_complete, kernel_source
 
@@ -290,6 +295,48 @@ class MountObserver:
                 self._first_export = threading.Timer(1.0, self.telemetry.flush)
                 self._first_export.daemon = True
                 self._first_export.start()
+
+    def reload_from(self, loader: Callable[[], TelemetryConfig] | None) -> bool:
+        """Re-read the telemetry config with ``loader`` and :meth:`reload` it: what SIGHUP
+        (``systemctl reload``) does to ``obsctl mount`` and ``obsctl sidecar`` alike.
+
+        The driver, its pid, its mount and every open file on it are untouched.
+        A new file that does not load (``loader`` raises ConfigError or OSError:
+        invalid, unreadable) keeps the settings in force; one whose telemetry does
+        not start (an exporter or a port refused) is replaced by the old settings
+        again. Either way one line on stderr says why. On success one line says
+        the new mode and that the driver kept running, and the state file is
+        rewritten. ``loader`` None: nothing to re-read (one line says so).
+
+        Returns:
+            True when the new settings are in force.
+        """
+        if loader is None:
+            print("obsctl: reload: no telemetry file to re-read; settings unchanged", file=sys.stderr, flush=True)
+            return False
+        try:
+            new = loader()
+        except (ConfigError, OSError) as exc:
+            print(f"obsctl: reload refused, keeping the previous telemetry settings: {exc}", file=sys.stderr,
+                  flush=True)
+            return False
+        old = self.telemetry_cfg
+        try:
+            self.reload(new)
+        except Exception as exc:  # noqa: BLE001 - a new exporter that cannot start: back to the old one
+            print(f"obsctl: reload failed, keeping the previous telemetry settings: telemetry did not start "
+                  f"with the new file: {exc}", file=sys.stderr, flush=True)
+            try:
+                self.reload(old)
+            except Exception as again:  # noqa: BLE001 - the mount goes on without telemetry
+                print(f"obsctl: the previous telemetry settings did not start again either: {again}",
+                      file=sys.stderr, flush=True)
+            return False
+        self.poll(wait=0.5)
+        self.write_state()
+        print(f"obsctl: reloaded telemetry (mode {new.mode}); driver pid {self._pid() or '-'} "
+              "and the mount untouched", file=sys.stderr, flush=True)
+        return True
 
     # -- polling and the state file ---------------------------------------------
     def _pid(self) -> int | None:
