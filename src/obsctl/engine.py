@@ -91,6 +91,17 @@ _CRED_VALUE_RE = re.compile(r"^[!-~]+$")  # printable ASCII, no space
 
 #: The request keys of the S3 credentials (the order of :data:`obsctl.credentials.ENV_KEYS`).
 CREDENTIAL_KEYS = ("access_key_id", "secret_access_key", "session_token")
+
+
+def credential_request_key(variable: str) -> str:
+    """Where a request (the fuse_mount module's ``credentials``) gives the variable ``variable`` of a
+    driver's credential shape: ``AWS_ACCESS_KEY_ID`` -> ``access_key_id`` (the S3 keys, in the order of
+    :data:`CREDENTIAL_KEYS`), any other -> ``variables.NAME`` (juicefs's ``variables.META_PASSWORD``)."""
+    if variable in creds_mod.ENV_KEYS:
+        return CREDENTIAL_KEYS[creds_mod.ENV_KEYS.index(variable)]
+    return f"variables.{variable}"
+
+
 #: Every variable of every registered driver's credential shape (kept out of systemctl's environment).
 CREDENTIAL_ENV = tuple(dict.fromkeys(
     name for cls in DRIVERS.values() if cls.credentials is not None for name in cls.credentials.names))

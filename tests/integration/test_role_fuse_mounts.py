@@ -9,6 +9,11 @@ the test's S3 server (moto) on loopback, run by ``obsctl mount --config`` in the
   is up and back after ``state: unmounted``.
 * ``stall_timeout`` reaches the spec (``stall_timeout_seconds``) that ``obsctl mount`` runs
   (what the bound does to a real mount: tests/integration/test_backend_outage.py).
+* credentials of a driver whose shape is not AWS's (issue 16): a real JuiceFS volume whose
+  ``META_PASSWORD`` goes in ``credentials.variables``; it reaches the driver's environment, and
+  neither it nor the S3 secret is in the module's result (``-vvv``: with its invocation), its
+  diff (``--diff``), the spec, the log, any command line, or ``obsctl systemd apply --json
+  --diff``'s own answer (no Ansible masking in between).
 
 The module has no root of its own (it is the real thing): the spec is the host's
 ``/etc/obsctl/mounts/NAME.toml`` and the log ``/var/log/obsctl-mount-NAME.log``, with a name of
@@ -28,7 +33,10 @@ import pytest
 
 from obsctl import tomlio
 from support.data import BUCKET_OBJECTS
-from support.obsctl import force_cleanup, is_mounted, mount_entry, obsctl_env, require_driver
+from support.juicefs import format_volume, why_not_runs
+from support.obsctl import (
+    all_pids, force_cleanup, is_mounted, mount_entry, obsctl_command, obsctl_env, require_driver, status_entry,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -144,3 +152,54 @@ def test_allow_non_empty_through_the_role(role, bucket, s3_server, mountpoint, t
     assert not is_mounted(mountpoint)
     assert sorted(p.name for p in mountpoint.iterdir()) == ["keep.txt"]
     assert (mountpoint / "keep.txt").read_text() == "kept under the mount\n"
+
+
+def test_juicefs_meta_password_through_the_role_never_shown(role, s3_auth_server, mountpoint, tmp_path):
+    reason = why_not_runs()
+    if reason:
+        pytest.skip(reason)
+    meta, _bucket = format_volume(s3_auth_server, tmp_path)
+    meta_password = "meta-password-7d41c0a9e2"
+    secrets = (meta_password, s3_auth_server.secret_key)
+    telemetry = tmp_path / "telemetry.toml"
+    telemetry.write_text(tomlio.render_telemetry({"mode": "none"}))
+    entry = {"src": meta, "path": str(mountpoint), "impl": "juicefs", "telemetry_config": str(telemetry),
+             "options": [f"cache-dir={tmp_path}/cache"],
+             "credentials": {"access_key_id": s3_auth_server.access_key,
+                             "secret_access_key": s3_auth_server.secret_key,
+                             "variables": {"META_PASSWORD": meta_password}}}
+    proc = role.play(entry, "--diff", "-vvv")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr
+    assert mount_entry(mountpoint)["fstype"] == "fuse.juicefs"
+    (mountpoint / "written.txt").write_text("through the volume\n")  # its S3 keys work
+    shown = proc.stdout + proc.stderr
+    assert '"config_path":' in shown and '"module_args":' in shown and "+++ after" in shown, shown[-4000:]
+    for secret in secrets:
+        assert secret not in shown
+
+    # In the driver's environment, nowhere else obsctl writes.
+    driver_pid = status_entry(role.env, mountpoint)["driver_pid"]
+    with open(f"/proc/{driver_pid}/environ", "rb") as handle:
+        environ = handle.read().split(b"\0")
+    assert f"META_PASSWORD={meta_password}".encode() in environ
+    assert f"AWS_SECRET_ACCESS_KEY={s3_auth_server.secret_key}".encode() in environ
+    for pid in all_pids():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+        except OSError:
+            continue
+        assert not any(secret.encode() in cmdline for secret in secrets), pid
+    for path in (role.spec, role.log):
+        assert not any(secret in path.read_text() for secret in secrets), path
+
+    # obsctl's own answer, which the module passes on: no secret before any masking.
+    request = dict(entry, name=role.name, service_manager="none")
+    raw = subprocess.run([*obsctl_command(), "systemd", "apply", "--json", "--check", "--diff"],
+                         input=json.dumps(request), env=role.env, capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert raw.returncode == 0, raw.stdout + raw.stderr
+    answer = json.loads(raw.stdout)
+    assert answer["changed"] is False and answer["diff"], answer
+    for secret in secrets:
+        assert secret not in raw.stdout + raw.stderr
