@@ -114,24 +114,34 @@ options:
     elements: str
   credentials:
     description:
-      - Access key for the bucket. Stored encrypted with C(systemd-creds) and
-        given to the unit with C(LoadCredentialEncrypted=); the driver gets it
-        in its environment only.
+      - The driver's credentials, in the shape that driver takes (its variables and which of
+        them are required, in the table of docs/modules.md written from the obsctl driver registry). The
+        S3 key pair goes in O(credentials.access_key_id) / O(credentials.secret_access_key)
+        (and O(credentials.session_token)); any other variable of the driver, such as juicefs's
+        C(META_PASSWORD), in O(credentials.variables). obsctl refuses a variable the driver does
+        not take, a missing required one, and half an S3 key pair, naming them (never a value).
+      - Stored encrypted with C(systemd-creds) and given to the unit with
+        C(LoadCredentialEncrypted=); the driver gets them in its environment only. Every value
+        is C(no_log), never in the result, the diff (names only, with C(<redacted>)) or a log.
       - When omitted, a credential stored earlier for this mount is removed and
         the driver uses O(profile) or its environment.
     type: dict
     suboptions:
       access_key_id:
-        description: AWS_ACCESS_KEY_ID.
+        description: AWS_ACCESS_KEY_ID (required with O(credentials.secret_access_key)).
         type: str
-        required: true
       secret_access_key:
-        description: AWS_SECRET_ACCESS_KEY.
+        description: AWS_SECRET_ACCESS_KEY (required with O(credentials.access_key_id)).
         type: str
-        required: true
       session_token:
         description: AWS_SESSION_TOKEN, for temporary credentials.
         type: str
+      variables:
+        description:
+          - The driver's other credential variables by name, for example C(META_PASSWORD)
+            (the metadata password) for O(impl=juicefs). Values are strings of printable
+            ASCII without spaces.
+        type: dict
   read_only:
     description:
       - Mount read-only.
@@ -142,12 +152,29 @@ options:
       - Let users other than root use the mount (FUSE C(allow_other)).
     type: bool
     default: false
+  allow_non_empty:
+    description:
+      - Mount over a directory that has entries; they are hidden while the mount is up and
+        back after it is unmounted (rclone's C(--allow-non-empty) semantics,
+        C(allow_non_empty) in the spec).
+      - Without it a mountpoint with entries is refused before anything is written, in check
+        mode too, with the message naming an entry.
+    type: bool
+    default: false
   ready_timeout:
     description:
       - Seconds C(obsctl) waits for the mount to appear before it gives up
         (C(ready_timeout_seconds) in the spec).
     type: int
     default: 30
+  stall_timeout:
+    description:
+      - Seconds FUSE requests may wait with none answered before the mount's health is
+        V(stalled) and C(obsctl_mount_up) is 0 (a backend that is down while the driver
+        retries), C(stall_timeout_seconds) in the spec. A number greater than 0.
+      - When omitted, obsctl's default (60 s; docs/operations.md, "Backend outage"). Raise it
+        for workloads whose single requests take long (s3fs uploads a large file on close).
+    type: float
   telemetry_config:
     description:
       - Telemetry configuration file for this mount, when it is not the
@@ -232,6 +259,18 @@ EXAMPLES = r"""
       access_key_id: "{{ vault_data_access_key_id }}"
       secret_access_key: "{{ vault_data_secret_access_key }}"
     state: mounted
+
+- name: A JuiceFS volume, its metadata password and S3 keys stored encrypted
+  obsctl.observability.fuse_mount:
+    name: volume
+    src: redis://127.0.0.1:6379/1
+    path: /mnt/volume
+    impl: juicefs
+    credentials:
+      access_key_id: "{{ vault_volume_access_key_id }}"
+      secret_access_key: "{{ vault_volume_secret_access_key }}"
+      variables:
+        META_PASSWORD: "{{ vault_volume_meta_password }}"
 
 - name: Read-only s3fs mount shared with other users
   obsctl.observability.fuse_mount:
@@ -383,14 +422,17 @@ def argument_spec():
             type="dict",
             no_log=True,
             options=dict(
-                access_key_id=dict(type="str", required=True, no_log=True),
-                secret_access_key=dict(type="str", required=True, no_log=True),
+                access_key_id=dict(type="str", no_log=True),
+                secret_access_key=dict(type="str", no_log=True),
                 session_token=dict(type="str", no_log=True),
+                variables=dict(type="dict", no_log=True),
             ),
         ),
         read_only=dict(type="bool", default=False),
         allow_other=dict(type="bool", default=False),
+        allow_non_empty=dict(type="bool", default=False),
         ready_timeout=dict(type="int", default=30),
+        stall_timeout=dict(type="float"),
         telemetry_config=dict(type="path"),
         health_timer=dict(type="bool"),
         service_manager=dict(type="str", choices=["systemd", "none"], default="systemd"),
@@ -420,6 +462,9 @@ def main():
                          unit="obsctl-mount@%s.service" % module.params["name"], actions=[])
     request = dict((key, value) for key, value in module.params.items()
                    if key not in _LOCAL_OPTIONS and value is not None)
+    if request.get("credentials") is not None:  # suboptions left out: absent, not null
+        request["credentials"] = dict((key, value) for key, value in request["credentials"].items()
+                                      if value is not None)
     argv = [obsctl, "systemd", "apply", "--json"]
     if module.check_mode:
         argv.append("--check")

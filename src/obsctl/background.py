@@ -13,8 +13,9 @@ fuse_mount module's O(service_manager)).
 
 Differences from systemd hosts, by necessity:
 
-* credentials are not stored (no systemd to decrypt them at start): they go
-  from the request (stdin) into the environment of the started ``obsctl
+* credentials are not stored (no systemd to decrypt them at start): they go,
+  in the driver's credential shape (juicefs's META_PASSWORD too), from the
+  request (stdin) into the environment of the started ``obsctl
   mount`` only, never its argv, never a file; the spec says
   ``credentials_from = "env"``. So a changed credential cannot be seen on a
   running mount: use state ``remounted`` to apply one;
@@ -40,7 +41,6 @@ from typing import Any, Callable
 
 import msgspec
 
-from obsctl import credentials as creds_mod
 from obsctl import engine, statefile
 from obsctl.config import ConfigError
 from obsctl.engine import EngineError
@@ -64,6 +64,8 @@ class Background(engine.Engine):
 
     def __init__(self, req: engine.Request, spawn: Callable[..., Any] | None = None, **kwargs: Any) -> None:
         self.credentials = req.credentials
+        #: The request's credentials in the driver's shape (:func:`obsctl.engine.request_credentials`), set by apply.
+        self.driver_credentials: Any = None
         # The files are those of a mount whose credentials come from its environment.
         files_req = msgspec.structs.replace(
             req, credentials=None, health_timer=None, install_units=False,
@@ -88,8 +90,12 @@ class Background(engine.Engine):
         if errors:
             raise ConfigError("; ".join(errors))
         spec = engine.desired_spec(req, layout) if req.state in ("mounted", "present", "remounted") else None
+        if spec is not None:  # the driver's credential shape, checked before anything is written
+            self.driver_credentials = engine.request_credentials(
+                msgspec.structs.replace(req, credentials=self.credentials), spec["impl"])
         mountpoint = self._mountpoint()
         before_mount = self._mount(mountpoint)
+        engine.check_mountpoint(req, mountpoint, before_mount)
         ours_before = self._ours(mountpoint)
         if req.state in ("mounted", "remounted"):
             self._mounted(before_mount, ours_before, mountpoint, spec, force=req.state == "remounted")
@@ -171,10 +177,10 @@ class Background(engine.Engine):
         # The caller's environment, without its log level (the module quiets its own obsctl
         # call) or a systemd notify socket; the request's credentials replace any of its own.
         env = {k: v for k, v in os.environ.items() if k not in ("OBSCTL_LOG_LEVEL", "NOTIFY_SOCKET")}
-        if self.credentials is not None:
-            for key in creds_mod.ENV_KEYS + ("AWS_PROFILE",):
+        if self.driver_credentials is not None:
+            for key in engine.CREDENTIAL_ENV + ("AWS_PROFILE",):
                 env.pop(key, None)
-            env.update(self.credentials.as_credentials().as_env())
+            env.update(self.driver_credentials.as_env())
         argv = [engine.obsctl_bin(), "mount", "--config", str(self.layout.spec)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         proc = self.spawn(argv, env, self.log_path)

@@ -35,7 +35,9 @@ import time
 from typing import Any, Sequence
 
 from obsctl import __version__, credentials, mounttable, scrape, statefile, tomlio
-from obsctl.config import ConfigError, TelemetryConfig, default_telemetry_path, load_telemetry, parse_telemetry
+from obsctl.config import (
+    DEFAULT_STALL_SECONDS, ConfigError, TelemetryConfig, default_telemetry_path, load_telemetry, parse_telemetry,
+)
 from obsctl.drivers import get_driver
 from obsctl.errors import EXIT_FAILED, EXIT_OK, EXIT_PERMANENT, EXIT_USAGE
 from obsctl.mountargs import add_mount_arguments, mount_spec_from_args
@@ -73,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     sidecar.add_argument("--otel-endpoint", help="export to this OTLP endpoint (mode remote)")
     sidecar.add_argument("--otel-protocol", choices=["grpc", "http/protobuf"], help="OTLP protocol (default grpc)")
     sidecar.add_argument("--telemetry-config", help="telemetry TOML (default /etc/obsctl/telemetry.toml if present)")
+    sidecar.add_argument("--stall-timeout", type=_positive_seconds, default=DEFAULT_STALL_SECONDS,
+                         help="seconds FUSE requests may wait unanswered before the mount reads 'stalled' "
+                              f"(default {DEFAULT_STALL_SECONDS:g})")
 
     top = sub.add_parser("top", help="live view of every obsctl mount: MiB/s, ops/s, latency, errors",
                          description="Refresh every INTERVAL s from the state files of obsctl status. "
@@ -196,7 +201,9 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
     """``obsctl sidecar``: see :class:`obsctl.sidecar.Sidecar`."""
     try:
         sidecar = Sidecar(args.pid, args.mountpoint, args.impl, args.source or args.mountpoint,
-                          _telemetry(args, args.telemetry_config), runtime_dir(), rc_url=args.rc_url)
+                          _telemetry(args, args.telemetry_config), runtime_dir(), rc_url=args.rc_url,
+                          stall_seconds=args.stall_timeout,
+                          telemetry_loader=lambda: _telemetry(args, args.telemetry_config))
         return sidecar.run()
     except ConfigError as exc:
         print(f"obsctl: {exc}", file=sys.stderr)

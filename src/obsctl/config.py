@@ -7,7 +7,8 @@ Two files (DESIGN section 3):
   ``[telemetry.resource]``, ``[telemetry.traces]``, ``[telemetry.metrics]``;
 * the mount spec, ``/etc/obsctl/mounts/NAME.toml``: flat keys (source,
   mountpoint, impl, endpoint, region, profile, credentials_from, read_only,
-  allow_other, cache_mode, options, ready_timeout_seconds, telemetry_config).
+  allow_other, allow_non_empty, cache_mode, options, ready_timeout_seconds,
+  stall_timeout_seconds, telemetry_config, max_restarts).
   No secret is ever read from it.
 
 Validation is msgspec's (typed Structs with constraints, about a third of
@@ -21,6 +22,7 @@ here touches the network or the mount table.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -245,6 +247,15 @@ class _TelemetryFile(_Strict):
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
 
 
+#: Default of a mount's ``stall_timeout_seconds``: seconds FUSE requests may wait with none answered
+#: before the mount is ``stalled`` (not healthy). Above what a working S3 backend needs for one
+#: request (rclone's and s3fs's reads and listings answer in well under a second here; a retrying
+#: driver took 80-191 s with the server down, issue 17); a flush that uploads a large file
+#: synchronously (s3fs) can take longer and then reads as a stall too (docs/operations.md,
+#: "Backend outage"): raise the mount's bound for such workloads.
+DEFAULT_STALL_SECONDS = 60.0
+
+
 class MountSpec(_Strict):
     """One mount: the content of ``/etc/obsctl/mounts/NAME.toml`` or the command line.
 
@@ -274,6 +285,10 @@ class MountSpec(_Strict):
     options: list[str] = msgspec.field(default_factory=list)
     command: list[str] = msgspec.field(default_factory=list)
     ready_timeout_seconds: _positive(600) = 30.0
+    #: Seconds FUSE requests may wait with none answered before the mount's health is ``stalled``
+    #: (``obsctl_mount_up`` 0): :class:`obsctl.collectors.fuse_conn.FuseConnCollector`; default
+    #: :data:`DEFAULT_STALL_SECONDS`. Checked in :meth:`__post_init__` (a number > 0).
+    stall_timeout_seconds: float = DEFAULT_STALL_SECONDS
     telemetry_config: str | None = None
     max_restarts: Annotated[int, msgspec.Meta(ge=0, le=100)] = 3
 
@@ -281,6 +296,11 @@ class MountSpec(_Strict):
         """The rules of the spec alone; those that need the driver registry (``impl`` known, the
         source form, command, cache mode, options) are :func:`obsctl.mountspec.check_with_driver`'s."""
         _check_endpoint(self.endpoint, "endpoint", "http://127.0.0.1:9000")
+        if not (math.isfinite(self.stall_timeout_seconds) and self.stall_timeout_seconds > 0):
+            raise ValueError(
+                f"stall_timeout_seconds {self.stall_timeout_seconds!r}: expected a finite number of seconds greater "
+                f"than 0 (how long FUSE requests may wait unanswered before the mount reads 'stalled'; "
+                f"default {DEFAULT_STALL_SECONDS:g})")
         if not self.mountpoint:
             raise ValueError("mountpoint is empty")
         self.mountpoint = os.path.normpath(os.path.abspath(self.mountpoint))

@@ -55,11 +55,11 @@ import msgspec
 
 from obsctl import credentials as creds_mod
 from obsctl import health, mounttable, tomlio
-from obsctl.config import ConfigError
+from obsctl.config import ConfigError, MountSpec
 from obsctl.drivers import DRIVERS, get_driver
 from obsctl.mountspec import build_mount_spec
 from obsctl.fileutil import atomic_write, fsync_dir
-from obsctl.unmount import unmount_argv
+from obsctl.unmount import check_empty, unmount_argv
 
 STATES = ("mounted", "unmounted", "present", "absent", "remounted")
 #: What runs a mount: a systemd unit, or (no systemd) obsctl mount in the background.
@@ -91,14 +91,28 @@ _CRED_VALUE_RE = re.compile(r"^[!-~]+$")  # printable ASCII, no space
 
 #: The request keys of the S3 credentials (the order of :data:`obsctl.credentials.ENV_KEYS`).
 CREDENTIAL_KEYS = ("access_key_id", "secret_access_key", "session_token")
+
+
+def credential_request_key(variable: str) -> str:
+    """Where a request (the fuse_mount module's ``credentials``) gives the variable ``variable`` of a
+    driver's credential shape: ``AWS_ACCESS_KEY_ID`` -> ``access_key_id`` (the S3 keys, in the order of
+    :data:`CREDENTIAL_KEYS`), any other -> ``variables.NAME`` (juicefs's ``variables.META_PASSWORD``)."""
+    if variable in creds_mod.ENV_KEYS:
+        return CREDENTIAL_KEYS[creds_mod.ENV_KEYS.index(variable)]
+    return f"variables.{variable}"
+
+
 #: Every variable of every registered driver's credential shape (kept out of systemctl's environment).
 CREDENTIAL_ENV = tuple(dict.fromkeys(
     name for cls in DRIVERS.values() if cls.credentials is not None for name in cls.credentials.names))
 
 #: The keys of a mount spec file, in the order the writer sorts them anyway.
 SPEC_KEYS = ("name", "source", "mountpoint", "impl", "endpoint", "region", "profile",
-             "credentials_from", "read_only", "allow_other", "cache_mode", "options",
-             "command", "ready_timeout_seconds", "telemetry_config", "max_restarts")
+             "credentials_from", "read_only", "allow_other", "allow_non_empty", "cache_mode", "options",
+             "command", "ready_timeout_seconds", "stall_timeout_seconds", "telemetry_config", "max_restarts")
+#: Keys written only when they differ from obsctl's default (:class:`obsctl.config.MountSpec`), so a
+#: spec written before the key existed keeps its bytes (no change, no restart on upgrade).
+_SPEC_DEFAULTS_LEFT_OUT = ("command", "max_restarts", "allow_non_empty", "stall_timeout_seconds")
 
 #: Seconds the engine waits, after ``systemctl start`` returned, for the mount to answer
 #: (the one value of :mod:`obsctl.health`, also ``obsctl systemd check``'s).
@@ -169,8 +183,14 @@ class Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     credentials_from: str | None = None
     read_only: bool = False
     allow_other: bool = False
+    #: Mount over a directory that has entries (the spec's ``allow_non_empty``); without it a
+    #: non-empty mountpoint is refused before anything is written (:func:`check_mountpoint`).
+    allow_non_empty: bool = False
     #: Seconds obsctl waits for the mount to appear (the spec's ``ready_timeout_seconds``).
     ready_timeout: float = 30
+    #: Seconds FUSE requests may wait unanswered before the mount is ``stalled`` (the spec's
+    #: ``stall_timeout_seconds``; None: obsctl's default, :data:`obsctl.config.DEFAULT_STALL_SECONDS`).
+    stall_timeout: float | None = None
     #: Restarts of a crashed driver before obsctl gives up (the spec's ``max_restarts``; None: 3).
     max_restarts: int | None = None
     telemetry_config: str | None = None
@@ -344,18 +364,20 @@ def _check_request(req: Request) -> list[str]:
 def spec_dict(spec: Any) -> dict[str, Any]:
     """The flat TOML keys of a validated :class:`obsctl.config.MountSpec`.
 
-    Defaults that are never written (``command`` empty, ``max_restarts`` 3)
-    are None (left out), so every caller writes the same bytes for the same mount.
+    Defaults that are never written (:data:`_SPEC_DEFAULTS_LEFT_OUT`: ``command``
+    empty, ``max_restarts`` 3, ``allow_non_empty`` false, ``stall_timeout_seconds``
+    60) are None (left out), so every caller writes the same bytes for the same mount.
     """
     data = spec.model_dump()
     out = {key: data.get(key) for key in SPEC_KEYS}
-    if not out["command"]:
-        out["command"] = None
-    if out["max_restarts"] == 3:
-        out["max_restarts"] = None
-    timeout = out["ready_timeout_seconds"]
-    if isinstance(timeout, float) and timeout.is_integer():
-        out["ready_timeout_seconds"] = int(timeout)
+    for info in msgspec.structs.fields(MountSpec):
+        if info.name in _SPEC_DEFAULTS_LEFT_OUT:
+            default = info.default_factory() if info.default is msgspec.NODEFAULT else info.default
+            if out[info.name] == default:
+                out[info.name] = None
+    for key in ("ready_timeout_seconds", "stall_timeout_seconds"):
+        if isinstance(out[key], float) and out[key].is_integer():
+            out[key] = int(out[key])
     return out
 
 
@@ -379,8 +401,9 @@ def desired_spec(req: Request, layout: Layout) -> dict[str, Any]:
         "profile": req.profile, "credentials_from": credentials_from,
         "read_only": req.read_only, "allow_other": req.allow_other, "cache_mode": req.cache_mode,
         "options": list(req.options), "command": list(req.command or []),
-        "ready_timeout_seconds": req.ready_timeout, "telemetry_config": telemetry_config,
-        "max_restarts": req.max_restarts,
+        "allow_non_empty": req.allow_non_empty,
+        "ready_timeout_seconds": req.ready_timeout, "stall_timeout_seconds": req.stall_timeout,
+        "telemetry_config": telemetry_config, "max_restarts": req.max_restarts,
     }
     spec = build_mount_spec({k: v for k, v in data.items() if v is not None}, origin=f"mount {req.name}")
     request_credentials(req, spec.impl)  # the driver's credential shape (raises before anything is written)
@@ -526,6 +549,25 @@ def mount_facts(mountpoint: str | None, mountinfo_path: str = mounttable.MOUNTIN
         "health": health.probe(mountpoint, stat_timeout, mountinfo_path, mounts=mounts, stat=stat_fn),
         "source": entry.source, "fstype": entry.fstype, "fuse": mounttable.is_fuse(entry),
     }
+
+
+def check_mountpoint(req: Request, mountpoint: str | None, mount: dict[str, Any]) -> None:
+    """Refuse, before anything is written (check mode too), what ``obsctl mount`` would refuse at
+    start about the mountpoint's content: a directory with entries without ``allow_non_empty``
+    (the one rule, :func:`obsctl.unmount.check_empty`).
+
+    Applies to states that start the mount now or at the next start (mounted, remounted,
+    present) when nothing is mounted there (``mount``: :func:`mount_facts`); a missing
+    directory is created empty, a mounted one is the mount's own content.
+
+    Raises:
+        ConfigError: (:class:`obsctl.unmount.MountpointError`) the directory has entries; the
+            message names one and the option that allows it.
+    """
+    if (req.state not in ("mounted", "remounted", "present") or req.allow_non_empty or not mountpoint
+            or mount["health"] != health.MISSING or not os.path.isdir(mountpoint)):
+        return
+    check_empty(mountpoint)
 
 
 # --------------------------------------------------------------------------
@@ -814,6 +856,9 @@ class Engine:
         if not (self.root / "run/systemd/system").is_dir():
             raise EngineError("systemd is not running on this host (no /run/systemd/system): "
                               "obsctl mounts run as obsctl-mount@NAME.service units")
+        mountpoint = self._mountpoint()
+        before_mount = self._mount(mountpoint)
+        check_mountpoint(req, mountpoint, before_mount)
         if req.install_units:
             self._unit_templates()
             self._daemon_reload()
@@ -824,8 +869,6 @@ class Engine:
             if not self.check_mode:
                 raise EngineError(msg)
             self._warn(msg + "; check mode continues as if it were")
-        mountpoint = self._mountpoint()
-        before_mount = self._mount(mountpoint)
         getattr(self, "_state_" + req.state)(before, before_mount, mountpoint, spec)
         self._timer()
         after_unit = before if self.check_mode else unit_state(self.run, layout.unit)

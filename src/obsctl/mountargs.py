@@ -42,6 +42,9 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the driver's cache mode (" + ", ".join(
                             n for n, cls in DRIVERS.items() if cls.cache_modes) + ")")
     parser.add_argument("--ready-timeout", type=float, help="seconds to wait for the mount (default 30)")
+    parser.add_argument("--stall-timeout", type=float,
+                        help="seconds FUSE requests may wait unanswered before the mount reads 'stalled' "
+                             "(obsctl_mount_up 0; default 60)")
     parser.add_argument("--name", help="mount name (labels, status)")
 
 
@@ -69,7 +72,7 @@ def mount_spec_from_args(args: argparse.Namespace, command: list[str]) -> Any:
         "endpoint": args.endpoint, "region": args.region, "profile": args.profile,
         "credentials_from": args.credentials_from, "read_only": read_only,
         "allow_other": allow_other, "allow_non_empty": args.allow_non_empty, "cache_mode": args.cache_mode,
-        "ready_timeout_seconds": args.ready_timeout, "name": args.name,
+        "ready_timeout_seconds": args.ready_timeout, "stall_timeout_seconds": args.stall_timeout, "name": args.name,
         "telemetry_config": args.telemetry_config,
     }
     if command:

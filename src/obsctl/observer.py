@@ -27,8 +27,11 @@ The steps, each explicit so a caller can order them as it needs:
 3. :meth:`~MountObserver.poll` / :meth:`~MountObserver.start_polling`, with
    :meth:`~MountObserver.write_state` (the one state-file schema,
    :mod:`obsctl.statefile`);
-4. :meth:`~MountObserver.reload` a new telemetry config: exporters and
-   collectors are rebuilt, the attached driver is untouched;
+4. :meth:`~MountObserver.reload_from` (SIGHUP of ``obsctl mount`` and of
+   ``obsctl sidecar`` alike) re-reads the telemetry config and
+   applies it (:meth:`~MountObserver.reload`): exporters and collectors are rebuilt,
+   the attached driver is untouched; a file that does not load or start keeps
+   the settings in force;
 5. :meth:`~MountObserver.close`: a last poll, every collector closed, the state
    file removed, the final export.
 """
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,7 +48,8 @@ from typing import Any, Callable
 
 from obsctl import health, mounttable, scrape, statefile
 from obsctl.collectors import collector_status
-from obsctl.config import TelemetryConfig
+from obsctl.config import DEFAULT_STALL_SECONDS, TelemetryConfig
+from obsctl.errors import ConfigError
 from obsctl.drivers import Driver, LaunchPlan, PlanContext
 from obsctl.sources import kernel_complete, kernel_source
 
@@ -67,12 +72,15 @@ def plan_context(telemetry: TelemetryConfig) -> PlanContext:
 
 def generic_collectors(instruments: Any, mountpoint: str, pid_getter: Callable[[], int | None],
                        probe_timeout: float = 2.0,
-                       mountinfo_path: str = mounttable.MOUNTINFO_PATH) -> tuple[Any, Any, list[Any]]:
+                       mountinfo_path: str = mounttable.MOUNTINFO_PATH,
+                       stall_seconds: float = DEFAULT_STALL_SECONDS) -> tuple[Any, Any, list[Any]]:
     """The collectors that observe any FUSE driver: /proc/PID/io, the FUSE
     connection's ``waiting``, the bounded health probe.
 
     ``probe_timeout`` (s) and ``mountinfo_path`` are the probe's
-    (:class:`~obsctl.collectors.probe.MountProbe`).
+    (:class:`~obsctl.collectors.probe.MountProbe`); ``stall_seconds`` is the
+    mount's stall bound (s, the spec's ``stall_timeout_seconds``:
+    :class:`~obsctl.collectors.fuse_conn.FuseConnCollector`).
     Returns ``(proc_io, probe, [proc_io, fuse_conn, probe])``.
     """
     # start-up cost: the collectors import the OpenTelemetry API, after the driver was spawned
@@ -81,7 +89,7 @@ def generic_collectors(instruments: Any, mountpoint: str, pid_getter: Callable[[
     from obsctl.collectors.proc_io import ProcIoCollector  # start-up cost: as above
 
     proc_io = ProcIoCollector(instruments, pid_getter)
-    fuse_conn = FuseConnCollector(instruments, mountpoint)
+    fuse_conn = FuseConnCollector(instruments, mountpoint, stall_seconds=stall_seconds)
     # polled before the probe, which turns an answering mount whose requests stall into "stalled"
     probe = MountProbe(instruments, mountpoint, timeout=probe_timeout, mountinfo_path=mountinfo_path,
                        stalled=lambda: fuse_conn.stalled)
@@ -153,14 +161,19 @@ class MountObserver:
         driver_answers: the driver's :attr:`~obsctl.drivers.Driver.protocol_answers`.
         driver_source: the driver's own source and the quantities it gives
             (:attr:`~obsctl.drivers.Driver.log_source`, ``log_gives``).
+        stall_seconds: the mount's stall bound (s): requests waiting unanswered longer make
+            its health ``stalled`` (the spec's ``stall_timeout_seconds``, default
+            :data:`obsctl.config.DEFAULT_STALL_SECONDS`).
     """
 
     def __init__(self, labels: MountLabels, telemetry: TelemetryConfig, runtime_dir: str, state: str = "starting",
                  poll_interval: float = 2.0, probe_timeout: float = PROBE_TIMEOUT,
                  mountinfo_path: str = mounttable.MOUNTINFO_PATH, driver_log: bool = True,
                  driver_answers: frozenset[tuple[str, str]] = frozenset(),
-                 driver_source: tuple[str, frozenset[str]] = ("", frozenset())) -> None:
+                 driver_source: tuple[str, frozenset[str]] = ("", frozenset()),
+                 stall_seconds: float = DEFAULT_STALL_SECONDS) -> None:
         self.labels = labels
+        self.stall_seconds = stall_seconds
         self.telemetry_cfg = telemetry
         self.poll_interval = poll_interval
         self.probe_timeout = probe_timeout
@@ -210,7 +223,7 @@ class MountObserver:
                               resource_attributes=labels.resource_attributes(), publish_path=self.publish_path)
         ins = telemetry.instruments
         proc_io, probe, generic = generic_collectors(ins, labels.mountpoint, self._pid, self.probe_timeout,
-                                                     self.mountinfo_path)
+                                                     self.mountinfo_path, self.stall_seconds)
         kernel, sources = kernel_source(ins, labels.impl, labels.mountpoint, driver_log=self.driver_log,
                                         driver_answers=self.driver_answers, driver_source=self.driver_source)
         with self._attach_lock:
@@ -282,6 +295,48 @@ class MountObserver:
                 self._first_export = threading.Timer(1.0, self.telemetry.flush)
                 self._first_export.daemon = True
                 self._first_export.start()
+
+    def reload_from(self, loader: Callable[[], TelemetryConfig] | None) -> bool:
+        """Re-read the telemetry config with ``loader`` and :meth:`reload` it: what SIGHUP
+        (``systemctl reload``) does to ``obsctl mount`` and ``obsctl sidecar`` alike.
+
+        The driver, its pid, its mount and every open file on it are untouched.
+        A new file that does not load (``loader`` raises ConfigError or OSError:
+        invalid, unreadable) keeps the settings in force; one whose telemetry does
+        not start (an exporter or a port refused) is replaced by the old settings
+        again. Either way one line on stderr says why. On success one line says
+        the new mode and that the driver kept running, and the state file is
+        rewritten. ``loader`` None: nothing to re-read (one line says so).
+
+        Returns:
+            True when the new settings are in force.
+        """
+        if loader is None:
+            print("obsctl: reload: no telemetry file to re-read; settings unchanged", file=sys.stderr, flush=True)
+            return False
+        try:
+            new = loader()
+        except (ConfigError, OSError) as exc:
+            print(f"obsctl: reload refused, keeping the previous telemetry settings: {exc}", file=sys.stderr,
+                  flush=True)
+            return False
+        old = self.telemetry_cfg
+        try:
+            self.reload(new)
+        except Exception as exc:  # noqa: BLE001 - a new exporter that cannot start: back to the old one
+            print(f"obsctl: reload failed, keeping the previous telemetry settings: telemetry did not start "
+                  f"with the new file: {exc}", file=sys.stderr, flush=True)
+            try:
+                self.reload(old)
+            except Exception as again:  # noqa: BLE001 - the mount goes on without telemetry
+                print(f"obsctl: the previous telemetry settings did not start again either: {again}",
+                      file=sys.stderr, flush=True)
+            return False
+        self.poll(wait=0.5)
+        self.write_state()
+        print(f"obsctl: reloaded telemetry (mode {new.mode}); driver pid {self._pid() or '-'} "
+              "and the mount untouched", file=sys.stderr, flush=True)
+        return True
 
     # -- polling and the state file ---------------------------------------------
     def _pid(self) -> int | None:

@@ -18,6 +18,10 @@ restarting or unmounting anything. What it can see:
 It runs until SIGTERM/SIGINT (exit 0) or until the observed process exits
 (exit 1, after the final export); it writes a state file like ``obsctl
 mount`` so ``obsctl status`` lists the mount with state ``observing``.
+SIGHUP re-reads the telemetry config as ``obsctl mount`` does
+(:meth:`obsctl.observer.MountObserver.reload_from`, the one implementation):
+exporters and collectors rebuilt, the observed driver untouched, a file that
+does not load keeping the settings in force.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ import signal
 import sys
 import threading
 import time
+from typing import Callable
 
 from obsctl import mounttable
-from obsctl.config import TelemetryConfig
+from obsctl.config import DEFAULT_STALL_SECONDS, TelemetryConfig
 from obsctl.drivers import DRIVERS, LaunchPlan, get_driver
 from obsctl.errors import ConfigError
 from obsctl.observer import DriverConnection, MountLabels, MountObserver
@@ -54,13 +59,20 @@ class Sidecar:
         rc_url: rclone's ``--rc-addr`` URL, when rclone runs with ``--rc``
             (user and password from RCLONE_RC_USER / RCLONE_RC_PASS, as rclone reads them).
         poll_interval: seconds between collector polls.
+        stall_seconds: the mount's stall bound (s, > 0): requests waiting unanswered longer make
+            its health ``stalled`` (``--stall-timeout``; default
+            :data:`obsctl.config.DEFAULT_STALL_SECONDS`).
+        telemetry_loader: re-reads the telemetry config on SIGHUP (raises ConfigError or
+            OSError); None: nothing to re-read.
 
     Raises:
         ConfigError: no such process, or no FUSE mount at ``mountpoint``.
     """
 
     def __init__(self, pid: int, mountpoint: str, impl: str, source: str, telemetry: TelemetryConfig,
-                 runtime_dir: str, rc_url: str | None = None, poll_interval: float = 2.0) -> None:
+                 runtime_dir: str, rc_url: str | None = None, poll_interval: float = 2.0,
+                 stall_seconds: float = DEFAULT_STALL_SECONDS,
+                 telemetry_loader: Callable[[], TelemetryConfig] | None = None) -> None:
         self.pid = pid
         self.mountpoint = os.path.normpath(os.path.abspath(mountpoint))
         if not pid_running(pid):
@@ -81,8 +93,11 @@ class Sidecar:
         #: Telemetry, collectors and the state file (state ``observing``): the same as ``obsctl mount``'s.
         self.observer = MountObserver(
             labels, telemetry, runtime_dir, state="observing", poll_interval=poll_interval, driver_log=False,
-            driver_answers=self.driver.protocol_answers if self.driver else frozenset())
+            driver_answers=self.driver.protocol_answers if self.driver else frozenset(),
+            stall_seconds=stall_seconds)
         self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()
+        self.telemetry_loader = telemetry_loader
 
     def _pid(self) -> int | None:
         return self.pid if pid_running(self.pid) else None
@@ -97,9 +112,11 @@ class Sidecar:
         return DriverConnection(self._pid, start_time(self.pid), self.driver, plan)
 
     def run(self) -> int:
-        """Observe until SIGTERM/SIGINT (returns 0) or the process exits (returns 1)."""
+        """Observe until SIGTERM/SIGINT (returns 0) or the process exits (returns 1); SIGHUP reloads
+        the telemetry config (:meth:`obsctl.observer.MountObserver.reload_from`)."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_args: self.stop_requested.set())
+        signal.signal(signal.SIGHUP, lambda *_args: self.reload_requested.set())
         observer = self.observer
         observer.attach(self.connection())
         observer.start()
@@ -110,6 +127,9 @@ class Sidecar:
         observer.start_polling(lambda: True)
         code = 0
         while not self.stop_requested.wait(WATCH_INTERVAL):
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                observer.reload_from(self.telemetry_loader)
             if self._pid() is None:
                 observer.stop_polling()
                 observer.poll()

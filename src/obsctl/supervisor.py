@@ -61,7 +61,7 @@ import time
 from typing import Any, Callable
 
 from obsctl import health, mounttable, statefile
-from obsctl.config import ConfigError, MountSpec, TelemetryConfig
+from obsctl.config import MountSpec, TelemetryConfig
 from obsctl.statefile import MountClaim
 from obsctl.credentials import Credentials
 from obsctl.errors import EXIT_FAILED, EXIT_PERMANENT
@@ -200,7 +200,8 @@ class Supervisor:
         #: Telemetry, collectors, the state file: everything but the lifecycle.
         self.observer = MountObserver(labels, telemetry, runtime_dir, poll_interval=poll_interval,
                                       mountinfo_path=mountinfo_path, driver_answers=driver.protocol_answers,
-                                      driver_source=(driver.log_source, driver.log_gives))
+                                      driver_source=(driver.log_source, driver.log_gives),
+                                      stall_seconds=spec.stall_timeout_seconds)
 
     # -- signals ---------------------------------------------------------
     def request_stop(self, *_args: Any) -> None:
@@ -220,44 +221,20 @@ class Supervisor:
 
     def reload(self) -> bool:
         """Re-read the telemetry config and rebuild exporters and collectors
-        (:meth:`obsctl.observer.MountObserver.reload`); the driver, its pid, its
-        mount and every open file on it are untouched.
+        (:meth:`obsctl.observer.MountObserver.reload_from`, the side-car's too); the
+        driver, its pid, its mount and every open file on it are untouched.
 
         What the driver was started with stays until its next start (rclone's
         rc API and log level come from the config at spawn time). Counters
         restart from zero (a counter reset). A new file that does not load
         (invalid, unreadable) or whose telemetry does not start keeps the old
         settings, and one line on stderr says why. Returns True when the new
-        settings are in force.
+        settings are in force (systemd's STATUS= then says so).
         """
         self.reload_requested.clear()
-        if self.telemetry_loader is None:
-            print("obsctl: reload: no telemetry file to re-read; settings unchanged", file=sys.stderr, flush=True)
+        if not self.observer.reload_from(self.telemetry_loader):
             return False
-        try:
-            new = self.telemetry_loader()
-        except (ConfigError, OSError) as exc:
-            print(f"obsctl: reload refused, keeping the previous telemetry settings: {exc}", file=sys.stderr,
-                  flush=True)
-            return False
-        observer = self.observer
-        old = observer.telemetry_cfg
-        try:
-            observer.reload(new)
-        except Exception as exc:  # noqa: BLE001 - a new exporter that cannot start: back to the old one
-            print(f"obsctl: reload failed, keeping the previous telemetry settings: telemetry did not start "
-                  f"with the new file: {exc}", file=sys.stderr, flush=True)
-            try:
-                observer.reload(old)
-            except Exception as again:  # noqa: BLE001 - the mount goes on without telemetry
-                print(f"obsctl: the previous telemetry settings did not start again either: {again}",
-                      file=sys.stderr, flush=True)
-            return False
-        observer.poll(wait=0.5)
-        observer.write_state()
         sd_notify(f"STATUS=mounted {self.spec.source} on {self.spec.mountpoint} (telemetry reloaded)")
-        print(f"obsctl: reloaded telemetry (mode {new.mode}); driver pid {self.proc.pid if self.proc else '-'} "
-              "and the mount untouched", file=sys.stderr, flush=True)
         return True
 
     # -- spawn / ready ---------------------------------------------------

@@ -97,7 +97,8 @@ def request_from_args(args: argparse.Namespace, command: list[str]) -> Request:
         endpoint=spec.endpoint, region=spec.region, profile=spec.profile, options=list(spec.options),
         cache_mode=spec.cache_mode, command=list(spec.command) or None, credentials=creds,
         credentials_from=credentials_from, read_only=spec.read_only, allow_other=spec.allow_other,
-        ready_timeout=spec.ready_timeout_seconds, telemetry_config=spec.telemetry_config,
+        allow_non_empty=spec.allow_non_empty, ready_timeout=spec.ready_timeout_seconds,
+        stall_timeout=spec.stall_timeout_seconds, telemetry_config=spec.telemetry_config,
         max_restarts=spec.max_restarts, telemetry=telemetry, install_units=True, health_timer=True)
 
 

@@ -270,16 +270,27 @@ def preflight(mountpoint: str, path: str = mounttable.MOUNTINFO_PATH, allow_non_
             f"{path} is already a mount point ({existing.fstype} from {existing.source}); "
             f"unmount it first (obsctl unmount {path}, or fusermount3 -u {path} if obsctl did not start it)")
     if not allow_non_empty:
-        try:
-            with os.scandir(path) as entries:
-                first = next(entries, None)
-        except OSError as exc:
-            raise MountpointError(f"mountpoint {path}: {exc.strerror}") from None
-        if first is not None:
-            raise MountpointError(
-                f"mountpoint {path} is not empty (it has {first.name!r} ...): the mount would hide its "
-                "entries. Use an empty directory, or allow it on purpose: --allow-non-empty "
-                "(mount spec: allow_non_empty = true)")
+        check_empty(path)
+
+
+def check_empty(path: str) -> None:
+    """Refuse a mountpoint directory that has entries: the mount would hide them (the rule of
+    :func:`preflight` without ``allow_non_empty``; the engine applies it before it writes anything).
+
+    Raises:
+        MountpointError: ``path`` has an entry (the message names one, and the option that allows
+            it: ``--allow-non-empty``, ``allow_non_empty = true``), or cannot be listed.
+    """
+    try:
+        with os.scandir(path) as entries:
+            first = next(entries, None)
+    except OSError as exc:
+        raise MountpointError(f"mountpoint {path}: {exc.strerror}") from None
+    if first is not None:
+        raise MountpointError(
+            f"mountpoint {path} is not empty (it has {first.name!r} ...): the mount would hide its "
+            "entries. Use an empty directory, or allow it on purpose: --allow-non-empty "
+            "(mount spec: allow_non_empty = true; fuse_mount module and fuse_mounts role: allow_non_empty: true)")
 
 
 def ensure_fusectl(sys_path: str = "/sys") -> None:

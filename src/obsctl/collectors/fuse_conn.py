@@ -25,8 +25,9 @@ operation other than ``statfs`` (the health probe's own) was counted since the
 last poll (``Instruments.ops_by_opcode``, from the kernel source or the
 driver's log). It is an upper bound of the oldest waiting request's age, within
 one poll interval, and never grows while requests are being answered. Recorded
-as ``obsctl_fuse_requests_stalled_seconds`` {mountpoint}; past
-:data:`STALL_SECONDS` the health probe says ``stalled``
+as ``obsctl_fuse_requests_stalled_seconds`` {mountpoint}; past the mount's
+bound (``stall_seconds``: the spec's ``stall_timeout_seconds``, default
+:data:`STALL_SECONDS`) the health probe says ``stalled``
 (:class:`obsctl.collectors.probe.MountProbe`): ``obsctl_mount_up`` 0.
 """
 
@@ -41,16 +42,15 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from obsctl import mounttable
 from obsctl.collectors import PollingCollector
+from obsctl.config import DEFAULT_STALL_SECONDS
 from obsctl.instruments import Instruments
 
 log = logging.getLogger(__name__)
 
-#: Seconds requests may wait with none answered before the mount is ``stalled`` (not healthy).
-#: Above what a working S3 backend needs for one request (rclone's and s3fs's reads and
-#: listings answer in well under a second here; a retrying driver took 80-191 s with the
-#: server down, issue 17); a flush that uploads a large file synchronously (s3fs) can take
-#: longer and then reads as a stall too (docs/operations.md, "Backend outage").
-STALL_SECONDS = 60.0
+#: Default seconds requests may wait with none answered before the mount is ``stalled`` (not
+#: healthy): the mount spec's default ``stall_timeout_seconds`` (where the number comes from:
+#: :data:`obsctl.config.DEFAULT_STALL_SECONDS`).
+STALL_SECONDS = DEFAULT_STALL_SECONDS
 #: Opcodes that never count as progress: the health probe's own statvfs.
 _PROBE_OPCODES = frozenset({"statfs"})
 
@@ -63,6 +63,9 @@ class FuseConnCollector(PollingCollector):
         mountpoint: absolute path of the mount.
         sys_path: the sysfs root (tests pass a fixture directory).
         mountinfo_path: the mount table (tests pass a fixture file).
+        clock: monotonic seconds (tests pass a fake clock).
+        stall_seconds: the mount's stall bound in seconds (> 0; the spec's
+            ``stall_timeout_seconds``, validated by :class:`obsctl.config.MountSpec`).
 
     Attributes:
         connection: the connection number ``N`` found last, or None.
@@ -76,8 +79,10 @@ class FuseConnCollector(PollingCollector):
         sys_path: str = "/sys",
         mountinfo_path: str = mounttable.MOUNTINFO_PATH,
         clock: Callable[[], float] = time.monotonic,
+        stall_seconds: float = STALL_SECONDS,
     ) -> None:
         super().__init__(instruments)
+        self.stall_seconds = stall_seconds
         self.mountpoint = mountpoint
         self.sys_path = sys_path
         self.mountinfo_path = mountinfo_path
@@ -102,8 +107,8 @@ class FuseConnCollector(PollingCollector):
 
     @property
     def stalled(self) -> bool:
-        """True past :data:`STALL_SECONDS` of :attr:`stalled_seconds`."""
-        return self.stalled_seconds > STALL_SECONDS
+        """True once :attr:`stalled_seconds` is past the mount's bound (:attr:`stall_seconds`)."""
+        return self.stalled_seconds > self.stall_seconds
 
     @property
     def connections_dir(self) -> str:

@@ -4,7 +4,8 @@ Source: :class:`obsctl.health.Probe` (the mount's line in
 /proc/self/mountinfo, ``missing`` without one; a ``statvfs(2)`` of the
 mountpoint, ``stale`` on ENOTCONN / ECONNABORTED; no answer within
 ``timeout`` s: ``hung``; answering, but requests waiting unanswered past
-:data:`obsctl.collectors.fuse_conn.STALL_SECONDS`: ``stalled``; real
+the mount's stall bound (``stall_timeout_seconds``, default
+:data:`obsctl.collectors.fuse_conn.STALL_SECONDS`): ``stalled``; real
 mount-table copies in tests/fixtures/mountinfo/).
 The words are :mod:`obsctl.health`'s, the same ``obsctl status --all``, the
 fuse_mount_info module and ``obsctl systemd check`` report.

@@ -92,3 +92,56 @@ def test_credentials_are_no_log():
     assert spec["credentials"]["no_log"] is True
     for option in spec["credentials"]["options"].values():
         assert option["no_log"] is True
+
+
+REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", ".."))
+#: Options of the module that the fuse_mounts role sets from its own variables, not per entry.
+ROLE_LEVEL_OPTIONS = {"health_timer", "service_manager", "obsctl_path"}
+
+
+def _yaml(relative):
+    yaml = pytest.importorskip("yaml")
+    with open(os.path.join(REPO, relative), encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def test_option_lists_agree_module_role_engine():
+    """One list of mount options: every option of the module is documented and reaches the engine's
+    request (obsctl's rules), and every key of a fuse_mounts entry is a module option that the
+    role's task passes on, with the same credential keys everywhere."""
+    yaml = pytest.importorskip("yaml")
+    from obsctl import engine
+
+    module_options = set(fuse_mount.argument_spec())
+    doc = yaml.safe_load(fuse_mount.DOCUMENTATION)["options"]
+    assert set(doc) == module_options
+    assert module_options - {"obsctl_path"} <= set(engine.Request.__struct_fields__), (
+        module_options - set(engine.Request.__struct_fields__))
+    entry = _yaml("roles/fuse_mounts/meta/argument_specs.yml")["argument_specs"]["main"]["options"][
+        "fuse_mounts_list"]["options"]
+    assert set(entry) == module_options - ROLE_LEVEL_OPTIONS, set(entry) ^ (module_options - ROLE_LEVEL_OPTIONS)
+    task = _yaml("roles/fuse_mounts/tasks/configure.yml")[0]["obsctl.observability.fuse_mount"]
+    assert set(task) == module_options, set(task) ^ module_options
+    credentials = set(engine.Credentials.__struct_fields__)
+    assert set(doc["credentials"]["suboptions"]) == credentials
+    assert set(fuse_mount.argument_spec()["credentials"]["options"]) == credentials
+    assert set(entry["credentials"]["options"]) == credentials
+    assert all(option.get("no_log") for option in entry["credentials"]["options"].values())
+
+
+@pytest.mark.parametrize("impl, src, credentials", [
+    ("juicefs", "sqlite3:///var/lib/obsctl-test/vol.db", {"variables": {"META_PASSWORD": "meta-secret-41c9d07e"}}),
+    ("rclone", "s3://bucket", {"access_key_id": "AKIAX", "secret_access_key": "s3-secret-5be18a2f"}),
+])
+def test_credentials_of_any_shape_pass_through_check_mode(tmp_path, capsys, impl, src, credentials):
+    """The module takes the driver's credential shape (the S3 pair, or juicefs's META_PASSWORD in
+    variables; suboptions left out are not sent as null) and obsctl accepts it; no value comes back,
+    diff included. (service_manager none: this host has no systemd; check mode writes nothing.)"""
+    result = call(fuse_mount, {"name": "shape-%s" % impl, "src": src, "path": str(tmp_path / "mnt"), "impl": impl,
+                               "credentials": credentials, "service_manager": "none", "_ansible_diff": True},
+                  capsys, check_mode=True)
+    assert not result.get("failed"), result
+    assert result["changed"] is True and result["diff"], result
+    for value in list(credentials.get("variables", {}).values()) + [v for v in credentials.values() if isinstance(v, str)]:
+        if value != "AKIAX":
+            assert value not in json.dumps(result)
