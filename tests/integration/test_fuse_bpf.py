@@ -20,7 +20,7 @@ from obsctl.collectors.fuse_trace import FuseTraceCollector, detect_support
 from obsctl.instruments import MountAttributes
 from support.bindfs import READ_SIZE, daemon_errors, start_bindfs, workload
 from support.metrics import in_memory
-from support.obsctl import require_driver, status_entry
+from support.obsctl import require_driver, require_ebpf, status_entry
 from support.waiting import wait_until
 
 OPCODES = ("lookup", "getattr", "open", "read", "write", "create", "unlink", "flush", "release")
@@ -28,13 +28,7 @@ OPCODES = ("lookup", "getattr", "open", "read", "write", "create", "unlink", "fl
 
 @pytest.fixture(autouse=True, scope="module")
 def _probe_loads():
-    reason = fuse_bpf.unavailable_reason()
-    if reason is None:
-        probe, reason = fuse_bpf.shared_probe()
-        if probe is not None:
-            fuse_bpf.release_probe()
-            return
-    pytest.skip(f"eBPF source unavailable: {reason}")
+    require_ebpf()
 
 
 def ops(otlp, **attrs):

@@ -26,8 +26,7 @@ import os
 import pytest
 import requests
 
-from obsctl.collectors import fuse_bpf
-from support.obsctl import obsctl_env, s3_mount_args, status_entry
+from support.obsctl import obsctl_env, require_ebpf, s3_mount_args, status_entry
 from support.s3server import S3Server
 from support.waiting import wait_until
 
@@ -50,13 +49,7 @@ FLUSH_ERROR = {"s3fs": "eperm", "rclone": "eio"}
 
 @pytest.fixture(autouse=True, scope="module")
 def _probe_loads():
-    reason = fuse_bpf.unavailable_reason()
-    if reason is None:
-        probe, reason = fuse_bpf.shared_probe()
-        if probe is not None:
-            fuse_bpf.release_probe()
-            return
-    pytest.skip(f"eBPF source unavailable (the only source that tells refused bytes apart): {reason}")
+    require_ebpf(" (the only source that tells refused bytes apart)")
 
 
 def _set_auth(endpoint: str, count: str) -> None:

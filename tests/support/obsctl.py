@@ -143,6 +143,22 @@ def require_driver(impl: str) -> None:
                     f"scripts/dev-setup installs it")
 
 
+def require_ebpf(why: str = "") -> None:
+    """Skip the calling test (with the reason, and ``why`` the test needs it) when the
+    eBPF source cannot load here (no BTF, no privilege, OBSCTL_FUSE_BPF=off)."""
+    import pytest
+
+    from obsctl.collectors import fuse_bpf
+
+    reason = fuse_bpf.unavailable_reason()
+    if reason is None:
+        probe, reason = fuse_bpf.shared_probe()
+        if probe is not None:
+            fuse_bpf.release_probe()
+            return
+    pytest.skip(f"eBPF source unavailable{why}: {reason}")
+
+
 def s3_mount_args(bucket: str, mountpoint: Path, impl: str, endpoint: str,
                   telemetry: Path | None = None, *extra: str,
                   prefix: str = "", ready_timeout: float = 20) -> list[str]:
