@@ -173,8 +173,10 @@ class Instruments:
 
     def add_write_refused_bytes(self, n: int) -> None:
         """Add ``n`` bytes the mount took in WRITEs but the driver then failed to store
-        (``n`` <= 0 is ignored); they are not in ``obsctl_fs_write_bytes``."""
-        if n > 0:
+        (``n`` < 0 is ignored; 0 makes the series exist at 0: a source that can tell
+        refused bytes apart, so "none refused" is a 0, not a missing series on the Mount
+        Overview's throughput panel); they are not in ``obsctl_fs_write_bytes``."""
+        if n >= 0:
             self.fs_write_refused_bytes.add(n, self.attrs.with_mountpoint())
             self._count("obsctl_fs_write_refused_bytes", n)
 

@@ -528,6 +528,7 @@ class FuseBpfCollector(PollingCollector):
             self._last = Snapshot({}, {}, {})
             if conn is not None:
                 self.instruments.declare_kernel_lost("ebpf")
+                self.instruments.add_write_refused_bytes(0)  # this source tells refused bytes apart
                 claimed = probe.claimed(int(conn))
                 probe.watch(int(conn))
                 if claimed:
