@@ -216,6 +216,7 @@ def main() -> int:
              "--ready-timeout", str(int(WAIT)), "--", "setpriv", "--bounding-set",
              "-dac_override,-dac_read_search", "bindfs", "-f", SRC, MNT],
             env=env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
         def watching() -> bool:
             """The kernel source watches the connection, or obsctl said it has none
             (``sources.kernel`` ``none``: then the mount being up is enough)."""
