@@ -163,6 +163,12 @@ def test_refused_bytes_are_not_written_bytes(impl, bucket, deny_server, mountpoi
         assert (otlp.latest("obsctl_fs_write_bytes", **attrs) or 0) == 0
         errors = {p.attributes["error_type"]: p.value for p in otlp.points("obsctl_errors", **attrs)}
         assert errors.get(FLUSH_ERROR[impl], 0) >= 1, errors
+        # and the driver's own word for it, from its log, while the mount stays quiet: s3fs's log is
+        # line-buffered (obsctl.drivers.s3fs: stdbuf -oL), so its 403 line is not held back in a block
+        wait_until(lambda: any(p.attributes["error_type"] == "http_403" and p.value >= 1
+                               for p in otlp.points("obsctl_errors", **attrs)), 10,
+                   lambda: f"http_403 from the driver's log: {otlp.points('obsctl_errors', **attrs)}")
+        errors = {p.attributes["error_type"]: p.value for p in otlp.points("obsctl_errors", **attrs)}
         assert s3.get_object(Bucket=REFUSING, Key=key)["Body"].read() == ORIGINAL  # the bucket really refused
         print(f"{impl}: close -> {errno.errorcode[closed.errno]}; refused {N}, written +0; errors {errors}")
     else:

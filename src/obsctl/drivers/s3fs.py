@@ -28,11 +28,31 @@ owns. What obsctl still reads from the log does not need ``info``, in s3fs
 Elsewhere s3fs runs at ``dbglevel=dbg`` (its log is the only source of
 FUSE ops and bytes for s3fs there). bench/s3fs_log_level.py measures the
 difference (docs/benchmarks.md).
+
+Line buffering: s3fs 1.90 writes its log with stdio to stdout, which is a pipe
+to obsctl, so the C library buffers it in 4 KiB blocks (seen: the log file of
+s3fs -f grew 8192, then 12288 bytes; the request that failed showed up only
+when later lines filled the block). An HTTP 403 at close could stay unseen
+until the next 4 KiB of log, on a quiet mount for ever. So obsctl starts s3fs
+through coreutils' ``stdbuf -oL`` (line-buffered stdout, LD_PRELOAD of its
+libstdbuf; s3fs is exec'ed in place, same pid) when ``stdbuf`` is on PATH.
 """
 
 from __future__ import annotations
 
+import shutil
+
 from obsctl.drivers.base import CREDS, DISTRO_DRIVERS, DocRow, Driver, OptionRule
+
+
+def line_buffered(argv: list[str]) -> list[str]:
+    """``argv`` run with a line-buffered stdout: ``["stdbuf", "-oL", *argv]`` (coreutils,
+    stdbuf(1)) when both ``stdbuf`` and ``argv[0]`` are found on PATH, else ``argv``
+    unchanged (a missing driver keeps its own "not found" error)."""
+    stdbuf = shutil.which("stdbuf")
+    if stdbuf is None or shutil.which(argv[0]) is None:
+        return argv
+    return [stdbuf, "-oL", *argv]
 
 
 #: Options refused for s3fs, from the s3fs 1.90 man page (doc/man/s3fs.1,
@@ -88,9 +108,9 @@ class S3fsDriver(Driver):
     log_gives = frozenset({"fs_ops", "fs_bytes"})
     doc = DocRow(
         binary="s3fs >= 1.90 (Debian)",
-        runs="`s3fs BUCKET[:/PREFIX] MP -f -o dbglevel=warn` (FUSE numbers from the kernel: eBPF, or tracefs on "
-             "6.18+) or `dbglevel=dbg` (else) `-o curldbg [-o url=ENDPOINT -o use_path_request_style] "
-             "[-o endpoint=REGION] [-o ro] [-o allow_other]`",
+        runs="`[stdbuf -oL] s3fs BUCKET[:/PREFIX] MP -f -o dbglevel=warn` (FUSE numbers from the kernel: eBPF, "
+             "or tracefs on 6.18+) or `dbglevel=dbg` (else) `-o curldbg [-o url=ENDPOINT -o use_path_request_style] "
+             "[-o endpoint=REGION] [-o ro] [-o allow_other]` (stdbuf: its log line-buffered, when on PATH)",
         collectors="s3fs_log, proc_io, fuse_conn, probe")
 
     def option_items(self, options):
@@ -125,7 +145,7 @@ class S3fsDriver(Driver):
             argv += ["-o", "nonempty"]
         for option in options:
             argv += ["-o", option]
-        return argv
+        return line_buffered(argv)
 
     def forward(self, line):
         return line if any(m in line for m in _FORWARD_MARKERS) else None
