@@ -19,7 +19,7 @@ The words:
   timeout: the driver is alive but does not answer (stopped, deadlocked);
 * :data:`STALLED`: in the mount table and ``statvfs`` answers, but FUSE
   requests have waited longer than
-  :data:`obsctl.collectors.fuse_conn.STALL_SECONDS` with none answered (a
+  :data:`obsctl.config.DEFAULT_STALL_SECONDS` with none answered (a
   backend that is down while the driver retries); only the supervisor's and
   the side-car's probe know it (it needs the connection's ``waiting`` over
   time, :class:`obsctl.collectors.fuse_conn.FuseConnCollector`);

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Counter, Meter, Observation
 
-from obsctl.histograms import BucketHistogram
+from obsctl.histograms import DEFAULT_MAX_SERIES, BucketHistogram
 
 #: Histogram bucket boundaries in milliseconds for both latency histograms.
 #: From 50 us (a FUSE lookup answered from the kernel-side cache path of the
@@ -368,13 +368,14 @@ class Instruments:
             name, callbacks=[callback], unit=unit, description=description)
 
 
-def create_instruments(meter: Meter, attrs: MountAttributes) -> Instruments:
+def create_instruments(meter: Meter, attrs: MountAttributes, max_series: int = DEFAULT_MAX_SERIES) -> Instruments:
     """Create the synchronous instruments of :data:`METRICS` on ``meter``.
 
     The counters are SDK instruments of ``meter``; the two histograms are
     :class:`~obsctl.histograms.BucketHistogram` s that a reader exports only
     once they are added to its :class:`obsctl.telemetry.PreBucketedPoints`
-    (:meth:`Instruments.histograms`)."""
+    (:meth:`Instruments.histograms`); ``max_series``: their cardinality limit (the
+    telemetry config's ``cardinality_limit``, as the SDK's for the counters)."""
 
     def counter(name: str) -> Counter:
         _kind, unit, description = METRICS[name]
@@ -382,7 +383,7 @@ def create_instruments(meter: Meter, attrs: MountAttributes) -> Instruments:
 
     def histogram(name: str) -> BucketHistogram:
         _kind, unit, description = METRICS[name]
-        return BucketHistogram(name, description, unit, LATENCY_BUCKETS_MS)
+        return BucketHistogram(name, description, unit, LATENCY_BUCKETS_MS, max_series)
 
     return Instruments(
         meter=meter,

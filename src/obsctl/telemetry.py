@@ -447,9 +447,7 @@ class Telemetry:
         self.meter_provider = MeterProvider(resource=self.resource, metric_readers=readers,
                                             shutdown_on_exit=False)
         self.instruments: Instruments = create_instruments(
-            self.meter_provider.get_meter(METER_NAME, __version__), attrs)
-        for histogram in self.instruments.histograms():
-            histogram.max_series = cfg.metrics.cardinality_limit
+            self.meter_provider.get_meter(METER_NAME, __version__), attrs, cfg.metrics.cardinality_limit)
         self.histogram_points.histograms.extend(self.instruments.histograms())
         self.tracer_provider = TracerProvider(resource=self.resource, shutdown_on_exit=False)
         if cfg.exports_traces:

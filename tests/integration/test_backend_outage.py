@@ -15,7 +15,7 @@ from support.net import free_port
 from support.obsctl import require_driver, s3_mount_args, status_entry
 from support.s3server import S3Server
 from support.waiting import wait_until
-from obsctl.collectors.fuse_conn import STALL_SECONDS
+from obsctl.config import DEFAULT_STALL_SECONDS as STALL_SECONDS
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -77,7 +77,7 @@ def test_nothing_to_report(tmp_path, case):
 def test_stall_grows_only_while_requests_wait_unanswered(tmp_path):
     """Over a fake clock: waiting > 0 with no FUSE operation but statfs counted -> the stall grows
     and passes STALL_SECONDS; an answered operation or waiting 0 restarts it."""
-    from obsctl.collectors.fuse_conn import STALL_SECONDS
+    from obsctl.config import DEFAULT_STALL_SECONDS as STALL_SECONDS
 
     mountpoint = MOUNTPOINTS["rclone"]
     shutil.copytree(FIXTURES / "sys", tmp_path / "sys")
@@ -109,7 +109,7 @@ def test_stall_grows_only_while_requests_wait_unanswered(tmp_path):
 def test_the_stall_bound_is_the_mounts(tmp_path):
     """``stall_seconds`` (the spec's stall_timeout_seconds) replaces the 60 s default: 3 s of
     requests waiting unanswered is a stall for a mount bound at 3 s, not for the default."""
-    from obsctl.collectors.fuse_conn import STALL_SECONDS
+    from obsctl.config import DEFAULT_STALL_SECONDS as STALL_SECONDS
 
     mountpoint = MOUNTPOINTS["rclone"]
     shutil.copytree(FIXTURES / "sys", tmp_path / "sys")

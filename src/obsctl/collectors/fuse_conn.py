@@ -27,7 +27,7 @@ driver's log). It is an upper bound of the oldest waiting request's age, within
 one poll interval, and never grows while requests are being answered. Recorded
 as ``obsctl_fuse_requests_stalled_seconds`` {mountpoint}; past the mount's
 bound (``stall_seconds``: the spec's ``stall_timeout_seconds``, default
-:data:`STALL_SECONDS`) the health probe says ``stalled``
+:data:`obsctl.config.DEFAULT_STALL_SECONDS`) the health probe says ``stalled``
 (:class:`obsctl.collectors.probe.MountProbe`): ``obsctl_mount_up`` 0.
 """
 
@@ -47,10 +47,6 @@ from obsctl.instruments import Instruments
 
 log = logging.getLogger(__name__)
 
-#: Default seconds requests may wait with none answered before the mount is ``stalled`` (not
-#: healthy): the mount spec's default ``stall_timeout_seconds`` (where the number comes from:
-#: :data:`obsctl.config.DEFAULT_STALL_SECONDS`).
-STALL_SECONDS = DEFAULT_STALL_SECONDS
 #: Opcodes that never count as progress: the health probe's own statvfs.
 _PROBE_OPCODES = frozenset({"statfs"})
 
@@ -79,7 +75,7 @@ class FuseConnCollector(PollingCollector):
         sys_path: str = "/sys",
         mountinfo_path: str = mounttable.MOUNTINFO_PATH,
         clock: Callable[[], float] = time.monotonic,
-        stall_seconds: float = STALL_SECONDS,
+        stall_seconds: float = DEFAULT_STALL_SECONDS,
     ) -> None:
         super().__init__(instruments)
         self.stall_seconds = stall_seconds

@@ -5,7 +5,7 @@ Source: :class:`obsctl.health.Probe` (the mount's line in
 mountpoint, ``stale`` on ENOTCONN / ECONNABORTED; no answer within
 ``timeout`` s: ``hung``; answering, but requests waiting unanswered past
 the mount's stall bound (``stall_timeout_seconds``, default
-:data:`obsctl.collectors.fuse_conn.STALL_SECONDS`): ``stalled``; real
+:data:`obsctl.config.DEFAULT_STALL_SECONDS`): ``stalled``; real
 mount-table copies in tests/fixtures/mountinfo/).
 The words are :mod:`obsctl.health`'s, the same ``obsctl status --all``, the
 fuse_mount_info module and ``obsctl systemd check`` report.
